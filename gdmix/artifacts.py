@@ -1,0 +1,104 @@
+"""The on-disk layout of a trained GDMix model, shared by training, scoring and warm start::
+
+    <output>/model.json                       what the coordinates are (their full configs)
+    <output>/index_maps/<bag>/*.parquet       index, name, term
+    <output>/models/<coordinate>/*.parquet    coefficients (see gdmix.models.linear)
+    <output>/scores/<coordinate>/{train,validation}/*.parquet
+    <output>/metrics.json                     written last: its presence marks a complete run
+
+Models are stored by (name, term) and entity id, never by column index, so they can be read
+back against any index map: features the map does not know are dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from gdmix import __version__
+from gdmix.config import DataConfig, FixedEffectConfig, RandomEffectConfig
+from gdmix.errors import GdmixError
+from gdmix.features.index_map import IndexMap
+from gdmix.io import fs
+from gdmix.models.coordinates import Coordinate, Model, make_coordinate
+
+SPEC_FILE = "model.json"
+METRICS_FILE = "metrics.json"
+FORMAT_VERSION = 1
+
+
+def index_map_uri(root: str, bag: str) -> str:
+    return fs.join(root, "index_maps", bag)
+
+
+def model_uri(root: str, coordinate: str) -> str:
+    return fs.join(root, "models", coordinate)
+
+
+def scores_uri(root: str, coordinate: str, split: str) -> str:
+    return fs.join(root, "scores", coordinate, split)
+
+
+@dataclass
+class TrainedModel:
+    """Everything needed to score new data: coordinates, their index maps and their models."""
+
+    data: DataConfig
+    coordinates: list[Coordinate]
+    index_maps: dict[str, IndexMap]
+    models: dict[str, Model]
+
+    def index_map(self, coordinate: Coordinate) -> IndexMap:
+        return self.index_maps[coordinate.feature_bag] if coordinate.feature_bag else IndexMap.empty()
+
+
+def save_model(root: str, model: TrainedModel) -> None:
+    spec = {
+        "format": FORMAT_VERSION,
+        "gdmix_version": __version__,
+        "data": model.data.model_dump(mode="json"),
+        "coordinates": [c.config.model_dump(mode="json") for c in model.coordinates],
+    }
+    fs.write_text(fs.join(root, SPEC_FILE), json.dumps(spec, indent=2) + "\n")
+    for bag, index_map in model.index_maps.items():
+        index_map.save(index_map_uri(root, bag))
+    for coordinate in model.coordinates:
+        table = coordinate.model_to_table(model.models[coordinate.name], model.index_map(coordinate))
+        fs.write_parquet(table, model_uri(root, coordinate.name))
+
+
+def read_spec(root: str) -> tuple[DataConfig, list[Coordinate]]:
+    spec_path = fs.join(root, SPEC_FILE)
+    if not fs.exists(spec_path):
+        raise GdmixError(f"{root} is not a trained gdmix model: {SPEC_FILE} not found")
+    spec = json.loads(fs.read_text(spec_path))
+    if spec.get("format") != FORMAT_VERSION:
+        raise GdmixError(f"{spec_path}: unsupported model format {spec.get('format')!r}")
+    configs = [
+        FixedEffectConfig(**c) if c["type"] == "fixed_effect" else RandomEffectConfig(**c)
+        for c in spec["coordinates"]
+    ]
+    return DataConfig(**spec["data"]), [make_coordinate(c) for c in configs]
+
+
+def load_models(root: str, coordinates: list[Coordinate], index_maps: dict[str, IndexMap]) -> dict[str, Model]:
+    """Models of ``coordinates`` found under ``root``, read against the given index maps."""
+    models = {}
+    for coordinate in coordinates:
+        uri = model_uri(root, coordinate.name)
+        if not fs.exists(uri):
+            continue
+        index_map = index_maps[coordinate.feature_bag] if coordinate.feature_bag else IndexMap.empty()
+        models[coordinate.name] = coordinate.model_from_table(fs.read_parquet_dir(uri), index_map)
+    return models
+
+
+def load_model(root: str) -> TrainedModel:
+    data, coordinates = read_spec(root)
+    bags = sorted({c.feature_bag for c in coordinates if c.feature_bag})
+    index_maps = {bag: IndexMap.load(index_map_uri(root, bag)) for bag in bags}
+    models = load_models(root, coordinates, index_maps)
+    missing = [c.name for c in coordinates if c.name not in models]
+    if missing:
+        raise GdmixError(f"{root}: model files missing for coordinate(s) {', '.join(missing)}")
+    return TrainedModel(data, coordinates, index_maps, models)

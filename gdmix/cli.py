@@ -1,0 +1,199 @@
+"""The ``gdmix`` command: train, score, evaluate, datasets, demo.
+
+User errors (bad config, bad data) print one clear message and exit with status 1; nothing
+that looks like a finished output is left behind (outputs are staged, then committed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from gdmix import __version__
+from gdmix.errors import GdmixError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = REPO_ROOT / "examples" / "movielens-100k" / "lr.yaml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args) or 0
+    except GdmixError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 1
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted; no output was committed")
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gdmix", description="Generalized Deep Mixed Models.")
+    parser.add_argument("--version", action="version", version=f"gdmix {__version__}")
+    commands = parser.add_subparsers(title="commands")
+
+    train = commands.add_parser("train", help="train a model from a YAML config")
+    train.add_argument("config", help="YAML configuration file")
+    _add_set(train)
+    train.set_defaults(handler=_train)
+
+    score = commands.add_parser("score", help="score a dataset with a trained model")
+    score.add_argument("model_dir", help="output directory of a training run")
+    score.add_argument("data", help="dataset to score (Parquet, data contract)")
+    score.add_argument("out", help="where to write the scores")
+    score.set_defaults(handler=_score)
+
+    evaluate = commands.add_parser("evaluate", help="AUC, log loss and AUPR of a score dataset")
+    evaluate.add_argument("scores", help="Parquet scores with label and score (logit) columns")
+    evaluate.add_argument("--label", default="label")
+    evaluate.add_argument("--score", default="score")
+    evaluate.add_argument("--weight", default="weight", help="weight column, used if present")
+    evaluate.set_defaults(handler=_evaluate)
+
+    datasets = commands.add_parser("datasets", help="build example datasets").add_subparsers(title="datasets")
+    movielens = datasets.add_parser("movielens-100k", help="MovieLens-100K exactly as GDMix's example")
+    movielens.add_argument("--out", required=True)
+    movielens.add_argument("--source", help="GroupLens ml-100k folder, recbole atomic files or recbole wheel")
+    movielens.add_argument("--seed", type=int, default=42)
+    movielens.set_defaults(handler=_movielens)
+    synthetic = datasets.add_parser("synthetic", help="data with known fixed and random effects")
+    synthetic.add_argument("--out", required=True)
+    synthetic.add_argument("--rows", type=int, required=True)
+    synthetic.add_argument("--entities", default="user_id=1000",
+                           help="comma-separated COLUMN=COUNT, e.g. user_id=1000,item_id=500")
+    synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.add_argument("--global-features", type=int, default=20)
+    synthetic.add_argument("--global-nnz", type=int, default=5)
+    synthetic.add_argument("--re-features", type=int, default=5)
+    synthetic.add_argument("--re-nnz", type=int, default=3)
+    synthetic.add_argument("--skew", type=float, default=0.0, help="power-law exponent of entity sizes")
+    synthetic.add_argument("--validation-fraction", type=float, default=0.2)
+    synthetic.set_defaults(handler=_synthetic)
+
+    demo = commands.add_parser("demo", help="the embedded default job: MovieLens-100K end to end")
+    demo.add_argument("--config", default=str(DEMO_CONFIG))
+    demo.add_argument("--workdir", default="demo-output", help="where data and outputs go")
+    _add_set(demo)
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set coordinates.per_user.l2=10")
+
+
+def _train(args) -> int:
+    from gdmix.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    return _run_training(config)
+
+
+def _run_training(config) -> int:
+    from gdmix.game import train
+    from gdmix.report import ConsoleReporter, print_summary
+
+    result = train(config, ConsoleReporter())
+    print_summary(result.coordinates)
+    print(f"outputs written to {result.output}")
+    return 0
+
+
+def _score(args) -> int:
+    from gdmix.scoring import score_dataset
+
+    summary = score_dataset(args.model_dir, args.data, args.out)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _evaluate(args) -> int:
+    from gdmix.scoring import evaluate_scores
+
+    print(json.dumps(evaluate_scores(args.scores, args.label, args.score, args.weight), indent=2))
+    return 0
+
+
+def _movielens(args) -> int:
+    from gdmix.datasets.movielens import build_movielens_100k
+
+    summary = build_movielens_100k(args.out, source=args.source, seed=args.seed)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _parse_entities(text: str) -> dict[str, int]:
+    entities = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, count = item.partition("=")
+        if not sep or not count.isdigit() or int(count) < 1:
+            raise GdmixError(f"--entities expects COLUMN=COUNT items, got '{item}'")
+        entities[name] = int(count)
+    return entities
+
+
+def _synthetic(args) -> int:
+    from gdmix.datasets.synthetic import generate_synthetic, write_synthetic
+
+    data = generate_synthetic(
+        args.rows, _parse_entities(args.entities), global_features=args.global_features,
+        global_nnz=args.global_nnz, re_features=args.re_features, re_nnz=args.re_nnz, skew=args.skew,
+        validation_fraction=args.validation_fraction, seed=args.seed,
+    )
+    paths = write_synthetic(args.out, data)
+    print(json.dumps(paths, indent=2, default=str))
+    return 0
+
+
+def _demo(args) -> int:
+    """MovieLens-100K with the example config; synthetic data if MovieLens cannot be fetched."""
+    from gdmix.config import load_config
+    from gdmix.datasets.movielens import build_movielens_100k
+    from gdmix.report import ConsoleReporter
+
+    reporter = ConsoleReporter()
+    workdir = Path(args.workdir)
+    data_dir = workdir / "movielens-100k"
+    overrides = [f"output={workdir / 'model'}"]
+    if not (data_dir / "train").exists():
+        try:
+            reporter.info("building MovieLens-100K (fetched at run time, never stored in the repository)")
+            build_movielens_100k(str(data_dir))
+        except GdmixError as exc:
+            reporter.info(f"[yellow]MovieLens-100K unavailable ({exc}); using synthetic data instead[/]")
+            return _demo_synthetic(args, workdir)
+    overrides += [f"data.train={data_dir / 'train'}", f"data.validation={data_dir / 'validation'}"]
+    config = load_config(args.config, overrides + list(args.overrides))
+    return _run_training(config)
+
+
+def _demo_synthetic(args, workdir: Path) -> int:
+    from gdmix.config import validate_config
+    from gdmix.datasets.synthetic import generate_synthetic, write_synthetic
+
+    data_dir = workdir / "synthetic"
+    write_synthetic(str(data_dir), generate_synthetic(100_000, {"user_id": 2000, "item_id": 500}, seed=0))
+    raw = {
+        "data": {"train": str(data_dir / "train"), "validation": str(data_dir / "validation")},
+        "output": str(workdir / "model"),
+        "coordinates": [
+            {"name": "global", "type": "fixed_effect", "feature_bag": "global"},
+            {"name": "per_user", "type": "random_effect", "entity": "user_id", "feature_bag": "per_user_id"},
+            {"name": "per_item", "type": "random_effect", "entity": "item_id", "feature_bag": "per_item_id"},
+        ],
+    }
+    return _run_training(validate_config(raw, source="synthetic demo"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""The one configuration schema of a GDMix run, used by the CLI, the pipeline and the components.
+
+A run is described by one YAML file validated here, once, at the edge: unknown keys are errors
+(with their path in the message), defaults are explicit, and inner code receives typed, frozen
+objects it can trust. Any value can be overridden from the command line with
+``--set dotted.key=value``; list items of ``coordinates`` can be addressed by index or by name
+(``--set coordinates.per_user.l2=10``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gdmix.errors import ConfigError
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(StrictModel):
+    """Where the data is and which columns carry uid, label, weight and offset."""
+
+    train: str
+    validation: str | None = None
+    uid: str = "uid"
+    label: str = "label"
+    weight: str | None = Field(
+        None, description="Weight column; by default a column named 'weight' if present, else 1.0."
+    )
+    offset: str | None = Field(
+        None, description="Offset column; by default a column named 'offset' if present, else 0.0."
+    )
+
+
+class LbfgsConfig(StrictModel):
+    """Stopping rules of the fixed effect's L-BFGS-B.
+
+    ``gtol`` is the rule that matters: the run stops when the largest projected-gradient entry of
+    the objective, divided by the total sample weight, is at most ``gtol``. That is scale-free (it
+    does not tighten or loosen with the number of rows) and, unlike a relative-decrease test, it
+    certifies the optimum. ``tol`` is the relative objective decrease below which L-BFGS-B may
+    also stop; it is deliberately tiny by default so it only fires at float64 round-off.
+    """
+
+    max_iter: int = Field(500, ge=0)
+    tol: float = Field(1e-15, ge=0)
+    gtol: float = Field(1e-9, gt=0)
+    history: int = Field(10, ge=1, le=100)
+
+
+class NewtonConfig(StrictModel):
+    """Stopping rules of the batched per-entity Newton solver.
+
+    An entity has converged when its largest gradient entry, divided by its total sample weight
+    (at least 1), is at most ``tol``. Entities with more than ``max_dense_features`` local features
+    are solved one by one with L-BFGS-B instead (a dense Hessian would be too large).
+    """
+
+    max_iter: int = Field(100, ge=0)
+    tol: float = Field(1e-10, gt=0)
+    max_dense_features: int = Field(512, ge=1)
+
+
+class FixedEffectConfig(StrictModel):
+    """A global logistic regression on one feature bag (no bag: intercept only)."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    type: Literal["fixed_effect"]
+    feature_bag: str | None = None
+    l2: float = Field(1.0, ge=0)
+    regularize_intercept: bool = False
+    optimizer: LbfgsConfig = LbfgsConfig()
+
+
+class RandomEffectConfig(StrictModel):
+    """One logistic regression per entity of column ``entity``, on that entity's rows only.
+
+    The per-entity intercept is part of the random effect and is penalised by default. When it
+    is not, an entity whose rows all carry one label has no finite optimum; such entities get
+    the ridge ``one_label_intercept_l2`` (default: ``l2``) on their intercept and are counted.
+    """
+
+    name: str = Field(pattern=NAME_PATTERN)
+    type: Literal["random_effect"]
+    entity: str
+    feature_bag: str | None = None
+    l2: float = Field(1.0, gt=0)
+    regularize_intercept: bool = True
+    one_label_intercept_l2: float | None = Field(None, gt=0)
+    min_rows: int = Field(1, ge=1)
+    max_rows: int | None = Field(None, ge=1)
+    seed: int = 0
+    solver: NewtonConfig = NewtonConfig()
+
+    @model_validator(mode="after")
+    def _rows_bounds(self) -> "RandomEffectConfig":
+        if self.max_rows is not None and self.max_rows < self.min_rows:
+            raise ValueError(f"max_rows ({self.max_rows}) is below min_rows ({self.min_rows})")
+        return self
+
+
+CoordinateConfig = Annotated[
+    Union[FixedEffectConfig, RandomEffectConfig], Field(discriminator="type")
+]
+COORDINATE_TYPES = ("fixed_effect", "random_effect")
+
+
+class GdmixConfig(StrictModel):
+    """A whole training run: data, output location, coordinates and coordinate-descent passes."""
+
+    data: DataConfig
+    output: str
+    passes: int = Field(1, ge=1)
+    coordinates: list[CoordinateConfig] = Field(min_length=1)
+    warm_start: str | None = Field(
+        None, description="Output directory of an earlier run whose models seed this one."
+    )
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "GdmixConfig":
+        names = [c.name for c in self.coordinates]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"coordinate names must be unique; repeated: {', '.join(duplicated)}")
+        return self
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> GdmixConfig:
+    """Read, override and validate a YAML config; every problem becomes a :class:`ConfigError`."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, not {type(raw).__name__}")
+    for override in overrides:
+        apply_override(raw, override)
+    return validate_config(raw, source=str(path))
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> GdmixConfig:
+    """Validate a plain dict; errors list every bad key with its dotted path."""
+    try:
+        return GdmixConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{_format_location(err['loc'])}: {_describe(err)}" for err in exc.errors()]
+        raise ConfigError(f"{source}: invalid configuration\n  " + "\n  ".join(lines)) from None
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one ``dotted.key=value`` to a raw config dict (value parsed as YAML)."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set expects dotted.key=value, got '{assignment}'")
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: value is not valid YAML: {exc}") from None
+    parts = key.split(".")
+    node: Any = raw
+    for depth, part in enumerate(parts[:-1]):
+        node = _descend(node, part, ".".join(parts[: depth + 1]))
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_list_index(node, last, key)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"--set {key}: '{'.'.join(parts[:-1])}' is not a mapping or list")
+
+
+def _descend(node: Any, part: str, path: str) -> Any:
+    if isinstance(node, dict):
+        return node.setdefault(part, {})
+    if isinstance(node, list):
+        return node[_list_index(node, part, path)]
+    raise ConfigError(f"--set: '{path}' cannot be indexed (it is {type(node).__name__})")
+
+
+def _list_index(items: list[Any], part: str, path: str) -> int:
+    """A list element by position, or by the value of its ``name`` key."""
+    if part.lstrip("-").isdigit():
+        index = int(part)
+        if -len(items) <= index < len(items):
+            return index
+        raise ConfigError(f"--set {path}: index {index} out of range (list has {len(items)} items)")
+    for index, item in enumerate(items):
+        if isinstance(item, dict) and item.get("name") == part:
+            return index
+    names = [str(item.get("name")) for item in items if isinstance(item, dict)]
+    raise ConfigError(f"--set {path}: no item named '{part}' (names: {', '.join(names)})")
+
+
+def _format_location(loc: tuple[Any, ...]) -> str:
+    """('coordinates', 1, 'random_effect', 'l2') -> 'coordinates[1].l2'."""
+    text = ""
+    previous_was_index = False
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+            previous_was_index = True
+            continue
+        if previous_was_index and part in COORDINATE_TYPES:
+            previous_was_index = False
+            continue  # pydantic's discriminator tag, not a key the user wrote
+        text += f".{part}" if text else str(part)
+        previous_was_index = False
+    return text or "(top level)"
+
+
+def _describe(err: dict[str, Any]) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    if err["type"] == "missing":
+        return "required key is missing"
+    if err["type"] == "union_tag_invalid":
+        return f"unknown coordinate type (expected one of: {', '.join(COORDINATE_TYPES)})"
+    if err["type"] == "union_tag_not_found":
+        return f"missing 'type' (one of: {', '.join(COORDINATE_TYPES)})"
+    return err["msg"]

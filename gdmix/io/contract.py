@@ -1,0 +1,340 @@
+"""The input data contract: what a GDMix dataset is, and the reader that enforces it.
+
+A dataset is a directory (or URI) of Parquet files with:
+
+* ``uid``: integer, unique per row;
+* a label column (default ``label``), 0/1;
+* optional ``weight`` (default 1.0, must be finite and >= 0) and ``offset`` (default 0.0);
+* entity id columns (integer or string, no nulls);
+* feature bags: ``list<struct<name: string, term: string, value: double>>``.
+
+:func:`read_contract_table` reads only the columns a run needs, checks every rule, and names
+the file, column and (0-based, within that file) row of the first violation. Its output has
+normalised types (uid int64; label, weight, offset float64; bags exactly :data:`FEATURE_BAG_TYPE`)
+so that nothing downstream needs to re-check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from gdmix.errors import DataError
+from gdmix.io import fs
+
+FEATURE_STRUCT = pa.struct(
+    [
+        pa.field("name", pa.string(), nullable=False),
+        pa.field("term", pa.string(), nullable=False),
+        pa.field("value", pa.float64(), nullable=False),
+    ]
+)
+FEATURE_BAG_TYPE = pa.list_(pa.field("item", FEATURE_STRUCT))
+DEFAULT_WEIGHT_COLUMN = "weight"
+DEFAULT_OFFSET_COLUMN = "offset"
+
+
+@dataclass(frozen=True)
+class ContractColumns:
+    """Which columns to read and under which names.
+
+    ``weight``/``offset`` of ``None`` mean "the column named weight/offset if the data has it,
+    otherwise the default value"; a name given explicitly must exist. A ``label`` of ``None``
+    (scoring) reads the label column only if present.
+    """
+
+    uid: str = "uid"
+    label: str = "label"
+    label_required: bool = True
+    weight: str | None = None
+    offset: str | None = None
+    entities: tuple[str, ...] = ()
+    bags: tuple[str, ...] = ()
+    passthrough: tuple[str, ...] = field(default=())
+
+
+@dataclass
+class ContractTable:
+    """A validated dataset: normalised columns ``uid, label?, weight, offset, entities..., bags...``.
+
+    ``file_starts[k]`` is the first row of ``files[k]`` in ``table``; :meth:`locate` turns a row
+    of the table back into (file, row within file) for error messages.
+    """
+
+    table: pa.Table
+    files: list[str]
+    file_starts: np.ndarray
+    has_label: bool
+
+    @property
+    def num_rows(self) -> int:
+        return self.table.num_rows
+
+    def locate(self, row: int) -> tuple[str, int]:
+        k = int(np.searchsorted(self.file_starts, row, side="right") - 1)
+        return self.files[k], int(row - self.file_starts[k])
+
+
+def read_contract_table(uri: str, columns: ContractColumns) -> ContractTable:
+    """Read and validate every Parquet file of the dataset at ``uri``."""
+    files = fs.list_parquet_files(uri)
+    if not files:
+        raise DataError("dataset is empty: no Parquet files found", path=str(uri))
+    tables = [_read_file(path, columns) for path in files]
+    has_label = all(t.schema.get_field_index("label") >= 0 for t in tables)
+    if not has_label:
+        tables = [t.drop_columns(["label"]) if "label" in t.column_names else t for t in tables]
+    _check_consistent_types(tables, files)
+    table = pa.concat_tables(tables)
+    sizes = np.array([t.num_rows for t in tables], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    result = ContractTable(table=table, files=files, file_starts=starts, has_label=has_label)
+    if table.num_rows == 0:
+        raise DataError("dataset is empty (0 rows)", path=str(uri))
+    _check_unique_uids(result, columns.uid)
+    return result
+
+
+def _read_file(path: str, columns: ContractColumns) -> pa.Table:
+    fs_, inner = fs.url_to_fs(path)
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(inner, filesystem=fs_)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"not a readable Parquet file ({exc})", path=path) from None
+    available = set(schema.names)
+
+    def require(name: str, role: str) -> None:
+        if name not in available:
+            raise DataError(
+                f"missing {role} column (file has: {', '.join(sorted(available)) or 'no columns'})",
+                path=path,
+                column=name,
+            )
+
+    require(columns.uid, "uid")
+    if columns.label_required:
+        require(columns.label, "label")
+    weight_col = columns.weight or DEFAULT_WEIGHT_COLUMN
+    offset_col = columns.offset or DEFAULT_OFFSET_COLUMN
+    if columns.weight:
+        require(columns.weight, "weight")
+    if columns.offset:
+        require(columns.offset, "offset")
+    for name in columns.entities:
+        require(name, "entity id")
+    for name in columns.bags:
+        require(name, "feature bag")
+    for name in columns.passthrough:
+        require(name, "requested")
+
+    wanted = [columns.uid]
+    has_label = columns.label in available
+    if has_label:
+        wanted.append(columns.label)
+    has_weight = weight_col in available
+    has_offset = offset_col in available
+    wanted += [weight_col] if has_weight else []
+    wanted += [offset_col] if has_offset else []
+    wanted += list(columns.entities) + list(columns.bags) + list(columns.passthrough)
+    wanted = list(dict.fromkeys(wanted))
+    raw = fs.read_parquet(path, columns=wanted)
+    n = raw.num_rows
+
+    out: dict[str, pa.Array] = {}
+    out["uid"] = _integer_column(raw.column(columns.uid), path, columns.uid)
+    if has_label:
+        out["label"] = _label_column(raw.column(columns.label), path, columns.label)
+    out["weight"] = (
+        _weight_column(raw.column(weight_col), path, weight_col)
+        if has_weight
+        else pa.array(np.ones(n))
+    )
+    out["offset"] = (
+        _finite_column(raw.column(offset_col), path, offset_col)
+        if has_offset
+        else pa.array(np.zeros(n))
+    )
+    for name in columns.entities:
+        out[name] = _entity_column(raw.column(name), path, name)
+    for name in columns.bags:
+        out[name] = _bag_column(raw.column(name), path, name)
+    for name in columns.passthrough:
+        out.setdefault(name, raw.column(name).combine_chunks())
+    return pa.table(out)
+
+
+def _first_true(mask: pa.Array | np.ndarray) -> int | None:
+    values = mask.to_numpy(zero_copy_only=False) if isinstance(mask, pa.Array) else mask
+    hits = np.flatnonzero(values)
+    return int(hits[0]) if hits.size else None
+
+
+def _check_no_nulls(column: pa.Array, path: str, name: str) -> None:
+    if column.null_count:
+        row = _first_true(pc.is_null(column))
+        raise DataError("null value", path=path, column=name, row=row)
+
+
+def _numeric(column: pa.ChunkedArray, path: str, name: str) -> pa.Array:
+    array = column.combine_chunks()
+    if not (pa.types.is_integer(array.type) or pa.types.is_floating(array.type)
+            or pa.types.is_boolean(array.type) or pa.types.is_decimal(array.type)):
+        raise DataError(f"expected a numeric column, found type {array.type}", path=path, column=name)
+    _check_no_nulls(array, path, name)
+    return pc.cast(array, pa.float64())
+
+
+def _finite_column(column: pa.ChunkedArray, path: str, name: str) -> pa.Array:
+    array = _numeric(column, path, name)
+    bad = _first_true(pc.invert(pc.is_finite(array)))
+    if bad is not None:
+        raise DataError(f"value {array[bad].as_py()} is not finite", path=path, column=name, row=bad)
+    return array
+
+
+def _weight_column(column: pa.ChunkedArray, path: str, name: str) -> pa.Array:
+    array = _finite_column(column, path, name)
+    bad = _first_true(pc.less(array, 0.0))
+    if bad is not None:
+        raise DataError(f"negative weight {array[bad].as_py()}", path=path, column=name, row=bad)
+    return array
+
+
+def _label_column(column: pa.ChunkedArray, path: str, name: str) -> pa.Array:
+    array = _numeric(column, path, name)
+    bad = _first_true(pc.invert(pc.is_in(array, value_set=pa.array([0.0, 1.0]))))
+    if bad is not None:
+        raise DataError(
+            f"label {array[bad].as_py()} is not 0 or 1 (logistic regression needs binary labels)",
+            path=path, column=name, row=bad,
+        )
+    return array
+
+
+def _integer_column(column: pa.ChunkedArray, path: str, name: str) -> pa.Array:
+    array = column.combine_chunks()
+    if not pa.types.is_integer(array.type):
+        raise DataError(f"expected an integer column, found type {array.type}", path=path, column=name)
+    _check_no_nulls(array, path, name)
+    return pc.cast(array, pa.int64())
+
+
+def _entity_column(column: pa.ChunkedArray, path: str, name: str) -> pa.Array:
+    array = column.combine_chunks()
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    if pa.types.is_integer(array.type):
+        target = pa.int64()
+    elif pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+        target = pa.string()
+    else:
+        raise DataError(
+            f"entity ids must be integers or strings, found type {array.type}", path=path, column=name
+        )
+    _check_no_nulls(array, path, name)
+    return pc.cast(array, target)
+
+
+def _bag_column(column: pa.ChunkedArray, path: str, name: str) -> pa.Array:
+    """Check a name-term-value bag and normalise it to :data:`FEATURE_BAG_TYPE`.
+
+    A null bag is an empty bag and a null term is the empty term; a null name or a null or
+    non-finite value is an error naming the row.
+    """
+    array = column.combine_chunks()
+    list_type = array.type
+    if not (pa.types.is_list(list_type) or pa.types.is_large_list(list_type)) or not pa.types.is_struct(
+        list_type.value_type
+    ):
+        raise DataError(
+            f"a feature bag must be list<struct<name, term, value>>, found type {list_type}",
+            path=path, column=name,
+        )
+    struct_type = list_type.value_type
+    field_names = [struct_type.field(i).name for i in range(struct_type.num_fields)]
+    missing = [f for f in ("name", "term", "value") if f not in field_names]
+    if missing:
+        raise DataError(
+            f"feature bag struct lacks field(s) {', '.join(missing)} (has {', '.join(field_names)})",
+            path=path, column=name,
+        )
+    if array.null_count:
+        array = pc.if_else(pc.is_null(array), pa.scalar([], type=list_type), array)
+    items = pc.list_flatten(array)
+    parents = pc.list_parent_indices(array).to_numpy()
+
+    def bad_item(mask: pa.Array, message: str) -> None:
+        hit = _first_true(mask)
+        if hit is not None:
+            raise DataError(message.format(hit=hit), path=path, column=name, row=int(parents[hit]))
+
+    bad_item(pc.is_null(items), "null feature entry")
+    names = items.field("name")
+    terms = items.field("term")
+    values = items.field("value")
+    for part, label in ((names, "name"), (terms, "term")):
+        if not (pa.types.is_string(part.type) or pa.types.is_large_string(part.type)):
+            raise DataError(f"feature {label} must be a string, found {part.type}", path=path, column=name)
+    if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
+        raise DataError(f"feature value must be numeric, found {values.type}", path=path, column=name)
+    bad_item(pc.is_null(names), "feature with a null name")
+    bad_item(pc.is_null(values), "feature with a null value")
+    values = pc.cast(values, pa.float64())
+    hit = _first_true(pc.invert(pc.is_finite(values)))
+    if hit is not None:
+        raise DataError(
+            f"feature ({names[hit].as_py()}, {terms[hit].as_py()}) has non-finite value "
+            f"{values[hit].as_py()}",
+            path=path, column=name, row=int(parents[hit]),
+        )
+    terms = pc.fill_null(pc.cast(terms, pa.string()), "")
+    struct = pa.StructArray.from_arrays(
+        [pc.cast(names, pa.string()), terms, values], fields=list(FEATURE_STRUCT)
+    )
+    offsets = pc.cast(array.offsets, pa.int32()) if pa.types.is_large_list(list_type) else array.offsets
+    first = offsets[0].as_py()
+    if first:
+        offsets = pc.subtract(offsets, first)
+    return pa.ListArray.from_arrays(offsets, struct, type=FEATURE_BAG_TYPE)
+
+
+def _check_consistent_types(tables: list[pa.Table], files: list[str]) -> None:
+    reference = tables[0].schema
+    for table, path in zip(tables[1:], files[1:]):
+        for field_ in table.schema:
+            expected = reference.field(field_.name).type
+            if field_.type != expected:
+                raise DataError(
+                    f"type {field_.type} differs from {expected} in {files[0]}", path=path, column=field_.name
+                )
+
+
+def _check_unique_uids(data: ContractTable, uid_name: str) -> None:
+    uid = data.table.column("uid").to_numpy()
+    order = np.argsort(uid, kind="stable")
+    sorted_uid = uid[order]
+    repeats = np.flatnonzero(sorted_uid[1:] == sorted_uid[:-1])
+    if repeats.size:
+        first, second = order[repeats[0]], order[repeats[0] + 1]
+        path_a, row_a = data.locate(int(first))
+        path_b, row_b = data.locate(int(second))
+        raise DataError(
+            f"duplicate uid {int(sorted_uid[repeats[0]])} (first seen in {path_a} row {row_a}); "
+            "uids must be unique",
+            path=path_b, column=uid_name, row=row_b,
+        )
+
+
+def write_dataset(table: pa.Table, uri: str, rows_per_file: int | None = None) -> list[str]:
+    """Write a table as ``part-NNNNN.parquet`` files under ``uri`` (staged, then committed)."""
+    step = rows_per_file or max(table.num_rows, 1)
+    names = [f"part-{k:05d}.parquet" for k in range(max(1, -(-table.num_rows // step)))]
+    with fs.staged_directory(uri) as staging:
+        for k, name in enumerate(names):
+            fs.write_parquet(table.slice(k * step, step), staging, name)
+    return [fs.join(uri, name) for name in names]

@@ -1,0 +1,137 @@
+"""File-system access through fsspec, so every path may be local or an object-store URI.
+
+Outputs are never written in place: :func:`staged_directory` hands out a temporary sibling
+directory and only moves it to the final location when the block finishes without error, so
+a failed run leaves no half-written output that looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import posixpath
+import uuid
+from collections.abc import Iterator
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+from gdmix.errors import DataError
+
+PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
+
+
+def url_to_fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The file system serving ``uri`` and the path inside it."""
+    fs, path = fsspec.core.url_to_fs(str(uri))
+    return fs, path
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts onto a URI (a local path or ``scheme://...``) with forward slashes."""
+    uri = str(uri)
+    return posixpath.join(uri.rstrip("/") if uri not in ("/",) else uri, *parts)
+
+
+def exists(uri: str) -> bool:
+    fs, path = url_to_fs(uri)
+    return fs.exists(path)
+
+
+def unstrip(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """Turn a path inside ``fs`` back into a URI another ``url_to_fs`` call accepts."""
+    return path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
+
+
+def list_parquet_files(uri: str) -> list[str]:
+    """The Parquet files of a dataset: ``uri`` itself, or every Parquet file below it, sorted.
+
+    Files and directories whose name starts with ``_`` or ``.`` (markers, staging areas) are
+    skipped, as Spark and Hive do.
+    """
+    fs, path = url_to_fs(uri)
+    if not fs.exists(path):
+        raise DataError("dataset not found", path=str(uri))
+    if fs.isfile(path):
+        return [unstrip(fs, path)]
+    found = []
+    for file_path in fs.find(path):
+        relative = posixpath.relpath(file_path, path)
+        if any(part.startswith(("_", ".")) for part in relative.split("/")):
+            continue
+        if file_path.endswith(PARQUET_SUFFIXES):
+            found.append(unstrip(fs, file_path))
+    return sorted(found)
+
+
+def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
+    fs, path = url_to_fs(uri)
+    return pq.read_table(path, columns=columns, filesystem=fs)
+
+
+def read_parquet_dir(uri: str, columns: list[str] | None = None) -> pa.Table:
+    """All Parquet files of a directory concatenated in file-name order."""
+    files = list_parquet_files(uri)
+    if not files:
+        raise DataError("no Parquet files found", path=str(uri))
+    return pa.concat_tables([read_parquet(f, columns) for f in files])
+
+
+def write_parquet(table: pa.Table, uri: str, name: str = "part-00000.parquet") -> str:
+    """Write ``table`` as file ``name`` inside directory ``uri`` (created if needed)."""
+    fs, path = url_to_fs(uri)
+    fs.makedirs(path, exist_ok=True)
+    target = posixpath.join(path, name)
+    pq.write_table(table, target, filesystem=fs)
+    return unstrip(fs, target)
+
+
+def write_text(uri: str, text: str) -> None:
+    fs, path = url_to_fs(uri)
+    parent = posixpath.dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    with fs.open(path, "w") as handle:
+        handle.write(text)
+
+
+def read_text(uri: str) -> str:
+    fs, path = url_to_fs(uri)
+    with fs.open(path, "r") as handle:
+        return handle.read()
+
+
+def remove(uri: str) -> None:
+    fs, path = url_to_fs(uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+@contextlib.contextmanager
+def staged_directory(uri: str) -> Iterator[str]:
+    """Yield a temporary directory that replaces ``uri`` only if the block succeeds.
+
+    The staging directory is a hidden sibling (``.name.staging-<id>``), so it lives on the same
+    file system (a rename, not a copy, on local disks) and readers listing the parent skip it.
+    On success an existing ``uri`` is first moved aside, then replaced, then deleted.
+    """
+    fs, path = url_to_fs(uri)
+    path = path.rstrip("/")
+    parent, name = posixpath.split(path)
+    token = uuid.uuid4().hex[:12]
+    staging = posixpath.join(parent, f".{name}.staging-{token}")
+    fs.makedirs(staging, exist_ok=True)
+    try:
+        yield unstrip(fs, staging)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            fs.rm(staging, recursive=True)
+        raise
+    previous = None
+    if fs.exists(path):
+        previous = posixpath.join(parent, f".{name}.previous-{token}")
+        fs.mv(path, previous, recursive=True)
+    fs.mv(staging, path, recursive=True)
+    if previous is not None:
+        fs.rm(previous, recursive=True)

@@ -1,0 +1,116 @@
+"""Coordinates: the uniform face of fixed and random effects that coordinate descent drives.
+
+A coordinate knows which columns of a :class:`~gdmix.dataset.Dataset` it uses, how to fit its
+model given offsets (the other coordinates' scores), how to score rows, and how its model is
+written as a coefficient table. Coordinate descent (:mod:`gdmix.game`) and scoring
+(:mod:`gdmix.scoring`) only talk to this interface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, Union
+
+import numpy as np
+import pyarrow as pa
+
+from gdmix.config import FixedEffectConfig, RandomEffectConfig
+from gdmix.dataset import Dataset
+from gdmix.features.index_map import IndexMap
+from gdmix.models.fixed_effect import FixedEffectModel, fit_fixed_effect
+from gdmix.models.random_effect import RandomEffectModel, fit_random_effect
+
+Model = Union[FixedEffectModel, RandomEffectModel]
+Progress = Callable[[float, float], None]
+
+
+class Coordinate(Protocol):
+    name: str
+    feature_bag: str | None
+    entity: str | None
+
+    def fit(self, data: Dataset, offsets: np.ndarray, initial: Model | None,
+            progress: Progress | None = None) -> tuple[Model, dict]: ...
+
+    def score(self, model: Model, data: Dataset) -> np.ndarray: ...
+
+    def model_to_table(self, model: Model, index_map: IndexMap) -> pa.Table: ...
+
+    def model_from_table(self, table: pa.Table, index_map: IndexMap) -> Model: ...
+
+
+@dataclass(frozen=True)
+class FixedEffectCoordinate:
+    config: FixedEffectConfig
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def feature_bag(self) -> str | None:
+        return self.config.feature_bag
+
+    entity = None
+
+    def fit(self, data, offsets, initial=None, progress=None):
+        max_iter = self.config.optimizer.max_iter
+        on_iteration = None if progress is None else (lambda it, _value: progress(it, max_iter))
+        model, report = fit_fixed_effect(
+            data.bag(self.feature_bag), data.label, data.weight, offsets, self.config, initial, on_iteration
+        )
+        return model, report.as_dict()
+
+    def score(self, model: FixedEffectModel, data: Dataset) -> np.ndarray:
+        return model.score(data.bag(self.feature_bag))
+
+    def model_to_table(self, model: FixedEffectModel, index_map: IndexMap) -> pa.Table:
+        return model.to_table(index_map)
+
+    def model_from_table(self, table: pa.Table, index_map: IndexMap) -> FixedEffectModel:
+        return FixedEffectModel.from_table(table, index_map)
+
+
+@dataclass(frozen=True)
+class RandomEffectCoordinate:
+    config: RandomEffectConfig
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def feature_bag(self) -> str | None:
+        return self.config.feature_bag
+
+    @property
+    def entity(self) -> str:
+        return self.config.entity
+
+    def fit(self, data, offsets, initial=None, progress=None):
+        entities = data.entities[self.entity]
+        start = initial.aligned_to(entities) if initial is not None else None
+        codes, intercepts, coef, report = fit_random_effect(
+            entities.codes, data.bag(self.feature_bag), data.label, data.weight, offsets,
+            self.config, start, progress,
+        )
+        model = RandomEffectModel(entities.strings().take(codes), intercepts, coef)
+        if initial is not None:
+            model = model.carry_over(initial)
+        return model, report.as_dict()
+
+    def score(self, model: RandomEffectModel, data: Dataset) -> np.ndarray:
+        return model.score(data.entities[self.entity], data.bag(self.feature_bag))
+
+    def model_to_table(self, model: RandomEffectModel, index_map: IndexMap) -> pa.Table:
+        return model.to_table(index_map)
+
+    def model_from_table(self, table: pa.Table, index_map: IndexMap) -> RandomEffectModel:
+        return RandomEffectModel.from_table(table, index_map)
+
+
+def make_coordinate(config: FixedEffectConfig | RandomEffectConfig) -> Coordinate:
+    if isinstance(config, FixedEffectConfig):
+        return FixedEffectCoordinate(config)
+    return RandomEffectCoordinate(config)

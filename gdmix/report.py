@@ -1,0 +1,102 @@
+"""What a run shows a person: progress during long steps and a summary table at the end.
+
+Library code reports through a :class:`Reporter`, so tests and pipeline components can run
+silently (:class:`SilentReporter`) while the CLI shows rich progress bars on stderr and the
+summary on stdout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+ProgressCallback = Callable[[float, float], None]
+
+
+class Reporter(Protocol):
+    def info(self, message: str) -> None: ...
+
+    def progress(self, description: str) -> contextlib.AbstractContextManager[ProgressCallback]: ...
+
+
+class SilentReporter:
+    def info(self, message: str) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def progress(self, description: str) -> Iterator[ProgressCallback]:
+        yield lambda done, total: None
+
+
+class ConsoleReporter:
+    """Messages and progress bars on stderr (stdout stays for results)."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+
+    def info(self, message: str) -> None:
+        self.console.print(message, highlight=False)
+
+    @contextlib.contextmanager
+    def progress(self, description: str) -> Iterator[ProgressCallback]:
+        if not self.console.is_terminal:  # no bars in logs; the step's result line follows
+            yield lambda done, total: None
+            return
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+        with Progress(*columns, console=self.console, transient=True) as bar:
+            task = bar.add_task(description, total=None)
+
+            def update(done: float, total: float) -> None:
+                bar.update(task, completed=done, total=total)
+
+            yield update
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def summary_table(results: list[dict]) -> Table:
+    """One line per trained coordinate (in training order) with its metrics and time."""
+    table = Table(title="GDMix training summary", title_justify="left")
+    for header, justify in [("coordinate", "left"), ("type", "left"), ("pass", "right"),
+                            ("val AUC", "right"), ("val logloss", "right"), ("val AUPR", "right"),
+                            ("train AUC", "right"), ("seconds", "right"), ("notes", "left")]:
+        table.add_column(header, justify=justify)
+    for row in results:
+        validation = row.get("validation") or {}
+        train = row.get("train") or {}
+        table.add_row(
+            row["name"], row["type"], str(row["pass"]),
+            _fmt(validation.get("auc")), _fmt(validation.get("logloss")), _fmt(validation.get("aupr")),
+            _fmt(train.get("auc")), f"{row['train_seconds']:.2f}", _notes(row),
+        )
+    return table
+
+
+def _notes(row: dict) -> str:
+    solver = row.get("solver", {})
+    notes = []
+    if row["type"] == "fixed_effect":
+        notes.append(f"{solver.get('iterations', 0)} iterations")
+        if not solver.get("converged", True):
+            notes.append("NOT converged")
+    else:
+        notes.append(f"{solver.get('entities_trained', 0)} entities")
+        for key, label in [("unconverged_entities", "unconverged"), ("one_label_entities", "one-label"),
+                           ("entities_below_min_rows", "below min_rows"),
+                           ("entities_down_sampled", "down-sampled")]:
+            if solver.get(key):
+                notes.append(f"{solver[key]} {label}")
+    return ", ".join(notes)
+
+
+def print_summary(results: list[dict], console: Console | None = None) -> None:
+    console = console or Console(file=sys.stdout, width=None if sys.stdout.isatty() else 140)
+    console.print(summary_table(results))
