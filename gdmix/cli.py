@@ -12,12 +12,14 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from gdmix import __version__
 from gdmix.errors import GdmixError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO_ROOT / "examples" / "movielens-100k" / "lr.yaml"
+DEMO_SYNTHETIC_ROWS = 100_000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args) or 0
     except GdmixError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         return 1
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted; no output was committed")
@@ -170,7 +172,7 @@ def _demo(args) -> int:
             reporter.info("building MovieLens-100K (fetched at run time, never stored in the repository)")
             build_movielens_100k(str(data_dir))
         except GdmixError as exc:
-            reporter.info(f"[yellow]MovieLens-100K unavailable ({exc}); using synthetic data instead[/]")
+            reporter.info(f"MovieLens-100K unavailable ({exc}); using synthetic data instead")
             return _demo_synthetic(args, workdir)
     overrides += [f"data.train={data_dir / 'train'}", f"data.validation={data_dir / 'validation'}"]
     config = load_config(args.config, overrides + list(args.overrides))
@@ -178,11 +180,12 @@ def _demo(args) -> int:
 
 
 def _demo_synthetic(args, workdir: Path) -> int:
-    from gdmix.config import validate_config
+    from gdmix.config import apply_override, validate_config
     from gdmix.datasets.synthetic import generate_synthetic, write_synthetic
 
     data_dir = workdir / "synthetic"
-    write_synthetic(str(data_dir), generate_synthetic(100_000, {"user_id": 2000, "item_id": 500}, seed=0))
+    rows = DEMO_SYNTHETIC_ROWS
+    write_synthetic(str(data_dir), generate_synthetic(rows, {"user_id": rows // 50, "item_id": rows // 200}, seed=0))
     raw = {
         "data": {"train": str(data_dir / "train"), "validation": str(data_dir / "validation")},
         "output": str(workdir / "model"),
@@ -192,6 +195,8 @@ def _demo_synthetic(args, workdir: Path) -> int:
             {"name": "per_item", "type": "random_effect", "entity": "item_id", "feature_bag": "per_item_id"},
         ],
     }
+    for override in args.overrides:
+        apply_override(raw, override)
     return _run_training(validate_config(raw, source="synthetic demo"))
 
 

@@ -38,10 +38,10 @@ class ConsoleReporter:
     """Messages and progress bars on stderr (stdout stays for results)."""
 
     def __init__(self, console: Console | None = None) -> None:
-        self.console = console or Console(stderr=True)
+        self.console = console or Console(stderr=True, soft_wrap=True)
 
     def info(self, message: str) -> None:
-        self.console.print(message, highlight=False)
+        self.console.print(message, highlight=False, markup=False)
 
     @contextlib.contextmanager
     def progress(self, description: str) -> Iterator[ProgressCallback]:

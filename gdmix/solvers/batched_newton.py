@@ -25,6 +25,11 @@ import numpy as np
 
 ARMIJO = 1e-4
 MAX_HALVINGS = 60
+# Largest change of any row's logit in one step. Far from the optimum (saturated rows, an
+# unpenalised intercept) the Hessian is nearly singular and the raw Newton step absurdly long;
+# capping it in logit units (not coefficient units) is invariant to feature scaling and never
+# binds near the optimum.
+MAX_LOGIT_STEP = 20.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,7 @@ def solve_batch(
         stalled = np.zeros_like(done)
         if step < max_iter and not done.all():
             delta_b, delta_beta = _newton_direction(work, mu, grad_b, grad_beta)
+            delta_b, delta_beta = _cap_step(work, delta_b, delta_beta)
             slope = grad_b * delta_b + np.einsum("eq,eq->e", grad_beta, delta_beta)
             wb, wbeta, value, z, stalled = _line_search(
                 work, wb, wbeta, value, z, delta_b, delta_beta, slope, ~done
@@ -139,7 +145,7 @@ def _newton_direction(problem: BatchProblem, mu, grad_b, grad_beta):
     a = s.sum(axis=1) + problem.intercept_ridge
     num, n, q = problem.features.shape
     if q == 0:
-        return -grad_b / np.maximum(a, np.finfo(float).tiny), np.zeros((num, 0))
+        return -grad_b / np.maximum(a, 1e-12 * np.maximum(problem.weights.sum(axis=1), 1.0)), np.zeros((num, 0))
     c = np.einsum("enq,en->eq", problem.features, s)
     rhs = np.stack([grad_beta, c], axis=2)  # (E, q, 2)
     if n < q:
@@ -150,10 +156,22 @@ def _newton_direction(problem: BatchProblem, mu, grad_b, grad_beta):
         solved = np.linalg.solve(hessian, rhs)
     u, v = solved[:, :, 0], solved[:, :, 1]
     schur = a - np.einsum("eq,eq->e", c, v)
-    schur = np.maximum(schur, np.finfo(float).tiny)
+    schur = np.maximum(schur, 1e-12 * np.maximum(problem.weights.sum(axis=1), 1.0))
     delta_b = -(grad_b - np.einsum("eq,eq->e", c, u)) / schur
     delta_beta = -u - v * delta_b[:, None]
     return delta_b, delta_beta
+
+
+def _cap_step(problem: BatchProblem, delta_b, delta_beta):
+    """Shorten steps that would move some row's logit by more than :data:`MAX_LOGIT_STEP`."""
+    change = np.abs(np.einsum("enq,eq->en", problem.features, delta_beta) + delta_b[:, None])
+    change = np.where(problem.weights > 0, change, 0.0).max(axis=1, initial=0.0)
+    change = np.maximum(change, np.abs(delta_b))
+    factor = np.ones_like(change)
+    long_step = change > MAX_LOGIT_STEP
+    factor[long_step] = MAX_LOGIT_STEP / change[long_step]  # inf -> 0: no step
+    factor[np.isnan(change)] = 0.0
+    return delta_b * factor, delta_beta * factor[:, None]
 
 
 def _solve_woodbury(features, s, ridge, rhs):

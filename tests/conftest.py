@@ -1,0 +1,53 @@
+"""Shared fixtures: small contract datasets written by the tests themselves."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+from gdmix.datasets.synthetic import generate_synthetic, write_synthetic  # noqa: E402
+from gdmix.io.contract import FEATURE_BAG_TYPE  # noqa: E402
+
+
+def bag(rows: list[list[tuple[str, str, float]]]) -> pa.Array:
+    """A feature-bag column from Python lists of (name, term, value)."""
+    return pa.array(
+        [[{"name": n, "term": t, "value": v} for n, t, v in row] for row in rows], type=FEATURE_BAG_TYPE
+    )
+
+
+def dense_bag(matrix: np.ndarray, name: str = "f") -> pa.Array:
+    """A bag holding the non-zeros of a dense matrix as features (name, "<column>")."""
+    return bag([[(name, str(j), float(v)) for j, v in enumerate(row) if v != 0] for row in matrix])
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory) -> str:
+    """A small synthetic GLMix dataset with two random effects (shared by many tests)."""
+    out = tmp_path_factory.mktemp("synthetic")
+    data = generate_synthetic(
+        6000, {"user_id": 150, "item_id": 40}, global_features=12, global_nnz=4,
+        re_features=4, re_nnz=2, skew=0.8, seed=3,
+    )
+    write_synthetic(str(out), data)
+    return str(out)
+
+
+def synthetic_config(data_dir: str, output: str, **overrides) -> dict:
+    raw = {
+        "data": {"train": f"{data_dir}/train", "validation": f"{data_dir}/validation"},
+        "output": output,
+        "coordinates": [
+            {"name": "global", "type": "fixed_effect", "feature_bag": "global"},
+            {"name": "per_user", "type": "random_effect", "entity": "user_id", "feature_bag": "per_user_id"},
+            {"name": "per_item", "type": "random_effect", "entity": "item_id", "feature_bag": "per_item_id"},
+        ],
+    }
+    raw.update(overrides)
+    return raw

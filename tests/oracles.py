@@ -1,0 +1,33 @@
+"""Independent reference solutions (scipy, written without any gdmix code) for the tests."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import expit
+
+
+def scipy_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, o: np.ndarray,
+                   l2: float, penalize_intercept: bool) -> tuple[float, np.ndarray]:
+    """argmin sum w*CE(y, x.beta + b + o) + l2/2 |beta|^2 (+ l2/2 b^2) by scipy's trust-exact."""
+    x = np.asarray(x, dtype=float)
+    design = np.hstack([np.ones((len(y), 1)), x])
+    penalty = np.full(design.shape[1], float(l2))
+    if not penalize_intercept:
+        penalty[0] = 0.0
+
+    def fun(theta):
+        z = design @ theta + o
+        return np.sum(w * (np.logaddexp(0, z) - y * z)) + 0.5 * np.sum(penalty * theta**2)
+
+    def jac(theta):
+        z = design @ theta + o
+        return design.T @ (w * (expit(z) - y)) + penalty * theta
+
+    def hess(theta):
+        p = expit(design @ theta + o)
+        return (design * (w * p * (1 - p))[:, None]).T @ design + np.diag(penalty)
+
+    result = minimize(fun, np.zeros(design.shape[1]), jac=jac, hess=hess, method="trust-exact",
+                      options={"gtol": 1e-11, "maxiter": 1000})
+    return float(result.x[0]), result.x[1:]

@@ -1,0 +1,147 @@
+import json
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from gdmix.config import validate_config
+from gdmix.dataset import to_dataset
+from gdmix.game import train
+from gdmix.io import fs
+from gdmix.io.contract import ContractColumns, read_contract_table
+from gdmix.models.fixed_effect import fit_fixed_effect
+from gdmix.models.random_effect import fit_random_effect
+
+from conftest import synthetic_config
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_dir, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("run") / "model")
+    config = validate_config(synthetic_config(synthetic_dir, out))
+    return config, train(config)
+
+
+def _read(path):
+    return fs.read_parquet_dir(str(path))
+
+
+def test_output_layout_and_schemas(trained):
+    config, result = trained
+    out = config.output
+    for bag in ("global", "per_item_id", "per_user_id"):
+        assert _read(f"{out}/index_maps/{bag}").column_names == ["index", "name", "term"]
+    assert _read(f"{out}/models/global").column_names == ["name", "term", "value"]
+    user_model = _read(f"{out}/models/per_user")
+    assert user_model.column_names == ["entity", "name", "term", "value"]
+    intercepts = user_model.filter(pc.equal(user_model.column("name"), "(INTERCEPT)"))
+    assert intercepts.num_rows == result.coordinates[1]["solver"]["entities_trained"]
+    assert set(pc.unique(intercepts.column("term")).to_pylist()) == {""}
+    for name in ("global", "per_user", "per_item"):
+        for split in ("train", "validation"):
+            table = _read(f"{out}/scores/{name}/{split}")
+            assert table.column_names == ["uid", "label", "weight", "score", "coordinate_score"]
+    spec = json.loads(open(f"{out}/model.json").read())
+    assert [c["name"] for c in spec["coordinates"]] == ["global", "per_user", "per_item"]
+
+
+def test_scores_are_cumulative_and_metrics_match_sklearn(trained):
+    config, result = trained
+    out = config.output
+    metrics = json.loads(open(f"{out}/metrics.json").read())
+    assert [(c["name"], c["pass"]) for c in metrics["coordinates"]] == [("global", 1), ("per_user", 1), ("per_item", 1)]
+    previous = None
+    for entry in metrics["coordinates"]:
+        table = _read(f"{out}/scores/{entry['name']}/validation")
+        score = table.column("score").to_numpy()
+        own = table.column("coordinate_score").to_numpy()
+        if previous is not None:
+            np.testing.assert_allclose(score, previous + own, atol=1e-12)
+        previous = score
+        auc = roc_auc_score(table.column("label").to_numpy(), score, sample_weight=table.column("weight").to_numpy())
+        assert entry["validation"]["auc"] == pytest.approx(auc, abs=1e-12)
+        assert entry["train_seconds"] >= 0
+    assert metrics["coordinates"][2]["validation"]["auc"] > metrics["coordinates"][0]["validation"]["auc"] + 0.02
+    per_entity = metrics["coordinates"][1]["per_entity_auc"]
+    assert per_entity["entities_with_auc"] > 10 and 0.5 < per_entity["mean"] < 1.0
+    assert metrics["final"]["validation"] == metrics["coordinates"][-1]["validation"]
+
+
+def test_first_pass_is_gdmix_chaining(trained, synthetic_dir):
+    """Pass 1, FE -> RE1 -> RE2, equals training each with the previous cumulative score as offset."""
+    config, result = trained
+    table = read_contract_table(config.data.train, ContractColumns(entities=("item_id", "user_id"),
+                                                                   bags=("global", "per_item_id", "per_user_id")))
+    train_data = to_dataset(table, result.model.index_maps, ["item_id", "user_id"])
+    fe_config, user_config, item_config = config.coordinates
+    fe, _ = fit_fixed_effect(train_data.bags["global"], train_data.label, train_data.weight, train_data.offset, fe_config)
+    offset = train_data.offset + fe.score(train_data.bags["global"])
+    np.testing.assert_allclose(result.model.models["global"].coef, fe.coef, atol=1e-10)
+    users = train_data.entities["user_id"]
+    codes, intercepts, _, _ = fit_random_effect(users.codes, train_data.bags["per_user_id"], train_data.label,
+                                                train_data.weight, offset, user_config)
+    model = result.model.models["per_user"]
+    rows = model.rows_for(users)[codes]
+    np.testing.assert_allclose(model.intercepts[rows], intercepts, atol=1e-10)
+
+
+def test_more_passes_keep_improving_training_fit(synthetic_dir, tmp_path):
+    config = validate_config(synthetic_config(synthetic_dir, str(tmp_path / "m"), passes=3))
+    result = train(config)
+    entries = result.coordinates
+    assert [(e["name"], e["pass"]) for e in entries][-3:] == [("global", 3), ("per_user", 3), ("per_item", 3)]
+    train_logloss = [e["train"]["logloss"] for e in entries]
+    assert train_logloss[-1] <= train_logloss[2] + 1e-9  # after pass 3 no worse than after pass 1
+    # coordinate descent settles: the last pass barely moves the fixed effect
+    assert entries[-3]["solver"]["iterations"] <= entries[0]["solver"]["iterations"]
+
+
+def test_warm_start_reproduces_previous_run(trained, tmp_path):
+    config, result = trained
+    raw = config.model_dump()
+    raw["output"] = str(tmp_path / "again")
+    raw["warm_start"] = config.output
+    raw["coordinates"][0]["optimizer"]["max_iter"] = 0
+    for coordinate in raw["coordinates"][1:]:
+        coordinate["solver"]["max_iter"] = 0
+    again = train(validate_config(raw))
+    for name in ("global", "per_user", "per_item"):
+        first = _read(f"{config.output}/scores/{name}/validation").column("score").to_numpy()
+        second = _read(f"{tmp_path}/again/scores/{name}/validation").column("score").to_numpy()
+        np.testing.assert_allclose(second, first, atol=1e-9)
+    assert again.coordinates[-1]["validation"]["auc"] == pytest.approx(result.coordinates[-1]["validation"]["auc"])
+
+
+def test_any_coordinate_list(synthetic_dir, tmp_path):
+    raw = synthetic_config(synthetic_dir, str(tmp_path / "a"))
+    raw["coordinates"] = [
+        {"name": "bias", "type": "fixed_effect"},  # intercept only
+        {"name": "users", "type": "random_effect", "entity": "user_id"},  # random intercepts
+        {"name": "g1", "type": "fixed_effect", "feature_bag": "global"},
+        {"name": "g2", "type": "fixed_effect", "feature_bag": "per_item_id", "l2": 3.0},
+    ]
+    result = train(validate_config(raw))
+    assert [c["name"] for c in result.coordinates] == ["bias", "users", "g1", "g2"]
+    assert result.model.models["users"].coef.shape[1] == 0
+    only_random = synthetic_config(synthetic_dir, str(tmp_path / "b"))
+    only_random["coordinates"] = [only_random["coordinates"][1]]
+    assert train(validate_config(only_random)).coordinates[0]["validation"]["auc"] > 0.5
+
+
+def test_recovers_the_true_fixed_effect(tmp_path):
+    from gdmix.datasets.synthetic import generate_synthetic, write_synthetic
+
+    data = generate_synthetic(20000, {"user_id": 200}, global_features=8, global_nnz=4, random_scale=0.5, seed=11)
+    write_synthetic(str(tmp_path / "d"), data)
+    config = validate_config(synthetic_config(str(tmp_path / "d"), str(tmp_path / "m")) | {
+        "coordinates": [{"name": "global", "type": "fixed_effect", "feature_bag": "global"},
+                        {"name": "per_user", "type": "random_effect", "entity": "user_id",
+                         "feature_bag": "per_user_id"}], "passes": 2})
+    result = train(config)
+    truth = {(r["name"], r["term"]): r["value"] for r in data.fixed_truth.to_pylist()}
+    learned = _read(f"{tmp_path}/m/models/global").to_pylist()
+    pairs = np.array([(truth[(r["name"], r["term"])], r["value"]) for r in learned if (r["name"], r["term"]) in truth])
+    assert np.corrcoef(pairs.T)[0, 1] > 0.95
+    assert result.coordinates[-1]["validation"]["auc"] > result.coordinates[0]["validation"]["auc"]

@@ -1,0 +1,157 @@
+import numpy as np
+import pyarrow as pa
+import pytest
+import scipy.sparse as sp
+
+from gdmix.config import RandomEffectConfig
+from gdmix.dataset import EntityIds
+from gdmix.features.index_map import IndexMap
+from gdmix.models.random_effect import RandomEffectModel, fit_random_effect
+
+from oracles import scipy_logistic
+
+
+def _data(seed, rows=1500, entities=120, width=15, density=0.25, skew=False):
+    rng = np.random.default_rng(seed)
+    if skew:
+        codes = np.minimum((rng.pareto(1.2, rows) * 5).astype(np.int64), entities - 1)
+    else:
+        codes = rng.integers(0, entities, rows)
+    features = sp.random(rows, width, density=density, random_state=seed, format="csr",
+                         data_rvs=lambda k: rng.normal(size=k))
+    labels = (rng.random(rows) < 0.4).astype(float)
+    weights = rng.uniform(0.3, 2.0, rows)
+    offsets = rng.normal(scale=0.7, size=rows)
+    return codes, features, labels, weights, offsets
+
+
+def _config(**kw):
+    return RandomEffectConfig(name="re", type="random_effect", entity="e", **kw)
+
+
+def _check_against_scipy(codes, features, labels, weights, offsets, config, trained, intercepts, coef, limit=None):
+    ridge0 = config.l2 if config.regularize_intercept else 0.0
+    for i, e in enumerate(trained[:limit]):
+        rows = np.flatnonzero(codes == e)
+        local = np.unique(features[rows].indices)
+        assert set(coef[i].indices) <= set(local)  # features never seen stay exactly zero
+        y = labels[rows]
+        one_label = y.min() == y.max()
+        b, beta = scipy_logistic(features[rows][:, local].toarray(), y, weights[rows], offsets[rows],
+                                 config.l2, config.regularize_intercept or one_label)
+        assert abs(b - intercepts[i]) < 1e-5, (e, b, intercepts[i], ridge0)
+        np.testing.assert_allclose(coef[i].toarray()[0, local], beta, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed, regularize_intercept, skew", [(0, True, False), (1, False, False), (2, False, True)])
+def test_matches_independent_per_entity_scipy(seed, regularize_intercept, skew):
+    codes, features, labels, weights, offsets = _data(seed, skew=skew)
+    config = _config(l2=0.7, regularize_intercept=regularize_intercept)
+    trained, intercepts, coef, report = fit_random_effect(codes, features, labels, weights, offsets, config)
+    assert report.unconverged_entities == 0
+    assert np.array_equal(trained, np.unique(codes))
+    _check_against_scipy(codes, features, labels, weights, offsets, config, trained, intercepts, coef)
+
+
+def test_wide_entities_use_lbfgs_and_agree_with_dense():
+    codes, features, labels, weights, offsets = _data(3, rows=800, entities=30)
+    dense = fit_random_effect(codes, features, labels, weights, offsets, _config(l2=0.5))
+    wide_config = _config(l2=0.5, solver={"max_dense_features": 4})
+    wide = fit_random_effect(codes, features, labels, weights, offsets, wide_config)
+    assert wide[3].wide_entities > 0 and dense[3].wide_entities == 0
+    np.testing.assert_allclose(wide[1], dense[1], atol=1e-5)
+    np.testing.assert_allclose(wide[2].toarray(), dense[2].toarray(), atol=1e-5)
+
+
+def test_one_label_entities_are_bounded_and_counted():
+    codes = np.array([0, 0, 0, 1, 1, 1, 1])
+    labels = np.array([1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0])
+    features = sp.csr_matrix(np.array([[1.0], [0.5], [2.0], [1.0], [0.0], [1.5], [1.0]]))
+    ones = np.ones(7)
+    config = _config(l2=1.0, regularize_intercept=False)
+    trained, intercepts, coef, report = fit_random_effect(codes, features, labels, ones, np.zeros(7), config)
+    assert report.one_label_entities == 1 and report.unconverged_entities == 0
+    assert np.all(np.isfinite(intercepts)) and abs(intercepts[0]) < 5
+    # entity 0 behaves as if its intercept were penalised with l2 (the default one_label_intercept_l2)
+    b, beta = scipy_logistic(features[:3].toarray(), labels[:3], ones[:3], np.zeros(3), 1.0, True)
+    assert abs(intercepts[0] - b) < 1e-6 and abs(coef[0, 0] - beta[0]) < 1e-6
+
+
+def test_min_rows_and_max_rows():
+    codes, features, labels, weights, offsets = _data(4, rows=2000, entities=60, skew=True)
+    counts = np.bincount(codes)
+    config = _config(min_rows=5, max_rows=40, seed=7)
+    trained, intercepts, coef, report = fit_random_effect(codes, features, labels, weights, offsets, config)
+    assert set(trained) == set(np.flatnonzero(counts >= 5))
+    assert report.entities_below_min_rows == int(((counts > 0) & (counts < 5)).sum())
+    assert report.entities_down_sampled == int((counts > 40).sum()) > 0
+    assert report.passive_rows == int(np.maximum(counts[counts >= 5] - 40, 0).sum())
+    again = fit_random_effect(codes, features, labels, weights, offsets, config)
+    np.testing.assert_array_equal(again[1], intercepts)  # seeded: identical
+    other_seed = fit_random_effect(codes, features, labels, weights, offsets, _config(min_rows=5, max_rows=40, seed=8))
+    big = np.flatnonzero(np.isin(trained, np.flatnonzero(counts > 40)))
+    assert not np.allclose(other_seed[1][big], intercepts[big])
+    # an entity below max_rows is unaffected by sampling
+    small = np.flatnonzero(np.isin(trained, np.flatnonzero((counts >= 5) & (counts <= 40))))
+    plain = fit_random_effect(codes, features, labels, weights, offsets, _config(min_rows=5))
+    np.testing.assert_allclose(plain[1][small], intercepts[small], atol=1e-9)
+
+
+def _model(codes, features, labels, weights, offsets, config, names=None):
+    trained, intercepts, coef, _ = fit_random_effect(codes, features, labels, weights, offsets, config)
+    ids = pa.array([f"id{c}" for c in range(codes.max() + 1)]) if names is None else names
+    return RandomEffectModel(ids.take(trained), intercepts, coef), ids
+
+
+def test_scoring_table_roundtrip_and_warm_start():
+    codes, features, labels, weights, offsets = _data(5, rows=900, entities=50)
+    config = _config(l2=0.4, min_rows=3)
+    model, ids = _model(codes, features, labels, weights, offsets, config)
+    entities = EntityIds(codes, ids)
+    scores = model.score(entities, features)
+    rows_model = model.rows_for(entities)[codes]
+    dense = model.coef.toarray()
+    expected = np.where(rows_model >= 0, model.intercepts[rows_model] + np.einsum(
+        "ij,ij->i", features.toarray(), dense[rows_model]), 0.0)
+    np.testing.assert_allclose(scores, expected, atol=1e-12)
+    assert np.all(scores[np.bincount(codes)[codes] < 3] == 0.0)  # no model: score 0
+
+    index_map = IndexMap.from_features(pa.array([f"f{j:02d}" for j in range(15)]), pa.array([""] * 15))
+    table = model.to_table(index_map)
+    assert table.column_names == ["entity", "name", "term", "value"]
+    assert table.filter(pa.compute.equal(table.column("name"), "(INTERCEPT)")).num_rows == model.num_entities
+    back = RandomEffectModel.from_table(table, index_map)
+    np.testing.assert_allclose(back.score(entities, features), scores, atol=1e-12)
+
+    # warm start from the optimum with no iterations allowed returns the same model
+    start = model.aligned_to(entities)
+    frozen = fit_random_effect(codes, features, labels, weights, offsets,
+                               _config(l2=0.4, min_rows=3, solver={"max_iter": 0}), start)
+    np.testing.assert_allclose(frozen[1], model.intercepts[model.rows_for(entities)[frozen[0]]])
+    # ... and a cold start with no iterations does not
+    cold = fit_random_effect(codes, features, labels, weights, offsets, _config(l2=0.4, min_rows=3, solver={"max_iter": 0}))
+    assert np.all(cold[1] == 0.0)
+    # warm start converges in fewer Newton steps than cold
+    warm = fit_random_effect(codes, features, labels, weights, offsets, config, start)
+    assert warm[3].newton_iterations_max <= 1
+
+
+def test_carry_over_keeps_entities_absent_from_new_data():
+    codes, features, labels, weights, offsets = _data(6, rows=600, entities=30)
+    model, ids = _model(codes, features, labels, weights, offsets, _config())
+    subset = codes < 10
+    newer, _ = _model(codes[subset], features[subset], labels[subset], weights[subset], offsets[subset], _config(), ids)
+    merged = newer.carry_over(model)
+    assert merged.num_entities == model.num_entities
+    old_row = model.rows_for(EntityIds(np.array([25]), ids))[0]
+    new_row = merged.rows_for(EntityIds(np.array([25]), ids))[0]
+    assert merged.intercepts[new_row] == model.intercepts[old_row]
+
+
+def test_string_entity_ids_score_by_value():
+    codes, features, labels, weights, offsets = _data(7, rows=300, entities=10)
+    names = pa.array([f"user-{c}" for c in range(10)])
+    model, _ = _model(codes, features, labels, weights, offsets, _config(), names)
+    shuffled = np.array([3, 1, 0, 2, 9, 8, 7, 6, 5, 4])  # same ids, different code order
+    recoded = EntityIds(np.argsort(shuffled)[codes], names.take(shuffled))
+    np.testing.assert_allclose(model.score(recoded, features), model.score(EntityIds(codes, names), features))
