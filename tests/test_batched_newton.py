@@ -15,8 +15,7 @@ def _problem(num, n, q, real_q, seed, intercept_l2=0.0):
     weights = rng.uniform(0.2, 2.0, (num, n))
     weights[:, -1] = 0.0  # a padded row
     offsets = rng.normal(size=(num, n))
-    ridge = np.where(np.arange(q) < real_q, 0.8, 1.0) * np.ones((num, 1))
-    return BatchProblem(features, labels, weights, offsets, ridge, np.full(num, intercept_l2))
+    return BatchProblem(features, labels, weights, offsets, np.full(num, 0.8), np.full(num, intercept_l2))
 
 
 @pytest.mark.parametrize("n, q, intercept_l2", [(12, 5, 0.0), (12, 5, 0.8), (4, 9, 0.0), (3, 16, 0.8), (6, 0, 0.0)])

@@ -29,15 +29,11 @@ import pyarrow.compute as pc
 from gdmix.errors import GdmixError
 from gdmix.io import fs
 from gdmix.io.contract import FEATURE_BAG_TYPE, FEATURE_STRUCT, write_dataset
+from gdmix.models.linear import FIXED_EFFECT_SCHEMA, INTERCEPT_NAME, RANDOM_EFFECT_SCHEMA
 
-INTERCEPT_NAME = "(INTERCEPT)"
 GLOBAL_FEATURE_NAME = "g"
 RE_FEATURE_NAME = "r"
 BLOCK_ROWS = 1 << 20
-FIXED_TRUTH_SCHEMA = pa.schema(
-    [pa.field("name", pa.string()), pa.field("term", pa.string()), pa.field("value", pa.float64())]
-)
-RANDOM_TRUTH_SCHEMA = pa.schema([pa.field("entity", pa.string())] + list(FIXED_TRUTH_SCHEMA))
 
 
 @dataclass
@@ -218,7 +214,7 @@ def generate_synthetic(
             "term": [""] + g_terms.to_pylist(),
             "value": np.concatenate([[intercept], beta]),
         },
-        schema=FIXED_TRUTH_SCHEMA,
+        schema=FIXED_EFFECT_SCHEMA,
     )
     random_truth = {effect.column: _random_truth(effect, r_terms) for effect in effects}
     return SyntheticData(
@@ -243,7 +239,7 @@ def _random_truth(effect: _Effect, r_terms: pa.Array) -> pa.Table:
             "term": pc.take(terms, pa.array(term_codes)),
             "value": np.hstack([effect.bias[:, None], effect.coef]).reshape(-1),
         },
-        schema=RANDOM_TRUTH_SCHEMA,
+        schema=RANDOM_EFFECT_SCHEMA,
     )
 
 

@@ -41,8 +41,10 @@ class Coordinate(Protocol):
 
 
 @dataclass(frozen=True)
-class FixedEffectCoordinate:
-    config: FixedEffectConfig
+class _Configured:
+    """Name and feature bag come straight from the coordinate's config."""
+
+    config: FixedEffectConfig | RandomEffectConfig
 
     @property
     def name(self) -> str:
@@ -52,6 +54,10 @@ class FixedEffectCoordinate:
     def feature_bag(self) -> str | None:
         return self.config.feature_bag
 
+
+@dataclass(frozen=True)
+class FixedEffectCoordinate(_Configured):
+    config: FixedEffectConfig
     entity = None
 
     def fit(self, data, offsets, initial=None, progress=None):
@@ -73,16 +79,8 @@ class FixedEffectCoordinate:
 
 
 @dataclass(frozen=True)
-class RandomEffectCoordinate:
+class RandomEffectCoordinate(_Configured):
     config: RandomEffectConfig
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def feature_bag(self) -> str | None:
-        return self.config.feature_bag
 
     @property
     def entity(self) -> str:

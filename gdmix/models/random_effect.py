@@ -360,8 +360,7 @@ def _batch_problem(layout, batch, labels, weights, offsets, l2, intercept_ridge)
     nnz_entity = np.repeat(np.arange(m), layout.nnz_start[batch + 1] - layout.nnz_start[batch])
     features = np.zeros((m, n, q))
     features[nnz_entity, layout.nnz_row[nnz], layout.nnz_col[nnz]] = layout.nnz_value[nnz]
-    ridge = np.where(np.arange(q)[None, :] < layout.feature_count[batch][:, None], l2, 1.0)
-    return BatchProblem(features, y, w, o, ridge, intercept_ridge[batch])
+    return BatchProblem(features, y, w, o, np.full(m, float(l2)), intercept_ridge[batch])
 
 
 def _gather_pairs(layout: EntityLayout, batch: np.ndarray, pair_values: np.ndarray, q: int) -> np.ndarray:

@@ -7,19 +7,22 @@ the arithmetic alone.
 
 Each problem ``e`` minimises, over an intercept ``b`` and coefficients ``beta`` (length ``q``)::
 
-    sum_i w_i * CE(y_i, F_i . beta + b + o_i)  +  r0/2 * b^2  +  1/2 * sum_j r_j * beta_j^2
+    sum_i w_i * CE(y_i, F_i . beta + b + o_i)  +  r0/2 * b^2  +  r/2 * |beta|^2
 
-with ``r_j > 0`` (padded columns are all-zero with ``r_j = 1``, so they stay exactly 0) and
-``r0 >= 0`` (0 for an unpenalised intercept). The Newton system is solved by eliminating the
-intercept (a scalar Schur complement), with the feature block ``A = F'SF + diag(r)`` inverted
-either directly (``q <= n``) or through the Woodbury identity in the ``n x n`` row space when an
-entity has fewer rows than features, which is the usual case for random effects. Steps are
-damped by a backtracking Armijo line search, so convergence does not depend on a good start.
+with ``r > 0`` and ``r0 >= 0`` (0 for an unpenalised intercept). Padded rows have weight 0 and
+padded columns are all zero, so their coefficients stay exactly 0. The Newton system is solved
+by eliminating the intercept (a scalar Schur complement); the feature block
+``A = F'SF + r I`` is inverted directly when ``q <= n``, and through the Woodbury identity in
+the ``n x n`` row space when an entity has fewer rows than features (the usual random-effect
+case), where the row Gram matrix ``F F'`` is computed once per batch, not once per iteration.
+Steps are capped in logit units and damped by a backtracking Armijo line search, so
+convergence does not depend on a good start.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -40,14 +43,26 @@ class BatchProblem:
     labels: np.ndarray  # (E, n)
     weights: np.ndarray  # (E, n)
     offsets: np.ndarray  # (E, n)
-    ridge: np.ndarray  # (E, q), > 0
+    ridge: np.ndarray  # (E,), > 0
     intercept_ridge: np.ndarray  # (E,), >= 0
 
     def take(self, index: np.ndarray) -> "BatchProblem":
-        return BatchProblem(
+        taken = BatchProblem(
             self.features[index], self.labels[index], self.weights[index],
             self.offsets[index], self.ridge[index], self.intercept_ridge[index],
         )
+        if "row_gram" in self.__dict__:  # keep the cached Gram matrices of the kept problems
+            object.__setattr__(taken, "row_gram", self.row_gram[index])
+        return taken
+
+    @cached_property
+    def row_gram(self) -> np.ndarray:
+        """``F F'`` per problem, (E, n, n): constant across Newton iterations."""
+        return np.matmul(self.features, self.features.transpose(0, 2, 1))
+
+    @cached_property
+    def total_weight(self) -> np.ndarray:
+        return self.weights.sum(axis=1)
 
 
 @dataclass(frozen=True)
@@ -59,6 +74,23 @@ class BatchSolution:
     gradient_max: np.ndarray  # (E,) final max |gradient| / max(1, total weight)
 
 
+@dataclass
+class _State:
+    """The working set: current point, linear predictor and objective of unfinished problems."""
+
+    problem: BatchProblem
+    index: np.ndarray  # positions in the full batch
+    b: np.ndarray
+    beta: np.ndarray
+    z: np.ndarray
+    value: np.ndarray
+
+    def keep(self, mask: np.ndarray) -> "_State":
+        where = np.flatnonzero(mask)
+        return _State(self.problem.take(where), self.index[mask], self.b[mask], self.beta[mask],
+                      self.z[mask], self.value[mask])
+
+
 def solve_batch(
     problem: BatchProblem,
     intercept0: np.ndarray | None = None,
@@ -67,149 +99,151 @@ def solve_batch(
     max_iter: int = 100,
     tol: float = 1e-10,
 ) -> BatchSolution:
-    """Solve every problem of the batch; converged entities drop out of the working set."""
+    """Solve every problem of the batch; finished problems leave the working set."""
     num, _, q = problem.features.shape
     b = np.zeros(num) if intercept0 is None else np.array(intercept0, dtype=np.float64)
     beta = np.zeros((num, q)) if coef0 is None else np.array(coef0, dtype=np.float64)
     iterations = np.zeros(num, dtype=np.int64)
     converged = np.zeros(num, dtype=bool)
     gradient_max = np.full(num, np.inf)
-    scale = np.maximum(problem.weights.sum(axis=1), 1.0)
+    scale = np.maximum(problem.total_weight, 1.0)
 
-    active = np.arange(num)
-    work = problem
-    wb, wbeta = b.copy(), beta.copy()
-    value, z = _objective(work, wb, wbeta)
+    z = _linear_predictor(problem, b, beta)
+    state = _State(problem, np.arange(num), b.copy(), beta.copy(), z, _objective(problem, b, beta, z))
     for step in range(max_iter + 1):
-        grad_b, grad_beta, mu = _gradient(work, wb, wbeta, z)
-        gmax = np.maximum(np.abs(grad_b), np.abs(grad_beta).max(axis=1, initial=0.0)) / scale[active]
+        grad_b, grad_beta, mu = _gradient(state)
+        gmax = np.maximum(np.abs(grad_b), np.abs(grad_beta).max(axis=1, initial=0.0)) / scale[state.index]
         done = gmax <= tol
         stalled = np.zeros_like(done)
         if step < max_iter and not done.all():
-            delta_b, delta_beta = _newton_direction(work, mu, grad_b, grad_beta)
-            delta_b, delta_beta = _cap_step(work, delta_b, delta_beta)
-            slope = grad_b * delta_b + np.einsum("eq,eq->e", grad_beta, delta_beta)
-            wb, wbeta, value, z, stalled = _line_search(
-                work, wb, wbeta, value, z, delta_b, delta_beta, slope, ~done
-            )
-            iterations[active[~done]] += 1
-        # write back finished entities (converged, stalled, or out of iterations)
+            stalled = _newton_step(state, mu, grad_b, grad_beta, moving=~done)
+            iterations[state.index[~done]] += 1
+        # stalled problems did not move and the last round takes no step, so gmax is the
+        # gradient at every returned point
         finished = done | stalled | (step >= max_iter)
         if finished.any():
-            idx = active[finished]
-            b[idx], beta[idx] = wb[finished], wbeta[finished]
-            # stalled entities did not move and the last step takes no Newton step, so gmax
-            # is the gradient at every returned point
+            idx = state.index[finished]
+            b[idx], beta[idx] = state.b[finished], state.beta[finished]
             converged[idx] = done[finished]
             gradient_max[idx] = gmax[finished]
-            keep = ~finished
-            if not keep.any():
+            if finished.all():
                 break
-            active = active[keep]
-            work = work.take(np.flatnonzero(keep))
-            wb, wbeta, value, z = wb[keep], wbeta[keep], value[keep], z[keep]
+            state = state.keep(~finished)
     return BatchSolution(b, beta, iterations, converged, gradient_max)
 
 
 def _linear_predictor(problem: BatchProblem, b: np.ndarray, beta: np.ndarray) -> np.ndarray:
-    return np.einsum("enq,eq->en", problem.features, beta) + b[:, None] + problem.offsets
+    return np.matmul(problem.features, beta[:, :, None])[:, :, 0] + b[:, None] + problem.offsets
 
 
-def _objective(problem: BatchProblem, b: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    z = _linear_predictor(problem, b, beta)
-    loss = np.einsum("en,en->e", problem.weights, np.logaddexp(0.0, z) - problem.labels * z)
-    penalty = 0.5 * (problem.intercept_ridge * b * b + np.einsum("eq,eq->e", problem.ridge, beta * beta))
-    return loss + penalty, z
+def _objective(problem: BatchProblem, b, beta, z, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+    """Penalised loss of problems ``rows`` of the batch at (b, beta) with linear predictor z."""
+    loss = np.einsum("en,en->e", problem.weights[rows], np.logaddexp(0.0, z) - problem.labels[rows] * z)
+    penalty = problem.intercept_ridge[rows] * b * b + problem.ridge[rows] * np.einsum("eq,eq->e", beta, beta)
+    return loss + 0.5 * penalty
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
-    out = np.empty_like(z)
-    positive = z >= 0
-    out[positive] = 1.0 / (1.0 + np.exp(-z[positive]))
-    ez = np.exp(z[~positive])
-    out[~positive] = ez / (1.0 + ez)
-    return out
+    ez = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + ez), ez / (1.0 + ez))
 
 
-def _gradient(problem, b, beta, z):
-    mu = _sigmoid(z)
-    residual = problem.weights * (mu - problem.labels)
-    grad_b = residual.sum(axis=1) + problem.intercept_ridge * b
-    grad_beta = np.einsum("enq,en->eq", problem.features, residual) + problem.ridge * beta
+def _transpose_times(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``F' v`` per problem: (E, n, q), (E, n) -> (E, q)."""
+    return np.matmul(rows[:, None, :], features)[:, 0, :]
+
+
+def _gradient(state: _State):
+    p = state.problem
+    mu = _sigmoid(state.z)
+    residual = p.weights * (mu - p.labels)
+    grad_b = residual.sum(axis=1) + p.intercept_ridge * state.b
+    grad_beta = _transpose_times(p.features, residual) + p.ridge[:, None] * state.beta
     return grad_b, grad_beta, mu
+
+
+def _newton_step(state: _State, mu, grad_b, grad_beta, moving) -> np.ndarray:
+    """Move ``state`` (in place) along the capped Newton direction; returns stalled problems."""
+    p = state.problem
+    delta_b, delta_beta = _newton_direction(p, mu, grad_b, grad_beta)
+    delta_z = np.matmul(p.features, delta_beta[:, :, None])[:, :, 0] + delta_b[:, None]
+    factor = _step_cap(p, delta_z, delta_b)
+    delta_b, delta_beta, delta_z = delta_b * factor, delta_beta * factor[:, None], delta_z * factor[:, None]
+    slope = grad_b * delta_b + np.einsum("eq,eq->e", grad_beta, delta_beta)
+    return _line_search(state, delta_b, delta_beta, delta_z, slope, moving)
 
 
 def _newton_direction(problem: BatchProblem, mu, grad_b, grad_beta):
     """Solve H d = -g with the intercept eliminated by its scalar Schur complement."""
     s = problem.weights * mu * (1.0 - mu)
     a = s.sum(axis=1) + problem.intercept_ridge
+    floor = 1e-12 * np.maximum(problem.total_weight, 1.0)
     num, n, q = problem.features.shape
     if q == 0:
-        return -grad_b / np.maximum(a, 1e-12 * np.maximum(problem.weights.sum(axis=1), 1.0)), np.zeros((num, 0))
-    c = np.einsum("enq,en->eq", problem.features, s)
+        return -grad_b / np.maximum(a, floor), np.zeros((num, 0))
+    c = _transpose_times(problem.features, s)
     rhs = np.stack([grad_beta, c], axis=2)  # (E, q, 2)
     if n < q:
-        solved = _solve_woodbury(problem.features, s, problem.ridge, rhs)
+        solved = _solve_woodbury(problem, s, rhs)
     else:
         hessian = np.matmul(problem.features.transpose(0, 2, 1) * s[:, None, :], problem.features)
-        hessian[:, np.arange(q), np.arange(q)] += problem.ridge
+        hessian[:, np.arange(q), np.arange(q)] += problem.ridge[:, None]
         solved = np.linalg.solve(hessian, rhs)
     u, v = solved[:, :, 0], solved[:, :, 1]
-    schur = a - np.einsum("eq,eq->e", c, v)
-    schur = np.maximum(schur, 1e-12 * np.maximum(problem.weights.sum(axis=1), 1.0))
+    schur = np.maximum(a - np.einsum("eq,eq->e", c, v), floor)
     delta_b = -(grad_b - np.einsum("eq,eq->e", c, u)) / schur
     delta_beta = -u - v * delta_b[:, None]
     return delta_b, delta_beta
 
 
-def _cap_step(problem: BatchProblem, delta_b, delta_beta):
-    """Shorten steps that would move some row's logit by more than :data:`MAX_LOGIT_STEP`."""
-    change = np.abs(np.einsum("enq,eq->en", problem.features, delta_beta) + delta_b[:, None])
-    change = np.where(problem.weights > 0, change, 0.0).max(axis=1, initial=0.0)
+def _solve_woodbury(problem: BatchProblem, s, rhs):
+    """``(F'SF + rI)^-1 rhs = (rhs - F' S^1/2 M^-1 S^1/2 F rhs) / r`` with ``M = rI + S^1/2 F F' S^1/2``."""
+    n = problem.features.shape[1]
+    root = np.sqrt(s)
+    gram = problem.row_gram * root[:, :, None] * root[:, None, :]
+    gram[:, np.arange(n), np.arange(n)] += problem.ridge[:, None]
+    projected = np.matmul(problem.features, rhs) * root[:, :, None]  # S^1/2 F rhs, (E, n, 2)
+    inner = np.linalg.solve(gram, projected) * root[:, :, None]  # (E, n, 2)
+    back = np.matmul(inner.transpose(0, 2, 1), problem.features).transpose(0, 2, 1)  # F' inner
+    return (rhs - back) / problem.ridge[:, None, None]
+
+
+def _step_cap(problem: BatchProblem, delta_z, delta_b) -> np.ndarray:
+    """Factor that shortens steps moving some row's logit by more than :data:`MAX_LOGIT_STEP`."""
+    change = np.where(problem.weights > 0, np.abs(delta_z), 0.0).max(axis=1, initial=0.0)
     change = np.maximum(change, np.abs(delta_b))
     factor = np.ones_like(change)
     long_step = change > MAX_LOGIT_STEP
     factor[long_step] = MAX_LOGIT_STEP / change[long_step]  # inf -> 0: no step
     factor[np.isnan(change)] = 0.0
-    return delta_b * factor, delta_beta * factor[:, None]
+    return factor
 
 
-def _solve_woodbury(features, s, ridge, rhs):
-    """(F'SF + diag(r))^-1 rhs via an n x n system: cheap when rows n < features q."""
-    n = features.shape[1]
-    scaled = features * np.sqrt(s)[:, :, None]  # S^1/2 F, (E, n, q)
-    inv_r = 1.0 / ridge  # (E, q)
-    t = rhs * inv_r[:, :, None]  # R^-1 rhs
-    gram = np.matmul(scaled * inv_r[:, None, :], scaled.transpose(0, 2, 1))  # S^1/2 F R^-1 F' S^1/2
-    gram[:, np.arange(n), np.arange(n)] += 1.0
-    inner = np.linalg.solve(gram, np.matmul(scaled, t))  # (E, n, 2)
-    return t - inv_r[:, :, None] * np.matmul(scaled.transpose(0, 2, 1), inner)
-
-
-def _line_search(problem, b, beta, value, z, delta_b, delta_beta, slope, moving):
-    """Backtracking Armijo search, vectorized: each entity halves its own step until accepted.
+def _line_search(state: _State, delta_b, delta_beta, delta_z, slope, moving) -> np.ndarray:
+    """Backtracking Armijo search, vectorized: each problem halves its own step until accepted.
 
     A step is also accepted when it changes the objective by no more than float64 round-off:
     near the optimum the Armijo decrease is below the resolution of the summed loss, and the
-    gradient test of the next iteration is the judge of convergence, not this one.
+    gradient test of the next iteration is the judge of convergence, not this one. Trial points
+    reuse ``delta_z``, so a trial costs no matrix product.
     """
-    new_b, new_beta, new_value, new_z = b.copy(), beta.copy(), value.copy(), z.copy()
+    p = state.problem
     pending = np.flatnonzero(moving)
     step = np.ones(len(pending))
-    roundoff = 8 * np.finfo(float).eps * (np.abs(value) + 1.0)
+    roundoff = 8 * np.finfo(float).eps * (np.abs(state.value) + 1.0)
     for _ in range(MAX_HALVINGS):
         if pending.size == 0:
             break
-        sub = problem.take(pending)
-        trial_b = b[pending] + step * delta_b[pending]
-        trial_beta = beta[pending] + step[:, None] * delta_beta[pending]
-        trial_value, trial_z = _objective(sub, trial_b, trial_beta)
-        limit = value[pending] + ARMIJO * step * slope[pending]
-        ok = trial_value <= limit + roundoff[pending]
+        trial_b = state.b[pending] + step * delta_b[pending]
+        trial_beta = state.beta[pending] + step[:, None] * delta_beta[pending]
+        trial_z = state.z[pending] + step[:, None] * delta_z[pending]
+        trial_value = _objective(p, trial_b, trial_beta, trial_z, pending)
+        ok = trial_value <= state.value[pending] + ARMIJO * step * slope[pending] + roundoff[pending]
         accepted = pending[ok]
-        new_b[accepted], new_beta[accepted] = trial_b[ok], trial_beta[ok]
-        new_value[accepted], new_z[accepted] = trial_value[ok], trial_z[ok]
+        state.b[accepted], state.beta[accepted] = trial_b[ok], trial_beta[ok]
+        state.z[accepted], state.value[accepted] = trial_z[ok], trial_value[ok]
         pending, step = pending[~ok], step[~ok] * 0.5
-    stalled = np.zeros(len(b), dtype=bool)
+    stalled = np.zeros(len(state.b), dtype=bool)
     stalled[pending] = True
-    return new_b, new_beta, new_value, new_z, stalled
+    return stalled
+

@@ -1,0 +1,1 @@
+"""Benchmarks (``make bench``): numbers quoted in docs/benchmarks.md come from here."""
