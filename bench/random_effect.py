@@ -98,7 +98,7 @@ def run(entities=100_000, rows_per_entity=10, width=50, nnz_per_row=5, baseline_
         "baseline_seconds_extrapolated_to_all": entities / baseline_rate,
         "speedup": ours_rate / baseline_rate,
         "max_abs_coefficient_difference": max_error,
-        "newton_iterations_mean": report.newton_iterations_mean,
+        "newton_iterations_mean": report.iterations_mean,
         "unconverged_entities": report.unconverged_entities,
         "cpu_count": os.cpu_count(),
     }

@@ -49,7 +49,12 @@ class TrainedModel:
     models: dict[str, Model]
 
     def index_map(self, coordinate: Coordinate) -> IndexMap:
-        return self.index_maps[coordinate.feature_bag] if coordinate.feature_bag else IndexMap.empty()
+        return bag_index_map(self.index_maps, coordinate)
+
+
+def bag_index_map(index_maps: dict[str, IndexMap], coordinate: Coordinate) -> IndexMap:
+    """The index map of a coordinate's bag (an empty one for intercept-only coordinates)."""
+    return index_maps[coordinate.feature_bag] if coordinate.feature_bag else IndexMap.empty()
 
 
 def save_model(root: str, model: TrainedModel) -> None:
@@ -71,14 +76,17 @@ def read_spec(root: str) -> tuple[DataConfig, list[Coordinate]]:
     spec_path = fs.join(root, SPEC_FILE)
     if not fs.exists(spec_path):
         raise GdmixError(f"{root} is not a trained gdmix model: {SPEC_FILE} not found")
-    spec = json.loads(fs.read_text(spec_path))
-    if spec.get("format") != FORMAT_VERSION:
-        raise GdmixError(f"{spec_path}: unsupported model format {spec.get('format')!r}")
-    configs = [
-        FixedEffectConfig(**c) if c["type"] == "fixed_effect" else RandomEffectConfig(**c)
-        for c in spec["coordinates"]
-    ]
-    return DataConfig(**spec["data"]), [make_coordinate(c) for c in configs]
+    try:
+        spec = json.loads(fs.read_text(spec_path))
+        if spec.get("format") != FORMAT_VERSION:
+            raise GdmixError(f"{spec_path}: unsupported model format {spec.get('format')!r}")
+        configs = [
+            FixedEffectConfig(**c) if c["type"] == "fixed_effect" else RandomEffectConfig(**c)
+            for c in spec["coordinates"]
+        ]
+        return DataConfig(**spec["data"]), [make_coordinate(c) for c in configs]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # pydantic errors are ValueErrors
+        raise GdmixError(f"{spec_path}: not a valid gdmix model description ({exc})") from None
 
 
 def load_models(root: str, coordinates: list[Coordinate], index_maps: dict[str, IndexMap]) -> dict[str, Model]:
@@ -86,10 +94,9 @@ def load_models(root: str, coordinates: list[Coordinate], index_maps: dict[str, 
     models = {}
     for coordinate in coordinates:
         uri = model_uri(root, coordinate.name)
-        if not fs.exists(uri):
-            continue
-        index_map = index_maps[coordinate.feature_bag] if coordinate.feature_bag else IndexMap.empty()
-        models[coordinate.name] = coordinate.model_from_table(fs.read_parquet_dir(uri), index_map)
+        if fs.exists(uri):
+            table = fs.read_parquet_dir(uri)
+            models[coordinate.name] = coordinate.model_from_table(table, bag_index_map(index_maps, coordinate), uri)
     return models
 
 

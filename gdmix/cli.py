@@ -7,7 +7,6 @@ that looks like a finished output is left behind (outputs are staged, then commi
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -16,9 +15,10 @@ from rich.markup import escape
 
 from gdmix import __version__
 from gdmix.errors import GdmixError
+from gdmix.io.fs import to_json
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEMO_CONFIG = REPO_ROOT / "examples" / "movielens-100k" / "lr.yaml"
+# shipped inside the package (examples/ at the repository root links here)
+DEMO_CONFIG = Path(__file__).resolve().parent / "examples" / "movielens-100k" / "lr.yaml"
 DEMO_SYNTHETIC_ROWS = 100_000
 
 
@@ -115,14 +115,14 @@ def _score(args) -> int:
     from gdmix.scoring import score_dataset
 
     summary = score_dataset(args.model_dir, args.data, args.out)
-    print(json.dumps(summary, indent=2))
+    print(to_json(summary), end="")
     return 0
 
 
 def _evaluate(args) -> int:
     from gdmix.scoring import evaluate_scores
 
-    print(json.dumps(evaluate_scores(args.scores, args.label, args.score, args.weight), indent=2))
+    print(to_json(evaluate_scores(args.scores, args.label, args.score, args.weight)), end="")
     return 0
 
 
@@ -130,7 +130,7 @@ def _movielens(args) -> int:
     from gdmix.datasets.movielens import build_movielens_100k
 
     summary = build_movielens_100k(args.out, source=args.source, seed=args.seed)
-    print(json.dumps(summary, indent=2, default=str))
+    print(to_json(summary), end="")
     return 0
 
 
@@ -153,7 +153,7 @@ def _synthetic(args) -> int:
         validation_fraction=args.validation_fraction, seed=args.seed,
     )
     paths = write_synthetic(args.out, data)
-    print(json.dumps(paths, indent=2, default=str))
+    print(to_json(paths), end="")
     return 0
 
 

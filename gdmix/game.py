@@ -7,12 +7,12 @@ revisit every coordinate with the others' latest scores, which GDMix never did. 
 coordinate starts from its previous model (warm start), so later passes are cheap.
 
 Nothing is written until training has finished: outputs go to a staging directory that
-replaces ``output`` in one step, with ``metrics.json`` inside.
+replaces ``output`` in one step, and ``metrics.json`` is written after that commit, so its
+presence marks a complete output (also on object stores, where a move is not atomic).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 
@@ -25,7 +25,7 @@ from gdmix.artifacts import (
 )
 from gdmix.config import GdmixConfig
 from gdmix.dataset import Dataset, build_index_maps, to_dataset
-from gdmix.errors import ConfigError
+from gdmix.errors import ConfigError, DataError
 from gdmix.io import fs
 from gdmix.io.contract import ContractColumns, read_contract_table
 from gdmix.metrics import binary_metrics, per_entity_auc_summary
@@ -41,8 +41,10 @@ class Split:
     data: Dataset
     scores: dict[str, np.ndarray]
 
-    def total(self) -> np.ndarray:
-        return self.data.offset + sum(self.scores.values(), np.zeros(self.data.num_rows))
+    def total(self, excluding: str | None = None) -> np.ndarray:
+        """Data offset plus the scores of all coordinates (but ``excluding``)."""
+        others = [score for name, score in self.scores.items() if name != excluding]
+        return self.data.offset + sum(others, np.zeros(self.data.num_rows))
 
 
 @dataclass
@@ -69,6 +71,9 @@ def train(config: GdmixConfig, reporter: Reporter | None = None) -> RunResult:
     if config.data.validation:
         reporter.info(f"reading validation data {config.data.validation}")
         validation_table = read_contract_table(config.data.validation, columns)
+    if not np.any(train_table.table.column("weight").to_numpy() > 0):
+        raise DataError("every training row has weight 0: nothing to train on",
+                        path=config.data.train, column=config.data.weight or "weight")
     index_maps = build_index_maps(train_table, bags)
     splits = [Split("train", to_dataset(train_table, index_maps, entities), {})]
     if validation_table is not None:
@@ -97,15 +102,16 @@ def train(config: GdmixConfig, reporter: Reporter | None = None) -> RunResult:
         save_model(staging, trained)
         for split in splits:
             _write_scores(staging, split, coordinates)
-        metrics = {
-            "gdmix_version": __version__,
-            "data": {split.name: {"uri": getattr(config.data, split.name), "rows": split.data.num_rows}
-                     for split in splits},
-            "coordinates": results,
-            "final": {split.name: results[-1][split.name] for split in splits},
-            "total_seconds": time.perf_counter() - started,
-        }
-        fs.write_text(fs.join(staging, METRICS_FILE), json.dumps(metrics, indent=2) + "\n")
+    metrics = {
+        "gdmix_version": __version__,
+        "data": {split.name: {"uri": getattr(config.data, split.name), "rows": split.data.num_rows}
+                 for split in splits},
+        "coordinates": results,
+        "final": {split.name: results[-1][split.name] for split in splits},
+        "total_seconds": time.perf_counter() - started,
+    }
+    # written last, after the commit: its presence is what marks the output complete
+    fs.write_text_atomic(fs.join(config.output, METRICS_FILE), fs.to_json(metrics))
     return RunResult(config.output, results, trained)
 
 
@@ -113,19 +119,23 @@ def _warm_start_models(config: GdmixConfig, coordinates: list[Coordinate], index
     if not config.warm_start:
         return {}
     _, prior_coordinates = read_spec(config.warm_start)
-    prior_types = {c.name: type(c) for c in prior_coordinates}
+    prior = {c.name: c for c in prior_coordinates}
     for coordinate in coordinates:
-        if coordinate.name in prior_types and prior_types[coordinate.name] is not type(coordinate):
-            raise ConfigError(
-                f"warm_start: coordinate '{coordinate.name}' has a different type in {config.warm_start}"
-            )
+        before = prior.get(coordinate.name)
+        if before is None:
+            continue
+        for aspect in ("type", "entity", "feature_bag"):
+            old, new = getattr(before.config, aspect, None), getattr(coordinate.config, aspect, None)
+            if old != new:
+                raise ConfigError(f"warm_start: coordinate '{coordinate.name}' has {aspect} {new!r} "
+                                  f"but {old!r} in {config.warm_start}")
     return load_models(config.warm_start, coordinates, index_maps)
 
 
 def _train_coordinate(coordinate: Coordinate, pass_number: int, splits: list[Split],
                       models: dict[str, Model], reporter: Reporter) -> dict:
     train_split = splits[0]
-    offsets = train_split.total() - train_split.scores[coordinate.name]
+    offsets = train_split.total(excluding=coordinate.name)
     kind = "fixed_effect" if coordinate.entity is None else "random_effect"
     label = f"pass {pass_number} {coordinate.name}"
     tic = time.perf_counter()

@@ -18,7 +18,7 @@ def scipy_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, o: np.ndarray,
 
     def fun(theta):
         z = design @ theta + o
-        return np.sum(w * (np.logaddexp(0, z) - y * z)) + 0.5 * np.sum(penalty * theta**2)
+        return np.sum(w * np.logaddexp(0, np.where(y > 0, -z, z))) + 0.5 * np.sum(penalty * theta**2)
 
     def jac(theta):
         z = design @ theta + o
@@ -29,5 +29,5 @@ def scipy_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, o: np.ndarray,
         return (design * (w * p * (1 - p))[:, None]).T @ design + np.diag(penalty)
 
     result = minimize(fun, np.zeros(design.shape[1]), jac=jac, hess=hess, method="trust-exact",
-                      options={"gtol": 1e-11, "maxiter": 1000})
+                      options={"gtol": 1e-12, "maxiter": 1000})
     return float(result.x[0]), result.x[1:]

@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -8,6 +9,7 @@ from sklearn.metrics import roc_auc_score
 
 from gdmix.config import validate_config
 from gdmix.dataset import to_dataset
+from gdmix.errors import ConfigError, DataError
 from gdmix.game import train
 from gdmix.io import fs
 from gdmix.io.contract import ContractColumns, read_contract_table
@@ -145,3 +147,115 @@ def test_recovers_the_true_fixed_effect(tmp_path):
     pairs = np.array([(truth[(r["name"], r["term"])], r["value"]) for r in learned if (r["name"], r["term"]) in truth])
     assert np.corrcoef(pairs.T)[0, 1] > 0.95
     assert result.coordinates[-1]["validation"]["auc"] > result.coordinates[0]["validation"]["auc"]
+
+
+def _small_table(n, users, labels, weights=None):
+    from conftest import bag
+
+    columns = {
+        "uid": pa.array(np.arange(n, dtype=np.int64)),
+        "label": pa.array(labels, pa.float64()),
+        "user": pa.array(users),
+        "g": bag([[("x", "", float(i % 3) - 1.0)] for i in range(n)]),
+    }
+    if weights is not None:
+        columns["weight"] = pa.array(weights, pa.float64())
+    return pa.table(columns)
+
+
+def _write(table, path):
+    path.mkdir(parents=True)
+    pq.write_table(table, path / "part-00000.parquet")
+    return str(path)
+
+
+def _small_config(train_uri, validation_uri, output, **random_effect):
+    return validate_config({
+        "data": {"train": train_uri, "validation": validation_uri},
+        "output": output,
+        "coordinates": [
+            {"name": "global", "type": "fixed_effect", "feature_bag": "g"},
+            {"name": "per_user", "type": "random_effect", "entity": "user", "feature_bag": "g", **random_effect},
+        ],
+    })
+
+
+def test_string_ids_unseen_entities_and_a_random_effect_without_models(tmp_path):
+    rng = np.random.default_rng(0)
+    users = [f"user-{i % 7}" for i in range(140)]
+    train_uri = _write(_small_table(140, users, (rng.random(140) < 0.5).astype(float)), tmp_path / "train")
+    validation = _small_table(30, [f"new-{i % 4}" if i % 2 else "user-1" for i in range(30)],
+                              (rng.random(30) < 0.5).astype(float))
+    validation_uri = _write(validation, tmp_path / "validation")
+    result = train(_small_config(train_uri, validation_uri, str(tmp_path / "m")))
+    scores = _read(tmp_path / "m" / "scores" / "per_user" / "validation")
+    own = scores.column("coordinate_score").to_numpy()
+    assert np.all(own[1::2] == 0.0) and np.all(own[0::2] != 0.0)  # unseen users score 0
+    # min_rows above every entity's size: no models at all, and nothing breaks
+    empty = train(_small_config(train_uri, validation_uri, str(tmp_path / "e"), min_rows=1000))
+    assert empty.coordinates[1]["solver"]["entities_trained"] == 0
+    assert _read(tmp_path / "e" / "models" / "per_user").num_rows == 0
+    np.testing.assert_array_equal(_read(tmp_path / "e" / "scores" / "per_user" / "validation")
+                                  .column("coordinate_score").to_numpy(), 0.0)
+    assert result.coordinates[1]["per_entity_auc"]["entities"] == 3  # user-1, new-1, new-3
+
+
+def test_one_class_validation_writes_null_metrics(tmp_path):
+    users = [i % 5 for i in range(100)]
+    train_uri = _write(_small_table(100, users, np.arange(100) % 2), tmp_path / "train")
+    validation_uri = _write(_small_table(10, users[:10], np.ones(10)), tmp_path / "validation")
+    train(_small_config(train_uri, validation_uri, str(tmp_path / "m")))
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())  # strict JSON: no NaN
+    assert metrics["coordinates"][0]["validation"]["auc"] is None
+    assert metrics["coordinates"][0]["validation"]["logloss"] > 0
+
+
+def test_degenerate_training_data_is_rejected(tmp_path):
+    users = [i % 5 for i in range(50)]
+    weightless = _write(_small_table(50, users, np.arange(50) % 2, np.zeros(50)), tmp_path / "w")
+    with pytest.raises(DataError, match="weight 0"):
+        train(_small_config(weightless, None, str(tmp_path / "m")))
+    one_label = _write(_small_table(50, users, np.ones(50)), tmp_path / "one")
+    with pytest.raises(DataError, match="label 1.*no finite optimum"):
+        train(_small_config(one_label, None, str(tmp_path / "m")))
+    assert not (tmp_path / "m").exists()
+
+
+def test_warm_start_rules(tmp_path):
+    rng = np.random.default_rng(1)
+    users = [i % 6 for i in range(240)]
+    labels = (rng.random(240) < 0.5).astype(float)
+    train_uri = _write(_small_table(240, users, labels), tmp_path / "train")
+    first = _small_config(train_uri, None, str(tmp_path / "first"))
+    train(first)
+    # a coordinate that changed its entity cannot start from the old model
+    changed = first.model_dump()
+    changed.update(output=str(tmp_path / "x"), warm_start=str(tmp_path / "first"))
+    changed["coordinates"][1]["entity"] = "uid"
+    with pytest.raises(ConfigError, match="entity 'uid' but 'user'"):
+        train(validate_config(changed))
+    # user 0 now has too few rows: it must get no model (score 0), not its old one
+    subset = [i for i in range(240) if users[i] != 0 or i < 6]
+    small = _write(_small_table(240, users, labels).take(subset), tmp_path / "subset")
+    again = first.model_dump()
+    again.update(output=str(tmp_path / "again"), warm_start=str(tmp_path / "first"))
+    again["data"]["train"] = small
+    again["coordinates"][1]["min_rows"] = 10
+    result = train(validate_config(again))
+    model = result.model.models["per_user"]
+    assert "0" not in model.entity_ids.to_pylist() and len(model.entity_ids) == 5
+
+
+def test_object_store_uris(tmp_path):
+    """Data and outputs behind an fsspec URI (the in-memory file system stands in for s3://)."""
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    rng = np.random.default_rng(2)
+    table = _small_table(120, [i % 4 for i in range(120)], (rng.random(120) < 0.5).astype(float))
+    with memory.open("/bucket/train/part-00000.parquet", "wb") as handle:
+        pq.write_table(table, handle)
+    result = train(_small_config("memory://bucket/train", None, "memory://bucket/model"))
+    assert memory.exists("/bucket/model/metrics.json")
+    assert fs.read_parquet_dir("memory://bucket/model/models/per_user").num_rows > 0
+    assert result.coordinates[-1]["train"]["auc"] > 0.4

@@ -28,7 +28,8 @@ def flatten_bag(bag: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array, 
 def bag_to_csr(bag: pa.Array | pa.ChunkedArray, index_map: IndexMap, num_rows: int) -> sp.csr_matrix:
     """Sparse matrix of a bag in ``index_map``'s columns; unknown features are dropped.
 
-    A feature repeated within one row has its values summed (usual sparse semantics).
+    A feature repeated within one row has its values summed (usual sparse semantics); explicit
+    zeros are dropped, so they never widen a random-effect entity's feature subspace.
     """
     rows, names, terms, values = flatten_bag(bag)
     cols = index_map.lookup(names, terms)
@@ -39,4 +40,5 @@ def bag_to_csr(bag: pa.Array | pa.ChunkedArray, index_map: IndexMap, num_rows: i
         (values, (rows, cols.astype(np.int32, copy=False))), shape=(num_rows, len(index_map))
     )
     matrix.sum_duplicates()
+    matrix.eliminate_zeros()
     return matrix

@@ -16,7 +16,7 @@ so that nothing downstream needs to re-check.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -53,7 +53,6 @@ class ContractColumns:
     offset: str | None = None
     entities: tuple[str, ...] = ()
     bags: tuple[str, ...] = ()
-    passthrough: tuple[str, ...] = field(default=())
 
 
 @dataclass
@@ -129,8 +128,6 @@ def _read_file(path: str, columns: ContractColumns) -> pa.Table:
         require(name, "entity id")
     for name in columns.bags:
         require(name, "feature bag")
-    for name in columns.passthrough:
-        require(name, "requested")
 
     wanted = [columns.uid]
     has_label = columns.label in available
@@ -140,7 +137,7 @@ def _read_file(path: str, columns: ContractColumns) -> pa.Table:
     has_offset = offset_col in available
     wanted += [weight_col] if has_weight else []
     wanted += [offset_col] if has_offset else []
-    wanted += list(columns.entities) + list(columns.bags) + list(columns.passthrough)
+    wanted += list(columns.entities) + list(columns.bags)
     wanted = list(dict.fromkeys(wanted))
     raw = fs.read_parquet(path, columns=wanted)
     n = raw.num_rows
@@ -163,8 +160,6 @@ def _read_file(path: str, columns: ContractColumns) -> pa.Table:
         out[name] = _entity_column(raw.column(name), path, name)
     for name in columns.bags:
         out[name] = _bag_column(raw.column(name), path, name)
-    for name in columns.passthrough:
-        out.setdefault(name, raw.column(name).combine_chunks())
     return pa.table(out)
 
 
@@ -221,7 +216,16 @@ def _integer_column(column: pa.ChunkedArray, path: str, name: str) -> pa.Array:
     if not pa.types.is_integer(array.type):
         raise DataError(f"expected an integer column, found type {array.type}", path=path, column=name)
     _check_no_nulls(array, path, name)
-    return pc.cast(array, pa.int64())
+    return _cast_int64(array, path, name)
+
+
+def _cast_int64(array: pa.Array, path: str, name: str) -> pa.Array:
+    try:
+        return pc.cast(array, pa.int64())
+    except pa.ArrowInvalid:
+        # only unsigned 64-bit values can be out of range
+        bad = _first_true(array.to_numpy(zero_copy_only=False) > np.uint64(np.iinfo(np.int64).max))
+        raise DataError("value does not fit in int64", path=path, column=name, row=bad) from None
 
 
 def _entity_column(column: pa.ChunkedArray, path: str, name: str) -> pa.Array:
@@ -237,7 +241,7 @@ def _entity_column(column: pa.ChunkedArray, path: str, name: str) -> pa.Array:
             f"entity ids must be integers or strings, found type {array.type}", path=path, column=name
         )
     _check_no_nulls(array, path, name)
-    return pc.cast(array, target)
+    return _cast_int64(array, path, name) if target == pa.int64() else pc.cast(array, target)
 
 
 def _bag_column(column: pa.ChunkedArray, path: str, name: str) -> pa.Array:

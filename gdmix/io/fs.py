@@ -8,9 +8,12 @@ a failed run leaves no half-written output that looks complete.
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import posixpath
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import fsspec
 import pyarrow as pa
@@ -96,6 +99,30 @@ def write_text(uri: str, text: str) -> None:
         handle.write(text)
 
 
+def to_json(value: Any) -> str:
+    """Strict JSON (NaN and infinities become null, e.g. the AUC of a one-class set)."""
+
+    def clean(item: Any) -> Any:
+        if isinstance(item, float) and not math.isfinite(item):
+            return None
+        if isinstance(item, dict):
+            return {key: clean(val) for key, val in item.items()}
+        if isinstance(item, (list, tuple)):
+            return [clean(val) for val in item]
+        return item
+
+    return json.dumps(clean(value), indent=2, allow_nan=False, default=str) + "\n"
+
+
+def write_text_atomic(uri: str, text: str) -> None:
+    """Write a whole file under a hidden temporary name, then rename it into place."""
+    fs, path = url_to_fs(uri)
+    parent, name = posixpath.split(path)
+    temporary = posixpath.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:12]}")
+    write_text(unstrip(fs, temporary), text)
+    fs.mv(temporary, path)
+
+
 def read_text(uri: str) -> str:
     fs, path = url_to_fs(uri)
     with fs.open(path, "r") as handle:
@@ -114,7 +141,10 @@ def staged_directory(uri: str) -> Iterator[str]:
 
     The staging directory is a hidden sibling (``.name.staging-<id>``), so it lives on the same
     file system (a rename, not a copy, on local disks) and readers listing the parent skip it.
-    On success an existing ``uri`` is first moved aside, then replaced, then deleted.
+    On success an existing ``uri`` is first moved aside, then replaced, then deleted; if the
+    replacement fails, the previous directory is moved back. On object stores a "move" is a
+    copy per object, so callers mark completeness with a file written after the commit
+    (``metrics.json`` for a training run).
     """
     fs, path = url_to_fs(uri)
     path = path.rstrip("/")
@@ -132,6 +162,14 @@ def staged_directory(uri: str) -> Iterator[str]:
     if fs.exists(path):
         previous = posixpath.join(parent, f".{name}.previous-{token}")
         fs.mv(path, previous, recursive=True)
-    fs.mv(staging, path, recursive=True)
+    try:
+        fs.mv(staging, path, recursive=True)
+    except BaseException:
+        if previous is not None:
+            with contextlib.suppress(Exception):
+                if fs.exists(path):
+                    fs.rm(path, recursive=True)
+            fs.mv(previous, path, recursive=True)
+        raise
     if previous is not None:
         fs.rm(previous, recursive=True)

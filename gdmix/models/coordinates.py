@@ -8,7 +8,6 @@ written as a coefficient table. Coordinate descent (:mod:`gdmix.game`) and scori
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, Union
 
@@ -20,9 +19,9 @@ from gdmix.dataset import Dataset
 from gdmix.features.index_map import IndexMap
 from gdmix.models.fixed_effect import FixedEffectModel, fit_fixed_effect
 from gdmix.models.random_effect import RandomEffectModel, fit_random_effect
+from gdmix.report import ProgressCallback
 
 Model = Union[FixedEffectModel, RandomEffectModel]
-Progress = Callable[[float, float], None]
 
 
 class Coordinate(Protocol):
@@ -31,13 +30,13 @@ class Coordinate(Protocol):
     entity: str | None
 
     def fit(self, data: Dataset, offsets: np.ndarray, initial: Model | None,
-            progress: Progress | None = None) -> tuple[Model, dict]: ...
+            progress: ProgressCallback | None = None) -> tuple[Model, dict]: ...
 
     def score(self, model: Model, data: Dataset) -> np.ndarray: ...
 
     def model_to_table(self, model: Model, index_map: IndexMap) -> pa.Table: ...
 
-    def model_from_table(self, table: pa.Table, index_map: IndexMap) -> Model: ...
+    def model_from_table(self, table: pa.Table, index_map: IndexMap, source: str = "model") -> Model: ...
 
 
 @dataclass(frozen=True)
@@ -74,8 +73,8 @@ class FixedEffectCoordinate(_Configured):
     def model_to_table(self, model: FixedEffectModel, index_map: IndexMap) -> pa.Table:
         return model.to_table(index_map)
 
-    def model_from_table(self, table: pa.Table, index_map: IndexMap) -> FixedEffectModel:
-        return FixedEffectModel.from_table(table, index_map)
+    def model_from_table(self, table: pa.Table, index_map: IndexMap, source: str = "model") -> FixedEffectModel:
+        return FixedEffectModel.from_table(table, index_map, source)
 
 
 @dataclass(frozen=True)
@@ -88,14 +87,14 @@ class RandomEffectCoordinate(_Configured):
 
     def fit(self, data, offsets, initial=None, progress=None):
         entities = data.entities[self.entity]
-        start = initial.aligned_to(entities) if initial is not None else None
+        start = initial.warm_start_for(entities) if initial is not None else None
         codes, intercepts, coef, report = fit_random_effect(
             entities.codes, data.bag(self.feature_bag), data.label, data.weight, offsets,
             self.config, start, progress,
         )
         model = RandomEffectModel(entities.strings().take(codes), intercepts, coef)
         if initial is not None:
-            model = model.carry_over(initial)
+            model = model.carry_over(initial, entities.strings())
         return model, report.as_dict()
 
     def score(self, model: RandomEffectModel, data: Dataset) -> np.ndarray:
@@ -104,8 +103,8 @@ class RandomEffectCoordinate(_Configured):
     def model_to_table(self, model: RandomEffectModel, index_map: IndexMap) -> pa.Table:
         return model.to_table(index_map)
 
-    def model_from_table(self, table: pa.Table, index_map: IndexMap) -> RandomEffectModel:
-        return RandomEffectModel.from_table(table, index_map)
+    def model_from_table(self, table: pa.Table, index_map: IndexMap, source: str = "model") -> RandomEffectModel:
+        return RandomEffectModel.from_table(table, index_map, source)
 
 
 def make_coordinate(config: FixedEffectConfig | RandomEffectConfig) -> Coordinate:

@@ -20,8 +20,9 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from gdmix.config import FixedEffectConfig
+from gdmix.errors import DataError
 from gdmix.features.index_map import IndexMap
-from gdmix.models.linear import FIXED_EFFECT_SCHEMA, INTERCEPT_NAME, INTERCEPT_TERM, is_intercept
+from gdmix.models.linear import FIXED_EFFECT_SCHEMA, check_unique_coefficients, is_intercept, names_and_terms
 from gdmix.solvers.lbfgs import minimize_lbfgs
 from gdmix.tf_runtime import import_tensorflow
 
@@ -38,15 +39,16 @@ class FixedEffectModel:
         return features @ self.coef + self.intercept
 
     def to_table(self, index_map: IndexMap) -> pa.Table:
-        nonzero = np.flatnonzero(self.coef)
-        names = pa.concat_arrays([pa.array([INTERCEPT_NAME]), index_map.names.take(nonzero)])
-        terms = pa.concat_arrays([pa.array([INTERCEPT_TERM]), index_map.terms.take(nonzero)])
-        values = np.concatenate([[self.intercept], self.coef[nonzero]])
+        """Rows ``name, term, value``: the intercept, then the non-zero coefficients."""
+        columns = np.concatenate([[-1], np.flatnonzero(self.coef)])
+        names, terms = names_and_terms(index_map, columns)
+        values = np.concatenate([[self.intercept], self.coef[columns[1:]]])
         return pa.table([names, terms, pa.array(values)], schema=FIXED_EFFECT_SCHEMA)
 
     @classmethod
-    def from_table(cls, table: pa.Table, index_map: IndexMap) -> "FixedEffectModel":
+    def from_table(cls, table: pa.Table, index_map: IndexMap, source: str = "model") -> "FixedEffectModel":
         """Read a coefficient table; features missing from ``index_map`` are dropped."""
+        check_unique_coefficients(table, ["name", "term"], source)
         intercept_rows = is_intercept(table)
         values = table.column("value").to_numpy()
         intercept = float(values[intercept_rows].sum())
@@ -63,7 +65,7 @@ class FixedEffectReport:
     iterations: int
     evaluations: int
     converged: bool
-    gradient_max: float
+    gradient_max: float  # max |gradient| / total weight, the quantity gtol bounds
     objective: float
     message: str
 
@@ -72,7 +74,7 @@ class FixedEffectReport:
             "iterations": self.iterations,
             "evaluations": self.evaluations,
             "converged": self.converged,
-            "relative_gradient": self.gradient_max,
+            "gradient_max_per_weight": self.gradient_max,
             "objective": self.objective,
             "message": self.message,
         }
@@ -138,6 +140,18 @@ def _loss_and_gradient_function():
     return loss_and_gradient
 
 
+def _check_finite_optimum(labels: np.ndarray, weights: np.ndarray, config: FixedEffectConfig) -> None:
+    """With an unpenalised intercept, one-label training data has no finite optimum."""
+    seen = np.unique(labels[weights > 0])
+    if len(seen) == 1 and not config.regularize_intercept:
+        raise DataError(
+            f"every training row with positive weight has label {seen[0]:g}: fixed effect "
+            f"'{config.name}' has an unpenalised intercept and no finite optimum "
+            "(add rows of the other label or set regularize_intercept: true)",
+            column="label",
+        )
+
+
 def penalty_vector(num_features: int, l2: float, regularize_intercept: bool) -> np.ndarray:
     """Per-coefficient L2 weights for ``theta = [b, beta]``."""
     weights = np.full(num_features + 1, float(l2))
@@ -199,6 +213,7 @@ def fit_fixed_effect(
     on_iteration: Callable[[int, float], None] | None = None,
 ) -> tuple[FixedEffectModel, FixedEffectReport]:
     """Train the fixed effect to the optimum of its penalised objective."""
+    _check_finite_optimum(labels, weights, config)
     data_term = TfLogisticLoss(features, labels, weights, offsets)
     penalty = penalty_vector(features.shape[1], config.l2, config.regularize_intercept)
     change = Standardization.from_data(features, weights, penalty)

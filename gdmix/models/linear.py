@@ -12,6 +12,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from gdmix.errors import DataError
+from gdmix.features.index_map import IndexMap
+
 INTERCEPT_NAME = "(INTERCEPT)"
 INTERCEPT_TERM = ""
 
@@ -28,3 +31,20 @@ def is_intercept(table: pa.Table) -> np.ndarray:
         pc.equal(pc.fill_null(table.column("term"), ""), INTERCEPT_TERM),
     )
     return mask.to_numpy(zero_copy_only=False)
+
+
+def names_and_terms(index_map: IndexMap, columns: np.ndarray) -> tuple[pa.Array, pa.Array]:
+    """(name, term) of each column index; -1 stands for the intercept."""
+    position = np.where(columns >= 0, columns, len(index_map))
+    names = pa.concat_arrays([index_map.names, pa.array([INTERCEPT_NAME])]).take(position)
+    terms = pa.concat_arrays([index_map.terms, pa.array([INTERCEPT_TERM])]).take(position)
+    return names, terms
+
+
+def check_unique_coefficients(table: pa.Table, keys: list[str], source: str) -> None:
+    """A coefficient table must not hold the same (entity,) name, term twice."""
+    counts = table.group_by(keys).aggregate([([], "count_all")])
+    repeated = counts.filter(pc.greater(counts.column("count_all"), 1))
+    if repeated.num_rows:
+        first = {k: repeated.column(k)[0].as_py() for k in keys}
+        raise DataError(f"coefficient {first} appears {repeated.column('count_all')[0].as_py()} times", path=source)

@@ -21,10 +21,12 @@ convergence does not depend on a good start.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, replace
 
 import numpy as np
+from scipy.special import expit
+
+from gdmix.solvers.logistic import log_loss_terms
 
 ARMIJO = 1e-4
 MAX_HALVINGS = 60
@@ -45,22 +47,16 @@ class BatchProblem:
     offsets: np.ndarray  # (E, n)
     ridge: np.ndarray  # (E,), > 0
     intercept_ridge: np.ndarray  # (E,), >= 0
+    row_gram: np.ndarray | None = None  # (E, n, n) F F', set by solve_batch when n < q
 
     def take(self, index: np.ndarray) -> "BatchProblem":
-        taken = BatchProblem(
-            self.features[index], self.labels[index], self.weights[index],
-            self.offsets[index], self.ridge[index], self.intercept_ridge[index],
+        return BatchProblem(
+            self.features[index], self.labels[index], self.weights[index], self.offsets[index],
+            self.ridge[index], self.intercept_ridge[index],
+            None if self.row_gram is None else self.row_gram[index],
         )
-        if "row_gram" in self.__dict__:  # keep the cached Gram matrices of the kept problems
-            object.__setattr__(taken, "row_gram", self.row_gram[index])
-        return taken
 
-    @cached_property
-    def row_gram(self) -> np.ndarray:
-        """``F F'`` per problem, (E, n, n): constant across Newton iterations."""
-        return np.matmul(self.features, self.features.transpose(0, 2, 1))
-
-    @cached_property
+    @property
     def total_weight(self) -> np.ndarray:
         return self.weights.sum(axis=1)
 
@@ -107,6 +103,9 @@ def solve_batch(
     converged = np.zeros(num, dtype=bool)
     gradient_max = np.full(num, np.inf)
     scale = np.maximum(problem.total_weight, 1.0)
+    n = problem.features.shape[1]
+    if 0 < n < q:  # Woodbury path: the row Gram matrix is constant across iterations
+        problem = replace(problem, row_gram=np.matmul(problem.features, problem.features.transpose(0, 2, 1)))
 
     z = _linear_predictor(problem, b, beta)
     state = _State(problem, np.arange(num), b.copy(), beta.copy(), z, _objective(problem, b, beta, z))
@@ -117,7 +116,7 @@ def solve_batch(
         stalled = np.zeros_like(done)
         if step < max_iter and not done.all():
             stalled = _newton_step(state, mu, grad_b, grad_beta, moving=~done)
-            iterations[state.index[~done]] += 1
+            iterations[state.index[~done & ~stalled]] += 1
         # stalled problems did not move and the last round takes no step, so gmax is the
         # gradient at every returned point
         finished = done | stalled | (step >= max_iter)
@@ -138,14 +137,9 @@ def _linear_predictor(problem: BatchProblem, b: np.ndarray, beta: np.ndarray) ->
 
 def _objective(problem: BatchProblem, b, beta, z, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
     """Penalised loss of problems ``rows`` of the batch at (b, beta) with linear predictor z."""
-    loss = np.einsum("en,en->e", problem.weights[rows], np.logaddexp(0.0, z) - problem.labels[rows] * z)
+    loss = np.einsum("en,en->e", problem.weights[rows], log_loss_terms(z, problem.labels[rows]))
     penalty = problem.intercept_ridge[rows] * b * b + problem.ridge[rows] * np.einsum("eq,eq->e", beta, beta)
     return loss + 0.5 * penalty
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    ez = np.exp(-np.abs(z))
-    return np.where(z >= 0, 1.0 / (1.0 + ez), ez / (1.0 + ez))
 
 
 def _transpose_times(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -155,7 +149,7 @@ def _transpose_times(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 def _gradient(state: _State):
     p = state.problem
-    mu = _sigmoid(state.z)
+    mu = expit(state.z)
     residual = p.weights * (mu - p.labels)
     grad_b = residual.sum(axis=1) + p.intercept_ridge * state.b
     grad_beta = _transpose_times(p.features, residual) + p.ridge[:, None] * state.beta
@@ -222,9 +216,10 @@ def _step_cap(problem: BatchProblem, delta_z, delta_b) -> np.ndarray:
 def _line_search(state: _State, delta_b, delta_beta, delta_z, slope, moving) -> np.ndarray:
     """Backtracking Armijo search, vectorized: each problem halves its own step until accepted.
 
-    A step is also accepted when it changes the objective by no more than float64 round-off:
-    near the optimum the Armijo decrease is below the resolution of the summed loss, and the
-    gradient test of the next iteration is the judge of convergence, not this one. Trial points
+    A step is also accepted when it changes the objective by no more than float64 round-off
+    (the loss terms are positive and computed without cancellation, so that is a few ulps of
+    the value): near the optimum the Armijo decrease is below the resolution of the summed
+    loss, and the gradient test of the next iteration is the judge of convergence. Trial points
     reuse ``delta_z``, so a trial costs no matrix product.
     """
     p = state.problem
