@@ -55,47 +55,23 @@ class RunResult:
 
 
 def train(config: GdmixConfig, reporter: Reporter | None = None) -> RunResult:
+    """Read the data, run coordinate descent, and commit models, scores and metrics."""
     reporter = reporter or SilentReporter()
     started = time.perf_counter()
     coordinates = [make_coordinate(c) for c in config.coordinates]
-    bags = sorted({c.feature_bag for c in coordinates if c.feature_bag})
-    entities = sorted({c.entity for c in coordinates if c.entity})
-    columns = ContractColumns(
-        uid=config.data.uid, label=config.data.label, weight=config.data.weight,
-        offset=config.data.offset, entities=tuple(entities), bags=tuple(bags),
-    )
-
-    reporter.info(f"reading training data {config.data.train}")
-    train_table = read_contract_table(config.data.train, columns)
-    validation_table = None
-    if config.data.validation:
-        reporter.info(f"reading validation data {config.data.validation}")
-        validation_table = read_contract_table(config.data.validation, columns)
-    if not np.any(train_table.table.column("weight").to_numpy() > 0):
-        raise DataError("every training row has weight 0: nothing to train on",
-                        path=config.data.train, column=config.data.weight or "weight")
-    index_maps = build_index_maps(train_table, bags)
-    splits = [Split("train", to_dataset(train_table, index_maps, entities), {})]
-    if validation_table is not None:
-        splits.append(Split("validation", to_dataset(validation_table, index_maps, entities), {}))
-    reporter.info(
-        f"{splits[0].data.num_rows:,} training rows"
-        + (f", {splits[1].data.num_rows:,} validation rows" if len(splits) > 1 else "")
-        + "; features: " + (", ".join(f"{b}={len(m)}" for b, m in index_maps.items()) or "none")
-    )
+    splits, index_maps = _load_splits(config, coordinates, reporter)
 
     models = _warm_start_models(config, coordinates, index_maps)
     for split in splits:
-        for coordinate in coordinates:
-            split.scores[coordinate.name] = (
-                coordinate.score(models[coordinate.name], split.data)
-                if coordinate.name in models else np.zeros(split.data.num_rows)
-            )
-
-    results = []
-    for pass_number in range(1, config.passes + 1):
-        for coordinate in coordinates:
-            results.append(_train_coordinate(coordinate, pass_number, splits, models, reporter))
+        split.scores = {
+            c.name: c.score(models[c.name], split.data) if c.name in models else np.zeros(split.data.num_rows)
+            for c in coordinates
+        }
+    results = [
+        _train_coordinate(coordinate, pass_number, splits, models, reporter)
+        for pass_number in range(1, config.passes + 1)
+        for coordinate in coordinates
+    ]
 
     trained = TrainedModel(config.data, coordinates, index_maps, models)
     with fs.staged_directory(config.output) as staging:
@@ -113,6 +89,32 @@ def train(config: GdmixConfig, reporter: Reporter | None = None) -> RunResult:
     # written last, after the commit: its presence is what marks the output complete
     fs.write_text_atomic(fs.join(config.output, METRICS_FILE), fs.to_json(metrics))
     return RunResult(config.output, results, trained)
+
+
+def _load_splits(config: GdmixConfig, coordinates: list[Coordinate], reporter: Reporter):
+    """Validated train (and validation) data in memory, with index maps built from train."""
+    bags = sorted({c.feature_bag for c in coordinates if c.feature_bag})
+    entities = sorted({c.entity for c in coordinates if c.entity})
+    columns = ContractColumns(
+        uid=config.data.uid, label=config.data.label, weight=config.data.weight,
+        offset=config.data.offset, entities=tuple(entities), bags=tuple(bags),
+    )
+    tables = {}
+    for name in ("train", "validation"):
+        uri = getattr(config.data, name)
+        if uri:
+            reporter.info(f"reading {name} data {uri}")
+            tables[name] = read_contract_table(uri, columns)
+    if not np.any(tables["train"].table.column("weight").to_numpy() > 0):
+        raise DataError("every training row has weight 0: nothing to train on",
+                        path=config.data.train, column=config.data.weight or "weight")
+    index_maps = build_index_maps(tables["train"], bags)
+    splits = [Split(name, to_dataset(table, index_maps, entities), {}) for name, table in tables.items()]
+    reporter.info(
+        ", ".join(f"{split.data.num_rows:,} {split.name} rows" for split in splits)
+        + "; features: " + (", ".join(f"{b}={len(m)}" for b, m in index_maps.items()) or "none")
+    )
+    return splits, index_maps
 
 
 def _warm_start_models(config: GdmixConfig, coordinates: list[Coordinate], index_maps) -> dict[str, Model]:
@@ -136,7 +138,6 @@ def _train_coordinate(coordinate: Coordinate, pass_number: int, splits: list[Spl
                       models: dict[str, Model], reporter: Reporter) -> dict:
     train_split = splits[0]
     offsets = train_split.total(excluding=coordinate.name)
-    kind = "fixed_effect" if coordinate.entity is None else "random_effect"
     label = f"pass {pass_number} {coordinate.name}"
     tic = time.perf_counter()
     with reporter.progress(f"{label}: training") as progress:
@@ -145,11 +146,10 @@ def _train_coordinate(coordinate: Coordinate, pass_number: int, splits: list[Spl
     models[coordinate.name] = model
     for split in splits:
         split.scores[coordinate.name] = coordinate.score(model, split.data)
-    result = {"name": coordinate.name, "type": kind, "pass": pass_number, "train_seconds": seconds,
+    result = {"name": coordinate.name, "type": coordinate.config.type, "pass": pass_number, "train_seconds": seconds,
               "solver": solver_report}
     for split in splits:
-        metrics = binary_metrics(split.data.label, split.total(), split.data.weight)
-        result[split.name] = metrics
+        result[split.name] = binary_metrics(split.data.label, split.total(), split.data.weight)
     if len(splits) == 1:
         result["validation"] = None
     elif coordinate.entity is not None:

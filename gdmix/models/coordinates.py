@@ -25,6 +25,7 @@ Model = Union[FixedEffectModel, RandomEffectModel]
 
 
 class Coordinate(Protocol):
+    config: FixedEffectConfig | RandomEffectConfig
     name: str
     feature_bag: str | None
     entity: str | None
