@@ -174,3 +174,13 @@ def test_hard_problems_converge_to_the_exact_optimum(seed):
         trained, intercepts, coef, report = fit_random_effect(codes, features, labels, weights, offsets, config)
         assert report.unconverged_entities == 0
         assert np.all(np.isfinite(intercepts)) and np.all(np.isfinite(coef.data))
+
+
+def test_entities_too_tall_for_dense_batches_use_lbfgs_and_agree(monkeypatch):
+    codes, features, labels, weights, offsets = _data(8, rows=900, entities=6, width=5)  # ~150 rows each
+    dense = fit_random_effect(codes, features, labels, weights, offsets, _config(l2=0.5))
+    monkeypatch.setattr("gdmix.models.random_effect.MAX_DENSE_ENTITY", 500)
+    tall = fit_random_effect(codes, features, labels, weights, offsets, _config(l2=0.5))
+    assert tall[3].sparse_entities == 6 and dense[3].sparse_entities == 0
+    np.testing.assert_allclose(tall[1], dense[1], atol=1e-5)
+    np.testing.assert_allclose(tall[2].toarray(), dense[2].toarray(), atol=1e-5)

@@ -3,8 +3,9 @@
 Rows are grouped by entity; each entity gets its local feature subspace (the columns it has a
 non-zero in, sorted), so its problem is ``rows x local features`` however wide the bag is.
 Entities are then bucketed by padded shape (powers of two and 1.5x powers of two, so padding
-wastes at most a third) and each bucket becomes dense arrays of at most :data:`BATCH_BUDGET`
-doubles. Entities too large for a dense batch go to the sparse one-at-a-time path instead.
+wastes at most a third) and each bucket becomes dense arrays of about :data:`BATCH_BUDGET`
+doubles (cache-sized: larger batches measured slower). An entity whose dense arrays alone
+would exceed :data:`MAX_DENSE_ENTITY` doubles goes to the sparse one-at-a-time path instead.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ from gdmix.solvers.batched_newton import BatchProblem
 from gdmix.sparse import segments, starts_of
 
 _LADDER = np.array(sorted({int(m * 2**k) for k in range(40) for m in (1, 1.5)} | {0, 1, 2, 3}))
-# Doubles in one batch's dense arrays (about 64 MB); an entity alone above it is solved sparse.
-BATCH_BUDGET = 1 << 23
+# Doubles in one batch's dense arrays (16 MB): 1<<21 ran 1.3x faster than 1<<23 in
+# bench/random_effect.py on this 2-core machine (2026-11-27).
+BATCH_BUDGET = 1 << 21
+# Doubles one entity may take densely (256 MB); above that it is solved sparse.
+MAX_DENSE_ENTITY = 1 << 25
 
 
 def padded(sizes: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ import scipy.sparse as sp
 from gdmix.config import RandomEffectConfig
 from gdmix.dataset import EntityIds
 from gdmix.features.index_map import IndexMap
-from gdmix.models.entity_layout import BATCH_BUDGET, EntityLayout, dense_footprint
+from gdmix.models.entity_layout import MAX_DENSE_ENTITY, EntityLayout, dense_footprint
 from gdmix.models.linear import RANDOM_EFFECT_SCHEMA, check_unique_coefficients, is_intercept, names_and_terms
 from gdmix.solvers.batched_newton import solve_batch
 from gdmix.solvers.lbfgs import minimize_lbfgs
@@ -181,7 +181,7 @@ def fit_random_effect(
     converged = np.ones(layout.num_entities, dtype=bool)
 
     too_large = (layout.feature_count > config.solver.max_dense_features) | (
-        dense_footprint(layout.row_count, layout.feature_count) > BATCH_BUDGET)
+        dense_footprint(layout.row_count, layout.feature_count) > MAX_DENSE_ENTITY)
     sparse_path = np.flatnonzero(trainable & too_large)
     report.sparse_entities = len(sparse_path)
     done, target = 0, int(trainable.sum())
