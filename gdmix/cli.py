@@ -24,7 +24,9 @@ DEMO_SYNTHETIC_ROWS = 100_000
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
@@ -45,8 +47,24 @@ def _parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a model from a YAML config")
     train.add_argument("config", help="YAML configuration file")
+    train.add_argument("--workers", type=int, default=1,
+                       help="train fixed effects on N local worker processes (TF collective all-reduce)")
     _add_set(train)
     train.set_defaults(handler=_train)
+
+    fixed = commands.add_parser(
+        "fixed-effect", help="train one fixed-effect coordinate as a job (one worker of TF_CONFIG, or N local)")
+    fixed.add_argument("config", help="YAML configuration file")
+    fixed.add_argument("--coordinate", required=True, help="name of the fixed-effect coordinate")
+    fixed.add_argument("--output", required=True, help="where the model and scores are committed")
+    fixed.add_argument("--offsets", help="Parquet with uid, offset: the other coordinates' scores")
+    fixed.add_argument("--index-maps", help="a model directory whose index_maps/ to use")
+    fixed.add_argument("--warm-start", help="a model directory to start from")
+    fixed.add_argument("--workers", type=int, help="launch N local workers on 127.0.0.1")
+    fixed.add_argument("--checkpoint-every", type=int, default=50, help="iterations between checkpoints")
+    fixed.add_argument("--timeout", type=float, default=600.0, help="seconds a collective may wait")
+    _add_set(fixed)
+    fixed.set_defaults(handler=_fixed_effect)
 
     score = commands.add_parser("score", help="score a dataset with a trained model")
     score.add_argument("model_dir", help="output directory of a training run")
@@ -98,17 +116,54 @@ def _train(args) -> int:
     from gdmix.config import load_config
 
     config = load_config(args.config, args.overrides)
-    return _run_training(config)
+    return _run_training(config, args.workers)
 
 
-def _run_training(config) -> int:
+def _run_training(config, workers: int = 1) -> int:
     from gdmix.game import train
     from gdmix.report import ConsoleReporter, print_summary
 
-    result = train(config, ConsoleReporter())
+    if workers < 1:
+        raise GdmixError(f"--workers must be at least 1, got {workers}")
+    result = train(config, ConsoleReporter(), workers=workers)
     print_summary(result.coordinates)
     print(f"outputs written to {result.output}")
     return 0
+
+
+def _fixed_effect(args) -> int:
+    """Under ``--workers N`` this process only launches N copies of itself (minus the flag)."""
+    if args.workers is not None:
+        from gdmix.distributed.launcher import launch_local
+
+        if args.workers < 1:
+            raise GdmixError(f"--workers must be at least 1, got {args.workers}")
+        return launch_local([sys.executable, "-m", "gdmix", *_without_option(args.argv, "--workers")], args.workers)
+    from gdmix.config import load_config
+    from gdmix.jobs.fixed_effect import run_fixed_effect_job
+
+    config = load_config(args.config, args.overrides)
+    summary = run_fixed_effect_job(
+        config, args.coordinate, args.output, offsets=args.offsets, index_maps=args.index_maps,
+        warm_start=args.warm_start, checkpoint_every=args.checkpoint_every, timeout_seconds=args.timeout,
+        log=lambda message: print(message, flush=True),
+    )
+    if summary.get("chief", True):
+        print(to_json({k: v for k, v in summary.items() if k != "chief"}), end="", flush=True)
+    return 0
+
+
+def _without_option(argv: list[str], option: str) -> list[str]:
+    """``argv`` without ``option VALUE`` / ``option=VALUE``."""
+    kept, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == option:
+            skip = True
+        elif not item.startswith(option + "="):
+            kept.append(item)
+    return kept
 
 
 def _score(args) -> int:

@@ -49,7 +49,6 @@ class EntityIds:
 class Dataset:
     """Validated rows of one dataset, ready for training and scoring."""
 
-    source: str
     uid: np.ndarray
     label: np.ndarray | None
     weight: np.ndarray
@@ -81,7 +80,6 @@ def to_dataset(table: ContractTable, index_maps: Mapping[str, IndexMap], entitie
     """Convert a validated table into numpy columns and CSR bags (one CSR per index map)."""
     t = table.table
     return Dataset(
-        source=table.files[0] if len(table.files) == 1 else _common_parent(table.files),
         uid=t.column("uid").to_numpy(),
         label=t.column("label").to_numpy() if table.has_label else None,
         weight=t.column("weight").to_numpy(),
@@ -90,12 +88,3 @@ def to_dataset(table: ContractTable, index_maps: Mapping[str, IndexMap], entitie
         bags={bag: bag_to_csr(t.column(bag), imap, t.num_rows) for bag, imap in index_maps.items()},
     )
 
-
-def _common_parent(paths: list[str]) -> str:
-    parts = [p.split("/") for p in paths]
-    common = []
-    for pieces in zip(*parts):
-        if len(set(pieces)) != 1:
-            break
-        common.append(pieces[0])
-    return "/".join(common) or paths[0]

@@ -30,6 +30,7 @@ class DataError(GdmixError):
         self.path = path
         self.column = column
         self.row = row
+        self.detail = message
         where = []
         if path is not None:
             where.append(f"file {path}")
@@ -39,3 +40,8 @@ class DataError(GdmixError):
             where.append(f"row {row}")
         prefix = (", ".join(where) + ": ") if where else ""
         super().__init__(prefix + message)
+
+    def shifted(self, rows: int) -> "DataError":
+        """The same error with its row number moved by ``rows`` (a piece read from mid-file)."""
+        row = None if self.row is None else self.row + rows
+        return DataError(self.detail, path=self.path, column=self.column, row=row)

@@ -29,7 +29,8 @@ from gdmix.errors import ConfigError, DataError
 from gdmix.io import fs
 from gdmix.io.contract import ContractColumns, read_contract_table
 from gdmix.metrics import binary_metrics, per_entity_auc_summary
-from gdmix.models.coordinates import Coordinate, Model, make_coordinate
+from gdmix.jobs.local import fit_on_local_workers
+from gdmix.models.coordinates import Coordinate, FixedEffectCoordinate, Model, make_coordinate
 from gdmix.report import Reporter, SilentReporter
 
 
@@ -54,8 +55,12 @@ class RunResult:
     model: TrainedModel
 
 
-def train(config: GdmixConfig, reporter: Reporter | None = None) -> RunResult:
-    """Read the data, run coordinate descent, and commit models, scores and metrics."""
+def train(config: GdmixConfig, reporter: Reporter | None = None, workers: int = 1) -> RunResult:
+    """Read the data, run coordinate descent, and commit models, scores and metrics.
+
+    With ``workers > 1`` fixed effects train as the distributed fixed-effect job on that many
+    local worker processes (see :mod:`gdmix.jobs.local`).
+    """
     reporter = reporter or SilentReporter()
     started = time.perf_counter()
     coordinates = [make_coordinate(c) for c in config.coordinates]
@@ -67,8 +72,13 @@ def train(config: GdmixConfig, reporter: Reporter | None = None) -> RunResult:
             c.name: c.score(models[c.name], split.data) if c.name in models else np.zeros(split.data.num_rows)
             for c in coordinates
         }
+    def fit(coordinate, data, offsets, initial, progress):
+        if workers > 1 and isinstance(coordinate, FixedEffectCoordinate):
+            return fit_on_local_workers(config, coordinate, data, offsets, initial, index_maps, workers)
+        return coordinate.fit(data, offsets, initial, progress)
+
     results = [
-        _train_coordinate(coordinate, pass_number, splits, models, reporter)
+        _train_coordinate(coordinate, pass_number, splits, models, reporter, fit)
         for pass_number in range(1, config.passes + 1)
         for coordinate in coordinates
     ]
@@ -135,13 +145,13 @@ def _warm_start_models(config: GdmixConfig, coordinates: list[Coordinate], index
 
 
 def _train_coordinate(coordinate: Coordinate, pass_number: int, splits: list[Split],
-                      models: dict[str, Model], reporter: Reporter) -> dict:
+                      models: dict[str, Model], reporter: Reporter, fit) -> dict:
     train_split = splits[0]
     offsets = train_split.total(excluding=coordinate.name)
     label = f"pass {pass_number} {coordinate.name}"
     tic = time.perf_counter()
     with reporter.progress(f"{label}: training") as progress:
-        model, solver_report = coordinate.fit(train_split.data, offsets, models.get(coordinate.name), progress)
+        model, solver_report = fit(coordinate, train_split.data, offsets, models.get(coordinate.name), progress)
     seconds = time.perf_counter() - tic
     models[coordinate.name] = model
     for split in splits:

@@ -48,7 +48,7 @@ def test_reads_and_normalises(tmp_path):
     assert table.schema.field("g").type == FEATURE_BAG_TYPE
     assert table.column("g").to_pylist()[0] == [{"name": "a", "term": "", "value": 1.5}]
     assert table.column("g").to_pylist()[1] == []
-    assert data.locate(5) == (data.files[1], 1)
+    assert data.locate(5) == (data.pieces[1].path, 1)
 
 
 def test_type_mismatch_between_files(tmp_path):

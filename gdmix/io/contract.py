@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from gdmix.errors import DataError
 from gdmix.io import fs
@@ -55,17 +56,26 @@ class ContractColumns:
     bags: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class FilePiece:
+    """Rows ``[start, stop)`` of one Parquet file, numbered within that file."""
+
+    path: str
+    start: int
+    stop: int
+
+
 @dataclass
 class ContractTable:
     """A validated dataset: normalised columns ``uid, label?, weight, offset, entities..., bags...``.
 
-    ``file_starts[k]`` is the first row of ``files[k]`` in ``table``; :meth:`locate` turns a row
-    of the table back into (file, row within file) for error messages.
+    ``pieces[k]`` starts at row ``piece_starts[k]`` of ``table``; :meth:`locate` turns a row of
+    the table back into (file, row within file) for error messages.
     """
 
     table: pa.Table
-    files: list[str]
-    file_starts: np.ndarray
+    pieces: list[FilePiece]
+    piece_starts: np.ndarray
     has_label: bool
 
     @property
@@ -73,34 +83,91 @@ class ContractTable:
         return self.table.num_rows
 
     def locate(self, row: int) -> tuple[str, int]:
-        k = int(np.searchsorted(self.file_starts, row, side="right") - 1)
-        return self.files[k], int(row - self.file_starts[k])
+        k = int(np.searchsorted(self.piece_starts, row, side="right") - 1)
+        piece = self.pieces[k]
+        return piece.path, int(row - self.piece_starts[k] + piece.start)
 
 
-def read_contract_table(uri: str, columns: ContractColumns) -> ContractTable:
-    """Read and validate every Parquet file of the dataset at ``uri``."""
+def read_contract_table(uri: str, columns: ContractColumns, shard: tuple[int, int] | None = None) -> ContractTable:
+    """Read and validate the dataset at ``uri``, or only shard ``(index, count)`` of its rows.
+
+    A shard is a contiguous range of the dataset's rows (files in name order), balanced to
+    within one row however the rows fall into files and row groups; an empty shard is valid
+    (the caller decides whether the whole dataset is empty), and uids are checked for
+    uniqueness within what was read.
+    """
     files = fs.list_parquet_files(uri)
     if not files:
         raise DataError("dataset is empty: no Parquet files found", path=str(uri))
-    tables = [_read_file(path, columns) for path in files]
+    pieces = plan_pieces(files, shard)
+    tables = [_read_piece(piece, columns) for piece in pieces] or [_read_piece(FilePiece(files[0], 0, 0), columns)]
     has_label = all(t.schema.get_field_index("label") >= 0 for t in tables)
     if not has_label:
         tables = [t.drop_columns(["label"]) if "label" in t.column_names else t for t in tables]
-    _check_consistent_types(tables, files)
+    _check_consistent_types(tables, [p.path for p in pieces] or files[:1])
     table = pa.concat_tables(tables)
     sizes = np.array([t.num_rows for t in tables], dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-    result = ContractTable(table=table, files=files, file_starts=starts, has_label=has_label)
-    if table.num_rows == 0:
+    result = ContractTable(table, pieces or [FilePiece(files[0], 0, 0)], np.cumsum(sizes) - sizes, has_label)
+    if table.num_rows == 0 and shard is None:
         raise DataError("dataset is empty (0 rows)", path=str(uri))
     _check_unique_uids(result, columns.uid)
     return result
 
 
-def _read_file(path: str, columns: ContractColumns) -> pa.Table:
-    fs_, inner = fs.url_to_fs(path)
-    import pyarrow.parquet as pq
+def plan_pieces(files: list[str], shard: tuple[int, int] | None = None) -> list[FilePiece]:
+    """The file pieces of a dataset (whole files), or of rows ``[k N / W, (k + 1) N / W)``."""
+    sizes = [_num_rows(path) for path in files]
+    if shard is None:
+        return [FilePiece(path, 0, size) for path, size in zip(files, sizes)]
+    index, count = shard
+    total = sum(sizes)
+    low, high = total * index // count, total * (index + 1) // count
+    pieces, first = [], 0
+    for path, size in zip(files, sizes):
+        start, stop = max(low - first, 0), min(high - first, size)
+        if start < stop:
+            pieces.append(FilePiece(path, start, stop))
+        first += size
+    return pieces
 
+
+def _num_rows(path: str) -> int:
+    fs_, inner = fs.url_to_fs(path)
+    try:
+        return pq.read_metadata(inner, filesystem=fs_).num_rows
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"not a readable Parquet file ({exc})", path=path) from None
+
+
+def _read_rows(piece: FilePiece, columns: list[str]) -> pa.Table:
+    """Only the row groups a piece overlaps are read, then sliced to the piece exactly."""
+    fs_, inner = fs.url_to_fs(piece.path)
+    with fs_.open(inner, "rb") as handle:
+        parquet = pq.ParquetFile(handle)
+        metadata = parquet.metadata
+        groups, first_row, row = [], None, 0
+        for group in range(metadata.num_row_groups):
+            size = metadata.row_group(group).num_rows
+            if row < piece.stop and row + size > piece.start:
+                groups.append(group)
+                first_row = row if first_row is None else first_row
+            row += size
+        if not groups:
+            return parquet.schema_arrow.empty_table().select(columns)
+        table = parquet.read_row_groups(groups, columns=columns)
+    return table.slice(piece.start - first_row, piece.stop - piece.start)
+
+
+def _read_piece(piece: FilePiece, columns: ContractColumns) -> pa.Table:
+    try:
+        return _validated_piece(piece, columns)
+    except DataError as error:
+        raise error.shifted(piece.start) from None
+
+
+def _validated_piece(piece: FilePiece, columns: ContractColumns) -> pa.Table:
+    path = piece.path
+    fs_, inner = fs.url_to_fs(path)
     try:
         schema = pq.read_schema(inner, filesystem=fs_)
     except (pa.ArrowInvalid, OSError) as exc:
@@ -139,7 +206,7 @@ def _read_file(path: str, columns: ContractColumns) -> pa.Table:
     wanted += [offset_col] if has_offset else []
     wanted += list(columns.entities) + list(columns.bags)
     wanted = list(dict.fromkeys(wanted))
-    raw = fs.read_parquet(path, columns=wanted)
+    raw = _read_rows(piece, wanted)
     n = raw.num_rows
 
     out: dict[str, pa.Array] = {}

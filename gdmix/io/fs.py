@@ -91,12 +91,7 @@ def write_parquet(table: pa.Table, uri: str, name: str = "part-00000.parquet") -
 
 
 def write_text(uri: str, text: str) -> None:
-    fs, path = url_to_fs(uri)
-    parent = posixpath.dirname(path)
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    with fs.open(path, "w") as handle:
-        handle.write(text)
+    write_bytes(uri, text.encode())
 
 
 def to_json(value: Any) -> str:
@@ -115,18 +110,35 @@ def to_json(value: Any) -> str:
 
 
 def write_text_atomic(uri: str, text: str) -> None:
+    write_bytes_atomic(uri, text.encode())
+
+
+def write_bytes_atomic(uri: str, data: bytes) -> None:
     """Write a whole file under a hidden temporary name, then rename it into place."""
     fs, path = url_to_fs(uri)
     parent, name = posixpath.split(path)
     temporary = posixpath.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:12]}")
-    write_text(unstrip(fs, temporary), text)
+    write_bytes(unstrip(fs, temporary), data)
     fs.mv(temporary, path)
 
 
-def read_text(uri: str) -> str:
+def write_bytes(uri: str, data: bytes) -> None:
     fs, path = url_to_fs(uri)
-    with fs.open(path, "r") as handle:
+    parent = posixpath.dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    with fs.open(path, "wb") as handle:
+        handle.write(data)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = url_to_fs(uri)
+    with fs.open(path, "rb") as handle:
         return handle.read()
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode()
 
 
 def remove(uri: str) -> None:
@@ -158,12 +170,22 @@ def staged_directory(uri: str) -> Iterator[str]:
         with contextlib.suppress(Exception):
             fs.rm(staging, recursive=True)
         raise
+    commit_directory(unstrip(fs, staging), uri)
+
+
+def commit_directory(staging: str, uri: str) -> None:
+    """Replace directory ``uri`` by ``staging`` (same file system): the old one is moved aside,
+    the new one moved in, the old one deleted; if moving in fails, the old one is moved back."""
+    fs, path = url_to_fs(uri)
+    _, staged = url_to_fs(staging)
+    path = path.rstrip("/")
+    parent, name = posixpath.split(path)
     previous = None
     if fs.exists(path):
-        previous = posixpath.join(parent, f".{name}.previous-{token}")
+        previous = posixpath.join(parent, f".{name}.previous-{uuid.uuid4().hex[:12]}")
         fs.mv(path, previous, recursive=True)
     try:
-        fs.mv(staging, path, recursive=True)
+        fs.mv(staged, path, recursive=True)
     except BaseException:
         if previous is not None:
             with contextlib.suppress(Exception):

@@ -4,8 +4,9 @@ Objective (a sum over rows, as in GDMix and Photon ML, so ``l2`` does not depend
 
     F(beta, b) = sum_i w_i * CE(y_i, x_i . beta + b + o_i) + l2/2 * ||beta||^2  (+ l2/2 * b^2)
 
-The data is converted once into tensors (CSR as row ids, column ids and values) and every
-L-BFGS evaluation is one call of a ``tf.function``; nothing is re-read per iteration. The data
+The data is converted once into tensors (CSR: row splits, column ids and values) and every
+L-BFGS evaluation is one call of a ``tf.function`` around a fused native op; nothing is
+re-read per iteration. The data
 term and the penalty are kept apart (:class:`TfLogisticLoss` computes only the data term) so
 that a distributed run can sum the data term across workers and add the penalty once.
 """
@@ -23,7 +24,10 @@ from gdmix.config import FixedEffectConfig
 from gdmix.errors import DataError
 from gdmix.features.index_map import IndexMap
 from gdmix.models.linear import FIXED_EFFECT_SCHEMA, check_unique_coefficients, is_intercept, names_and_terms
-from gdmix.solvers.lbfgs import minimize_lbfgs
+from gdmix.distributed.collective import Collective, SingleProcess, check_identical
+from gdmix.io.checkpoint import Checkpoint
+from gdmix.native import logistic_loss_op
+from gdmix.solvers.lbfgs import minimize_lbfgs, minimize_lbfgs_in_segments
 from gdmix.tf_runtime import import_tensorflow
 
 
@@ -68,6 +72,9 @@ class FixedEffectReport:
     gradient_max: float  # max |gradient| / total weight, the quantity gtol bounds
     objective: float
     message: str
+    memory_bytes: int = 0  # this worker's in-memory data
+    nonzero_bytes: int = 0  # ... of which per non-zero (the rest is per row)
+    nonzeros: int = 0  # this worker's non-zeros
 
     def as_dict(self) -> dict:
         return {
@@ -77,75 +84,104 @@ class FixedEffectReport:
             "gradient_max_per_weight": self.gradient_max,
             "objective": self.objective,
             "message": self.message,
+            "memory_bytes": self.memory_bytes,
+            "bytes_per_nonzero": self.nonzero_bytes / max(self.nonzeros, 1),
         }
 
 
 class TfLogisticLoss:
-    """``sum_i w_i CE(y_i, x_i.beta + b + o_i)`` and its gradient w.r.t. ``theta = [b, beta]``."""
+    """``sum_i w_i CE(y_i, x_i.beta + b + o_i)`` and its gradient w.r.t. ``theta = [b, beta]``.
+
+    The rows live in TensorFlow tensors for the whole optimisation: CSR row splits (int64),
+    column ids (int32) and values (float64), i.e. 12 bytes per non-zero plus 32 per row with
+    labels, weights and offsets. An evaluation is one call of the fused native op
+    (:mod:`gdmix.native`), or of an equivalent composition of TensorFlow ops where the op
+    cannot be built.
+    """
 
     def __init__(self, features: sp.csr_matrix, labels: np.ndarray, weights: np.ndarray, offsets: np.ndarray):
         tf = import_tensorflow()
         features = features.tocsr()
-        row_ids = np.repeat(np.arange(features.shape[0], dtype=np.int32), np.diff(features.indptr))
+        self.num_rows, self.num_features = features.shape
+        self.nnz = features.nnz
         self._tensors = (
-            tf.constant(row_ids, dtype=tf.int32),
-            tf.constant(features.indices, dtype=tf.int32),
-            tf.constant(features.data, dtype=tf.float64),
+            tf.constant(features.indptr.astype(np.int64, copy=False)),
+            tf.constant(features.indices.astype(np.int32, copy=False)),
+            tf.constant(features.data.astype(np.float64, copy=False)),
             tf.constant(labels, dtype=tf.float64),
             tf.constant(weights, dtype=tf.float64),
             tf.constant(offsets, dtype=tf.float64),
         )
-        self.num_features = features.shape[1]
-        self._function = _loss_and_gradient_function()
+        op = logistic_loss_op()
+        self.native = op is not None
+        self._function = _fused_function(op) if self.native else _composite_function()
 
     def __call__(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
-        value, gradient = self._function(theta, *self._tensors)
+        value, gradient = self._function(np.asarray(theta, dtype=np.float64), *self._tensors)
         return float(value.numpy()), gradient.numpy()
 
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes held by the in-memory data (all tensors)."""
+        return int(sum(t.dtype.size * int(np.prod(t.shape)) for t in self._tensors))
 
-_COMPILED = {}
+    @property
+    def nonzero_bytes(self) -> int:
+        """Bytes that grow with the non-zeros (column ids and values): 12 per non-zero."""
+        return int(sum(t.dtype.size * int(np.prod(t.shape)) for t in self._tensors[1:3]))
 
 
-def _loss_and_gradient_function():
-    """The traced ``tf.function`` (built once per process; data tensors are arguments, not
-    captured constants, so the graph stays small whatever the data size)."""
-    if "loss" in _COMPILED:
-        return _COMPILED["loss"]
-    tf = import_tensorflow()
+_COMPILED: dict = {}
 
+
+def _signature(tf):
     spec = tf.TensorSpec
-    signature = [
-        spec([None], tf.float64),
-        spec([None], tf.int32),
-        spec([None], tf.int32),
-        spec([None], tf.float64),
-        spec([None], tf.float64),
-        spec([None], tf.float64),
-        spec([None], tf.float64),
-    ]
-
-    @tf.function(input_signature=signature, jit_compile=False)
-    def loss_and_gradient(theta, rows, cols, values, labels, weights, offsets):
-        num_rows = tf.shape(labels)[0]
-        num_features = tf.shape(theta)[0] - 1
-        intercept, beta = theta[0], theta[1:]
-        logits = tf.math.unsorted_segment_sum(values * tf.gather(beta, cols), rows, num_rows)
-        logits = logits + intercept + offsets
-        loss = tf.reduce_sum(weights * tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
-        residual = weights * (tf.sigmoid(logits) - labels)
-        grad_beta = tf.math.unsorted_segment_sum(values * tf.gather(residual, rows), cols, num_features)
-        return loss, tf.concat([tf.reshape(tf.reduce_sum(residual), [1]), grad_beta], axis=0)
-
-    _COMPILED["loss"] = loss_and_gradient
-    return loss_and_gradient
+    return [spec([None], tf.float64), spec([None], tf.int64), spec([None], tf.int32),
+            spec([None], tf.float64), spec([None], tf.float64), spec([None], tf.float64),
+            spec([None], tf.float64)]
 
 
-def _check_finite_optimum(labels: np.ndarray, weights: np.ndarray, config: FixedEffectConfig) -> None:
+def _fused_function(op):
+    """One native op call per evaluation; data tensors are arguments, never graph constants."""
+    if "fused" not in _COMPILED:
+        tf = import_tensorflow()
+
+        @tf.function(input_signature=_signature(tf))
+        def fused(theta, row_splits, cols, values, labels, weights, offsets):
+            return op.gdmix_logistic_loss_grad(theta, row_splits, cols, values, labels, weights, offsets)
+
+        _COMPILED["fused"] = fused
+    return _COMPILED["fused"]
+
+
+def _composite_function():
+    """The same loss and gradient from stock TensorFlow ops (the fallback and the reference)."""
+    if "composite" not in _COMPILED:
+        tf = import_tensorflow()
+
+        @tf.function(input_signature=_signature(tf))
+        def composite(theta, row_splits, cols, values, labels, weights, offsets):
+            num_rows = tf.shape(labels)[0]
+            rows = tf.ragged.row_splits_to_segment_ids(row_splits, out_type=tf.int32)
+            intercept, beta = theta[0], theta[1:]
+            logits = tf.math.unsorted_segment_sum(values * tf.gather(beta, cols), rows, num_rows)
+            logits = logits + intercept + offsets
+            loss = tf.reduce_sum(weights * tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
+            residual = weights * (tf.sigmoid(logits) - labels)
+            grad_beta = tf.math.unsorted_segment_sum(values * tf.gather(residual, rows), cols, tf.shape(beta)[0])
+            return loss, tf.concat([tf.reshape(tf.reduce_sum(residual), [1]), grad_beta], axis=0)
+
+        _COMPILED["composite"] = composite
+    return _COMPILED["composite"]
+
+
+def _check_finite_optimum(labels: np.ndarray, weights: np.ndarray, config: FixedEffectConfig,
+                          collective: Collective) -> None:
     """With an unpenalised intercept, one-label training data has no finite optimum."""
-    seen = np.unique(labels[weights > 0])
-    if len(seen) == 1 and not config.regularize_intercept:
+    positive, negative = collective.sum(np.array([np.dot(weights, labels), np.dot(weights, 1.0 - labels)]))
+    if (positive == 0 or negative == 0) and not config.regularize_intercept:
         raise DataError(
-            f"every training row with positive weight has label {seen[0]:g}: fixed effect "
+            f"every training row with positive weight has label {int(positive > 0)}: fixed effect "
             f"'{config.name}' has an unpenalised intercept and no finite optimum "
             "(add rows of the other label or set regularize_intercept: true)",
             column="label",
@@ -178,11 +214,15 @@ class Standardization:
     intercept_scale: float
 
     @classmethod
-    def from_data(cls, features: sp.csr_matrix, weights: np.ndarray, penalty: np.ndarray) -> "Standardization":
-        total = max(float(weights.sum()), np.finfo(float).tiny)
-        means = np.asarray(features.T @ weights).ravel() / total
-        second = np.asarray(features.multiply(features).T @ weights).ravel() / total
-        variance = np.maximum(second - means**2, 0.0)
+    def from_data(cls, features: sp.csr_matrix, weights: np.ndarray, penalty: np.ndarray,
+                  collective: Collective = SingleProcess()) -> "Standardization":
+        """From weighted first and second moments of the features, summed over all workers."""
+        local = np.concatenate([[weights.sum()], features.T @ weights, features.multiply(features).T @ weights])
+        sums = collective.sum(local)
+        width = features.shape[1]
+        total = max(float(sums[0]), np.finfo(float).tiny)
+        means = sums[1:1 + width] / total
+        variance = np.maximum(sums[1 + width:] / total - means**2, 0.0)
         curvature = 0.25 * total * variance + penalty[1:]
         scales = 1.0 / np.sqrt(np.where(curvature > 0, curvature, 1.0))
         return cls(means, scales, 1.0 / np.sqrt(0.25 * total + penalty[0]))
@@ -212,35 +252,49 @@ def fit_fixed_effect(
     config: FixedEffectConfig,
     initial: FixedEffectModel | None = None,
     on_iteration: Callable[[int, float], None] | None = None,
+    collective: Collective = SingleProcess(),
+    checkpoint: Checkpoint | None = None,
 ) -> tuple[FixedEffectModel, FixedEffectReport]:
-    """Train the fixed effect to the optimum of its penalised objective."""
-    _check_finite_optimum(labels, weights, config)
+    """Train the fixed effect to the optimum of its penalised objective.
+
+    With a ``collective`` of several workers, the arguments are this worker's rows: every
+    evaluation sums the workers' data terms (bit-identical on all of them) and adds the penalty
+    once, so every worker runs the same L-BFGS iterates. With a ``checkpoint``, the optimiser
+    restarts every ``checkpoint.every`` iterations and saves its point there; a run started
+    again with the same checkpoint resumes from it and ends exactly where an uninterrupted
+    run ends.
+    """
+    _check_finite_optimum(labels, weights, config, collective)
     data_term = TfLogisticLoss(features, labels, weights, offsets)
     penalty = penalty_vector(features.shape[1], config.l2, config.regularize_intercept)
-    change = Standardization.from_data(features, weights, penalty)
+    change = Standardization.from_data(features, weights, penalty, collective)
+    total_weight = float(collective.sum(np.array([np.sum(weights)]))[0])
 
     def objective(phi: np.ndarray) -> tuple[float, np.ndarray]:
         theta = change.to_model(phi)
         value, gradient = data_term(theta)
-        value += 0.5 * float(np.dot(penalty * theta, theta))
-        return value, change.gradient_to_internal(gradient + penalty * theta)
+        summed = collective.sum(np.concatenate([[value], gradient]))
+        value, gradient = summed[0] + 0.5 * float(np.dot(penalty * theta, theta)), summed[1:] + penalty * theta
+        return value, change.gradient_to_internal(gradient)
 
     theta0 = np.zeros(features.shape[1] + 1)
     if initial is not None:
         theta0[0], theta0[1:] = initial.intercept, initial.coef
     opt = config.optimizer
-    total_weight = float(np.sum(weights))
-    result = minimize_lbfgs(
-        objective,
-        change.from_model(theta0),
-        max_iter=opt.max_iter,
-        gtol=opt.gtol,
-        ftol=opt.tol,
-        history=opt.history,
-        scale=total_weight,
-        gradient_measure=lambda g: float(np.max(np.abs(change.gradient_to_model(g)))),
-        on_iteration=on_iteration,
-    )
+    options = dict(max_iter=opt.max_iter, gtol=opt.gtol, ftol=opt.tol, history=opt.history, scale=total_weight,
+                   gradient_measure=lambda g: float(np.max(np.abs(change.gradient_to_model(g)))),
+                   on_iteration=on_iteration)
+    if checkpoint is None:
+        result = minimize_lbfgs(objective, change.from_model(theta0), **options)
+    else:
+        saved = checkpoint.load()
+        start, done = (change.from_model(theta0), 0) if saved is None else saved
+        if len(start) != len(theta0):
+            raise DataError(f"checkpoint {checkpoint.uri} has {len(start)} coefficients, the model {len(theta0)}")
+        check_identical(collective, start, "the checkpoint read by each worker")
+        result = minimize_lbfgs_in_segments(objective, start, segment=checkpoint.every, start_iteration=done,
+                                            on_segment=checkpoint.save, **options)
+    check_identical(collective, result.x, "the optimum found by each worker")
     theta = change.to_model(result.x)
     model = FixedEffectModel(float(theta[0]), theta[1:].copy())
     report = FixedEffectReport(
@@ -250,5 +304,8 @@ def fit_fixed_effect(
         gradient_max=result.gradient_max / max(total_weight, 1.0),
         objective=result.value,
         message=result.message,
+        memory_bytes=data_term.memory_bytes,
+        nonzero_bytes=data_term.nonzero_bytes,
+        nonzeros=data_term.nnz,
     )
     return model, report

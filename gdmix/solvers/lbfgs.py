@@ -111,3 +111,34 @@ def minimize_lbfgs(
 
 def _max_abs(gradient: np.ndarray) -> float:
     return float(np.max(np.abs(gradient))) if gradient.size else 0.0
+
+
+def minimize_lbfgs_in_segments(
+    value_and_gradient: ValueAndGradient,
+    x0: np.ndarray,
+    *,
+    segment: int,
+    max_iter: int,
+    start_iteration: int = 0,
+    on_segment: Callable[[np.ndarray, int], None] | None = None,
+    **options,
+) -> LbfgsResult:
+    """L-BFGS-B restarted every ``segment`` iterations, with a hook at each restart.
+
+    The restart points are where a checkpoint can be taken: resuming from the point saved
+    after a segment is bit-for-bit the same computation as not having stopped, because an
+    uninterrupted run restarts there too (it only gives up the curvature memory, a few extra
+    iterations). ``on_segment(x, iterations_done)`` runs after every segment.
+    """
+    x, done, evaluations = np.asarray(x0, dtype=np.float64), start_iteration, 0
+    report = options.pop("on_iteration", None)
+    while True:
+        budget = max(0, min(segment, max_iter - done))
+        on_iteration = None if report is None else (lambda it, value, base=done: report(base + it, value))
+        result = minimize_lbfgs(value_and_gradient, x, max_iter=budget, on_iteration=on_iteration, **options)
+        x, done, evaluations = result.x, done + result.iterations, evaluations + result.evaluations
+        if on_segment is not None:
+            on_segment(x, done)
+        if result.converged or done >= max_iter or result.iterations < budget:
+            return LbfgsResult(x, result.value, result.gradient_max, done, evaluations, result.converged,
+                               result.message)

@@ -1,0 +1,1 @@
+"""Running one stage on several worker processes: cluster spec, collectives, local launcher."""

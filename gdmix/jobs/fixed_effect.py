@@ -1,0 +1,216 @@
+"""The fixed-effect stage: one entrypoint for a local process, N local workers or a TFJob.
+
+Every worker runs :func:`run_fixed_effect_job` with the same arguments; ``TF_CONFIG`` tells it
+which worker it is. A worker
+
+1. reads its shard of the training (and validation) rows, balanced by row count;
+2. agrees with the others on the data: total rows and weight, globally unique uids (uids are
+   shuffled by hash through the job's working directory), and one feature index map (given, or
+   built from every worker's distinct features);
+3. trains with the data term summed by a collective all-reduce, checkpointing its point every
+   ``checkpoint_every`` iterations into the working directory (a restarted job resumes there);
+4. scores its shards and writes ``scores/<coordinate>/{train,validation}/part-<worker>.parquet``.
+
+The chief then writes the model, commits the whole output in one step (no half-written score
+set is ever visible) and writes ``job.json`` last as the completion marker. Any worker's
+failure fails every worker (see :func:`gdmix.distributed.collective.agree`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from gdmix.artifacts import TrainedModel, index_map_uri, load_models, save_model, scores_uri
+from gdmix.config import FixedEffectConfig, GdmixConfig
+from gdmix.dataset import Dataset, build_index_maps, to_dataset
+from gdmix.distributed.cluster import worker_info
+from gdmix.distributed.collective import Collective, agree, barrier, connect
+from gdmix.distributed.exchange import Exchange
+from gdmix.errors import ConfigError, DataError
+from gdmix.features.index_map import IndexMap
+from gdmix.io import fs
+from gdmix.io.checkpoint import Checkpoint
+from gdmix.io.contract import ContractColumns, ContractTable, read_contract_table
+from gdmix.models.coordinates import FixedEffectCoordinate
+from gdmix.models.fixed_effect import FixedEffectModel, fit_fixed_effect
+
+JOB_FILE = "job.json"
+SPLITS = ("train", "validation")
+
+
+def run_fixed_effect_job(
+    config: GdmixConfig,
+    coordinate: str,
+    output: str,
+    *,
+    offsets: str | None = None,
+    index_maps: str | None = None,
+    warm_start: str | None = None,
+    checkpoint_every: int = 50,
+    timeout_seconds: float = 600.0,
+    log=print,
+) -> dict:
+    """Run this process's part of the job; returns the job summary (the same on every worker)."""
+    started = time.perf_counter()
+    info = worker_info()
+    collective = connect(info, timeout_seconds)  # before any other TensorFlow work
+    spec = _fixed_effect_config(config, coordinate)
+    workdir = _working_directory(output, config, coordinate, offsets, index_maps, warm_start)
+    exchange = Exchange(fs.join(workdir, "exchange"), collective)
+    who = f"worker {info.index}/{info.count}"
+
+    tables = agree(collective, lambda: _read_shards(config, spec, info.index, info.count))
+    counts = collective.sum(np.array([tables["train"].num_rows, float(np.sum(tables["train"].table.column("weight")))]))
+    agree(collective, lambda: _check_training_set(config, counts))
+    agree(collective, lambda: _check_unique_uids(tables, exchange))
+    bag_map = agree(collective, lambda: _index_map(spec, tables["train"], index_maps, exchange))
+    maps = {spec.feature_bag: bag_map} if spec.feature_bag else {}
+    data = {split: to_dataset(table, maps, []) for split, table in tables.items()}
+    external = agree(collective, lambda: _external_offsets(offsets, data["train"]))
+    initial = agree(collective, lambda: _warm_start_model(warm_start, spec, maps))
+    log(f"{who}: {data['train'].num_rows:,} training rows, {data['train'].bag(spec.feature_bag).nnz:,} non-zeros")
+
+    train = data["train"]
+    model, report = fit_fixed_effect(
+        train.bag(spec.feature_bag), train.label, train.weight, train.offset + external, spec, initial,
+        on_iteration=_fault_injection(info.index), collective=collective,
+        checkpoint=Checkpoint(fs.join(workdir, "checkpoint.npz"), checkpoint_every, writer=info.is_chief),
+    )
+    memory = collective.sum(np.array([report.memory_bytes, report.nonzeros, report.nonzero_bytes]))
+    staging = fs.join(workdir, "output")
+    for split, dataset in data.items():
+        base = dataset.offset + (external if split == "train" else 0.0)
+        _write_shard_scores(staging, spec, split, info.index, dataset, base, model)
+    summary = {
+        "coordinate": spec.name,
+        "workers": info.count,
+        "rows": {split: int(collective.sum(np.array([d.num_rows]))[0]) for split, d in data.items()},
+        "solver": report.as_dict() | {"memory_bytes": int(memory[0]),
+                                      "bytes_per_nonzero": memory[2] / max(memory[1], 1.0),
+                                      "bytes_per_row": (memory[0] - memory[2]) / max(counts[0], 1.0)},
+        "train_seconds": time.perf_counter() - started,
+    }
+    barrier(collective)  # every shard's scores are written
+    if info.is_chief:
+        trained = TrainedModel(config.data, [FixedEffectCoordinate(spec)], maps, {spec.name: model})
+        save_model(staging, trained)
+        fs.commit_directory(staging, output)
+        fs.write_text_atomic(fs.join(output, JOB_FILE), fs.to_json(summary))
+        fs.remove(workdir)
+    barrier(collective)  # nobody reports success before the output is committed
+    log(f"{who}: done in {summary['train_seconds']:.1f}s ({report.iterations} iterations)")
+    return summary | {"chief": info.is_chief}
+
+
+def _fault_injection(worker: int):
+    """Resilience testing: ``GDMIX_FAULT_WORKER=k GDMIX_FAULT_ITERATION=i`` makes worker k die
+    abruptly (exit status 42, no clean-up) when the optimiser reaches iteration i."""
+    target, iteration = os.environ.get("GDMIX_FAULT_WORKER"), os.environ.get("GDMIX_FAULT_ITERATION")
+    if target is None or iteration is None or int(target) != worker:
+        return None
+
+    def maybe_die(done: int, _value: float) -> None:
+        if done >= int(iteration):
+            os._exit(42)
+
+    return maybe_die
+
+
+def _fixed_effect_config(config: GdmixConfig, name: str) -> FixedEffectConfig:
+    for coordinate in config.coordinates:
+        if coordinate.name == name:
+            if not isinstance(coordinate, FixedEffectConfig):
+                raise ConfigError(f"coordinate '{name}' is a {coordinate.type}, not a fixed effect")
+            return coordinate
+    raise ConfigError(f"no coordinate named '{name}' (have: {', '.join(c.name for c in config.coordinates)})")
+
+
+def _working_directory(output: str, config: GdmixConfig, *identity) -> str:
+    """A hidden sibling of ``output`` named after what the job computes, so a restarted job (same
+    arguments) finds its checkpoint there and a different job never does."""
+    key = hashlib.sha256(json.dumps([output, config.model_dump(mode="json"), *identity],
+                                    sort_keys=True, default=str).encode()).hexdigest()[:16]
+    parent, name = posixpath.split(output.rstrip("/"))
+    return posixpath.join(parent, f".{name}.job-{key}")
+
+
+def _read_shards(config: GdmixConfig, spec: FixedEffectConfig, index: int, count: int) -> dict[str, ContractTable]:
+    columns = ContractColumns(uid=config.data.uid, label=config.data.label, weight=config.data.weight,
+                              offset=config.data.offset, bags=(spec.feature_bag,) if spec.feature_bag else ())
+    uris = {"train": config.data.train, "validation": config.data.validation}
+    return {split: read_contract_table(uri, columns, shard=(index, count)) for split, uri in uris.items() if uri}
+
+
+def _check_training_set(config: GdmixConfig, counts: np.ndarray) -> None:
+    rows, weight = counts
+    if rows == 0:
+        raise DataError("dataset is empty (0 rows)", path=config.data.train)
+    if weight <= 0:
+        raise DataError("every training row has weight 0: nothing to train on",
+                        path=config.data.train, column=config.data.weight or "weight")
+
+
+def _check_unique_uids(tables: dict[str, ContractTable], exchange: Exchange) -> None:
+    """uids are unique within each shard already; here across shards, bucketed by a hash."""
+    count = exchange.collective.size
+    for split, table in tables.items():
+        uids = table.table.column("uid").to_numpy()
+        bucket = (uids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) >> np.uint64(40)) % np.uint64(count)
+        received = np.concatenate(exchange.shuffle(f"uids-{split}", [uids[bucket == k] for k in range(count)]))
+        values, seen = np.unique(received, return_counts=True)
+        if (seen > 1).any():
+            raise DataError(f"duplicate uid {int(values[seen > 1][0])} in the {split} data "
+                            "(found by comparing the shards of different workers); uids must be unique",
+                            column="uid")
+
+
+def _index_map(spec: FixedEffectConfig, train: ContractTable, given: str | None, exchange: Exchange) -> IndexMap:
+    """The bag's index map: the given one, or the union of every worker's features."""
+    if spec.feature_bag is None:
+        return IndexMap.empty()
+    if given:
+        return IndexMap.load(index_map_uri(given, spec.feature_bag))
+    local = build_index_maps(train, [spec.feature_bag])[spec.feature_bag]
+    parts = exchange.all_gather_table("features", pa.table({"name": local.names, "term": local.terms}))
+    everything = pa.concat_tables(parts)
+    return IndexMap.from_features(everything.column("name").combine_chunks(), everything.column("term").combine_chunks())
+
+
+def _external_offsets(uri: str | None, train: Dataset) -> np.ndarray:
+    """Offsets keyed by uid (the other coordinates' scores), joined to this shard's rows.
+
+    Every training row must have one: a missing uid is an error, never a silently dropped row.
+    """
+    if uri is None:
+        return np.zeros(train.num_rows)
+    table = fs.read_parquet_dir(uri, columns=["uid", "offset"])
+    uids, values = table.column("uid").to_numpy(), table.column("offset").to_numpy()
+    order = np.argsort(uids, kind="stable")
+    uids, values = uids[order], values[order]
+    position = np.minimum(np.searchsorted(uids, train.uid), max(len(uids) - 1, 0))
+    missing = np.flatnonzero(uids[position] != train.uid) if len(uids) else np.arange(train.num_rows)
+    if missing.size:
+        raise DataError(f"no offset for uid {int(train.uid[missing[0]])} ({missing.size} training rows have none)",
+                        path=uri, column="uid")
+    return values[position]
+
+
+def _warm_start_model(uri: str | None, spec: FixedEffectConfig, maps: dict[str, IndexMap]) -> FixedEffectModel | None:
+    if not uri:
+        return None
+    return load_models(uri, [FixedEffectCoordinate(spec)], maps).get(spec.name)
+
+
+def _write_shard_scores(root: str, spec: FixedEffectConfig, split: str, worker: int, data: Dataset,
+                        base: np.ndarray, model: FixedEffectModel) -> None:
+    own = model.score(data.bag(spec.feature_bag))
+    table = pa.table({"uid": pa.array(data.uid), "label": pa.array(data.label), "weight": pa.array(data.weight),
+                      "score": pa.array(base + own), "coordinate_score": pa.array(own)})
+    fs.write_parquet(table, scores_uri(root, spec.name, split), f"part-{worker:05d}.parquet")
