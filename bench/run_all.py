@@ -1,6 +1,6 @@
 """``make bench``: run every benchmark, save its JSON under bench/results/, print a summary.
 
-    python -m bench.run_all [NAME ...]     # default: all of random_effect, fixed_effect, movielens
+    python -m bench.run_all [NAME ...]     # default: all of them (see BENCHMARKS)
 """
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ import platform
 import sys
 from pathlib import Path
 
-from bench import fixed_effect, movielens, random_effect
+from bench import fixed_effect, fixed_effect_scale, movielens, random_effect
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BENCHMARKS = {
     "random_effect": lambda: random_effect.run(baseline_entities=0),
     "fixed_effect": fixed_effect.run,
+    "fixed_effect_scale": fixed_effect_scale.run,
     "movielens": movielens.run,
 }
 

@@ -1,7 +1,8 @@
 """Local launcher: run one command as N workers on 127.0.0.1, the way a TFJob would.
 
 Each child gets the ``TF_CONFIG`` a Kubeflow training operator would inject (workers on free
-loopback ports), so the command it runs is exactly the one a TFJob pod runs. Output is
+loopback ports), so the command it runs is exactly the one a TFJob pod runs, and a share of
+the machine's cores for its TensorFlow thread pools. Output is
 streamed with a ``[worker k]`` prefix. The launcher watches all children: the first one to
 fail stops the others at once (no hanging collectives), and its exit status is returned.
 """
@@ -18,6 +19,7 @@ import time
 from collections.abc import Sequence
 
 from gdmix.distributed.cluster import tf_config
+from gdmix.tf_runtime import THREADS_VARIABLE
 
 STOP_GRACE_SECONDS = 5.0
 
@@ -42,6 +44,8 @@ def launch_local(argv: Sequence[str], workers: int, env: dict[str, str] | None =
     output = output or sys.stderr
     addresses = [f"127.0.0.1:{port}" for port in free_ports(workers)]
     base = dict(os.environ if env is None else env)
+    # N workers share this machine's cores instead of each taking all of them
+    base.setdefault(THREADS_VARIABLE, str(max(1, (os.cpu_count() or 1) // workers)))
     children = []
     pumps = []
     for index in range(workers):

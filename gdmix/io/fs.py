@@ -183,15 +183,26 @@ def commit_directory(staging: str, uri: str) -> None:
     previous = None
     if fs.exists(path):
         previous = posixpath.join(parent, f".{name}.previous-{uuid.uuid4().hex[:12]}")
-        fs.mv(path, previous, recursive=True)
+        _move_tree(fs, path, previous)
     try:
-        fs.mv(staged, path, recursive=True)
+        _move_tree(fs, staged, path)
     except BaseException:
         if previous is not None:
             with contextlib.suppress(Exception):
                 if fs.exists(path):
                     fs.rm(path, recursive=True)
-            fs.mv(previous, path, recursive=True)
+            _move_tree(fs, previous, path)
         raise
     if previous is not None:
         fs.rm(previous, recursive=True)
+
+
+def _move_tree(fs: fsspec.AbstractFileSystem, source: str, target: str) -> None:
+    """A rename on local disks; a copy of every file, then a delete, on object stores (which
+    have no directories to rename)."""
+    if isinstance(fs, LocalFileSystem):
+        fs.mv(source, target, recursive=True)
+        return
+    files = [f for f in fs.find(source) if not f.endswith("/")]
+    fs.copy(files, [target + f[len(source.rstrip("/")):] for f in files])
+    fs.rm(source, recursive=True)

@@ -104,13 +104,11 @@ class TfLogisticLoss:
         features = features.tocsr()
         self.num_rows, self.num_features = features.shape
         self.nnz = features.nnz
-        self._tensors = (
-            tf.constant(features.indptr.astype(np.int64, copy=False)),
-            tf.constant(features.indices.astype(np.int32, copy=False)),
-            tf.constant(features.data.astype(np.float64, copy=False)),
-            tf.constant(labels, dtype=tf.float64),
-            tf.constant(weights, dtype=tf.float64),
-            tf.constant(offsets, dtype=tf.float64),
+        self._tensors = tuple(
+            tf.constant(np.asarray(array, dtype=dtype))
+            for array, dtype in ((features.indptr, np.int64), (features.indices, np.int32),
+                                 (features.data, np.float64), (labels, np.float64),
+                                 (weights, np.float64), (offsets, np.float64))
         )
         op = logistic_loss_op()
         self.native = op is not None
@@ -217,7 +215,8 @@ class Standardization:
     def from_data(cls, features: sp.csr_matrix, weights: np.ndarray, penalty: np.ndarray,
                   collective: Collective = SingleProcess()) -> "Standardization":
         """From weighted first and second moments of the features, summed over all workers."""
-        local = np.concatenate([[weights.sum()], features.T @ weights, features.multiply(features).T @ weights])
+        squares = sp.csr_matrix((features.data**2, features.indices, features.indptr), shape=features.shape)
+        local = np.concatenate([[weights.sum()], features.T @ weights, squares.T @ weights])
         sums = collective.sum(local)
         width = features.shape[1]
         total = max(float(sums[0]), np.finfo(float).tiny)
