@@ -97,16 +97,85 @@ def minimize_lbfgs(
             "maxls": 50,
         },
     )
-    grad_max = measure(np.asarray(result.jac))
+    x, value, gradient = np.asarray(result.x, dtype=np.float64), float(result.fun), np.asarray(result.jac)
+    message = "gradient tolerance reached" if stopped else str(result.message)
+    if measure(gradient) > gradient_limit and result.nit < max_iter:
+        # L-BFGS-B stopped short of the gradient rule before its iteration budget: its line
+        # search can no longer see decreases below the round-off of the objective's value.
+        polished = polish_newton_cg(fun, x, gradient, measure, gradient_limit)
+        if polished is not None:
+            x, value, gradient = polished
+            message = "gradient tolerance reached after a Newton-CG polish"
+    grad_max = measure(gradient)
     return LbfgsResult(
-        x=np.asarray(result.x, dtype=np.float64),
-        value=float(result.fun),
+        x=x,
+        value=value,
         gradient_max=grad_max,
         iterations=int(result.nit),
         evaluations=evaluations,
         converged=grad_max <= gradient_limit,
-        message="gradient tolerance reached" if stopped else str(result.message),
+        message=message,
     )
+
+
+def polish_newton_cg(
+    value_and_gradient: ValueAndGradient,
+    x: np.ndarray,
+    gradient: np.ndarray,
+    measure: Callable[[np.ndarray], float],
+    limit: float,
+    *,
+    steps: int = 3,
+    cg_iterations: int = 25,
+):
+    """Newton steps from gradients alone, to finish where a value-based line search cannot.
+
+    Near the optimum, objective differences fall below the resolution of the objective's
+    float64 value (for a loss summed over many rows), so L-BFGS-B stops while the gradient,
+    which has no such floor, still says how far the optimum is. Here each step solves
+    ``H d = -g`` by conjugate gradients with Hessian-vector products from gradient
+    differences, and is kept only if it shrinks the gradient. Returns (x, value, gradient), or
+    None if no step helped.
+    """
+    improved = None
+    for _ in range(steps):
+        direction = _conjugate_gradient(value_and_gradient, x, gradient, cg_iterations)
+        if direction is None:
+            break
+        value, new_gradient = value_and_gradient(x + direction)
+        if measure(new_gradient) >= measure(gradient):
+            break
+        x, gradient, improved = x + direction, np.asarray(new_gradient), (x + direction, value, new_gradient)
+        if measure(gradient) <= limit:
+            break
+    return improved
+
+
+def _conjugate_gradient(value_and_gradient, x, gradient, iterations):
+    """Approximately solve ``H d = -g`` with ``H v ~ (g(x + h v) - g(x)) / h``."""
+    direction = np.zeros_like(x)
+    residual = -gradient
+    search = residual.copy()
+    norm = residual @ residual
+    target = 1e-6 * np.sqrt(norm)  # a Newton step need not be exact; 1e-6 relative is plenty
+    for _ in range(iterations):
+        size = np.sqrt(search @ search)
+        if size == 0:
+            break
+        step = np.sqrt(np.finfo(float).eps) * (1.0 + np.max(np.abs(x))) / size
+        product = (np.asarray(value_and_gradient(x + step * search)[1]) - gradient) / step
+        curvature = search @ product
+        if curvature <= 0:  # not positive definite along this direction: stop here
+            break
+        alpha = norm / curvature
+        direction += alpha * search
+        residual -= alpha * product
+        new_norm = residual @ residual
+        if np.sqrt(new_norm) <= target:
+            break
+        search = residual + (new_norm / norm) * search
+        norm = new_norm
+    return direction if np.any(direction) else None
 
 
 def _max_abs(gradient: np.ndarray) -> float:
