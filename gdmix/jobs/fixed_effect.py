@@ -39,7 +39,7 @@ from gdmix.io import fs
 from gdmix.io.checkpoint import Checkpoint
 from gdmix.io.contract import ContractColumns, ContractTable, read_contract_table
 from gdmix.models.coordinates import FixedEffectCoordinate
-from gdmix.models.fixed_effect import FixedEffectModel, fit_fixed_effect
+from gdmix.models.fixed_effect import FixedEffectModel, FixedEffectProblem
 
 JOB_FILE = "job.json"
 SPLITS = ("train", "validation")
@@ -73,21 +73,28 @@ def run_fixed_effect_job(
     bag_map = agree(collective, lambda: _index_map(spec, tables["train"], index_maps, exchange))
     maps = {spec.feature_bag: bag_map} if spec.feature_bag else {}
     data = {split: to_dataset(table, maps, []) for split, table in tables.items()}
-    external = agree(collective, lambda: _external_offsets(offsets, data["train"]))
-    initial = agree(collective, lambda: _warm_start_model(warm_start, spec, maps))
-    log(f"{who}: {data['train'].num_rows:,} training rows, {data['train'].bag(spec.feature_bag).nnz:,} non-zeros")
-
+    del tables  # the Arrow columns (names and terms of every feature) are no longer needed
     train = data["train"]
-    model, report = fit_fixed_effect(
-        train.bag(spec.feature_bag), train.label, train.weight, train.offset + external, spec, initial,
-        on_iteration=_fault_injection(info.index), collective=collective,
-        checkpoint=Checkpoint(fs.join(workdir, "checkpoint.npz"), checkpoint_every, writer=info.is_chief),
+    base = {"train": train.offset + agree(collective, lambda: _external_offsets(offsets, train))}
+    if "validation" in data:
+        base["validation"] = data["validation"].offset
+    initial = agree(collective, lambda: _warm_start_model(warm_start, spec, maps))
+    log(f"{who}: {train.num_rows:,} training rows, {train.bag(spec.feature_bag).nnz:,} non-zeros")
+
+    # errors raised here come from all-reduced values, so every worker raises them together
+    problem = FixedEffectProblem.build(train.bag(spec.feature_bag), train.label, train.weight, base["train"],
+                                       spec, collective)
+    train.bags.clear()  # from here on the optimiser's tensors are the only copy: 12 bytes per non-zero
+    model, report = problem.solve(
+        initial, _fault_injection(info.index),
+        Checkpoint(fs.join(workdir, "checkpoint.npz"), checkpoint_every, writer=info.is_chief),
     )
+    theta = np.concatenate([[model.intercept], model.coef])
     memory = collective.sum(np.array([report.memory_bytes, report.nonzeros, report.nonzero_bytes]))
     staging = fs.join(workdir, "output")
     for split, dataset in data.items():
-        base = dataset.offset + (external if split == "train" else 0.0)
-        _write_shard_scores(staging, spec, split, info.index, dataset, base, model)
+        own = problem.data_term.logits(theta) if split == "train" else model.score(dataset.bag(spec.feature_bag))
+        _write_shard_scores(staging, spec.name, split, info.index, dataset, base[split], own)
     summary = {
         "coordinate": spec.name,
         "workers": info.count,
@@ -208,9 +215,8 @@ def _warm_start_model(uri: str | None, spec: FixedEffectConfig, maps: dict[str, 
     return load_models(uri, [FixedEffectCoordinate(spec)], maps).get(spec.name)
 
 
-def _write_shard_scores(root: str, spec: FixedEffectConfig, split: str, worker: int, data: Dataset,
-                        base: np.ndarray, model: FixedEffectModel) -> None:
-    own = model.score(data.bag(spec.feature_bag))
+def _write_shard_scores(root: str, name: str, split: str, worker: int, data: Dataset, base: np.ndarray,
+                        own: np.ndarray) -> None:
     table = pa.table({"uid": pa.array(data.uid), "label": pa.array(data.label), "weight": pa.array(data.weight),
                       "score": pa.array(base + own), "coordinate_score": pa.array(own)})
-    fs.write_parquet(table, scores_uri(root, spec.name, split), f"part-{worker:05d}.parquet")
+    fs.write_parquet(table, scores_uri(root, name, split), f"part-{worker:05d}.parquet")

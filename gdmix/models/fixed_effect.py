@@ -118,6 +118,10 @@ class TfLogisticLoss:
         value, gradient = self._function(np.asarray(theta, dtype=np.float64), *self._tensors)
         return float(value.numpy()), gradient.numpy()
 
+    def logits(self, theta: np.ndarray) -> np.ndarray:
+        """``x_i . beta + b`` per row (without offsets), from the tensors alone."""
+        return _logits_function()(np.asarray(theta, dtype=np.float64), *self._tensors[:3]).numpy()
+
     @property
     def memory_bytes(self) -> int:
         """Bytes held by the in-memory data (all tensors)."""
@@ -150,6 +154,20 @@ def _fused_function(op):
 
         _COMPILED["fused"] = fused
     return _COMPILED["fused"]
+
+
+def _logits_function():
+    if "logits" not in _COMPILED:
+        tf = import_tensorflow()
+
+        @tf.function(input_signature=_signature(tf)[:4])
+        def logits(theta, row_splits, cols, values):
+            rows = tf.ragged.row_splits_to_segment_ids(row_splits, out_type=tf.int32)
+            num_rows = tf.shape(row_splits)[0] - 1
+            return tf.math.unsorted_segment_sum(values * tf.gather(theta[1:], cols), rows, num_rows) + theta[0]
+
+        _COMPILED["logits"] = logits
+    return _COMPILED["logits"]
 
 
 def _composite_function():
@@ -254,57 +272,86 @@ def fit_fixed_effect(
     collective: Collective = SingleProcess(),
     checkpoint: Checkpoint | None = None,
 ) -> tuple[FixedEffectModel, FixedEffectReport]:
-    """Train the fixed effect to the optimum of its penalised objective.
+    """Train the fixed effect to the optimum of its penalised objective (see
+    :class:`FixedEffectProblem`, which this builds and solves)."""
+    problem = FixedEffectProblem.build(features, labels, weights, offsets, config, collective)
+    return problem.solve(initial, on_iteration, checkpoint)
 
-    With a ``collective`` of several workers, the arguments are this worker's rows: every
-    evaluation sums the workers' data terms (bit-identical on all of them) and adds the penalty
-    once, so every worker runs the same L-BFGS iterates. With a ``checkpoint``, the optimiser
-    restarts every ``checkpoint.every`` iterations and saves its point there; a run started
-    again with the same checkpoint resumes from it and ends exactly where an uninterrupted
-    run ends.
+
+@dataclass
+class FixedEffectProblem:
+    """The fixed effect's objective over rows held as TensorFlow tensors.
+
+    Built once from a CSR design (which the caller may then release: the tensors are all an
+    optimisation needs, 12 bytes per non-zero). With a ``collective`` of several workers the
+    rows are this worker's shard: every evaluation sums the workers' data terms (bit-identical
+    on all of them) and adds the penalty once, so every worker runs the same L-BFGS iterates.
     """
-    _check_finite_optimum(labels, weights, config, collective)
-    data_term = TfLogisticLoss(features, labels, weights, offsets)
-    penalty = penalty_vector(features.shape[1], config.l2, config.regularize_intercept)
-    change = Standardization.from_data(features, weights, penalty, collective)
-    total_weight = float(collective.sum(np.array([np.sum(weights)]))[0])
 
-    def objective(phi: np.ndarray) -> tuple[float, np.ndarray]:
-        theta = change.to_model(phi)
-        value, gradient = data_term(theta)
-        summed = collective.sum(np.concatenate([[value], gradient]))
-        value, gradient = summed[0] + 0.5 * float(np.dot(penalty * theta, theta)), summed[1:] + penalty * theta
-        return value, change.gradient_to_internal(gradient)
+    config: FixedEffectConfig
+    data_term: TfLogisticLoss
+    change: Standardization
+    penalty: np.ndarray
+    total_weight: float
+    collective: Collective
 
-    theta0 = np.zeros(features.shape[1] + 1)
-    if initial is not None:
-        theta0[0], theta0[1:] = initial.intercept, initial.coef
-    opt = config.optimizer
-    options = dict(max_iter=opt.max_iter, gtol=opt.gtol, ftol=opt.tol, history=opt.history, scale=total_weight,
-                   gradient_measure=lambda g: float(np.max(np.abs(change.gradient_to_model(g)))),
-                   on_iteration=on_iteration)
-    if checkpoint is None:
-        result = minimize_lbfgs(objective, change.from_model(theta0), **options)
-    else:
-        saved = checkpoint.load()
-        start, done = (change.from_model(theta0), 0) if saved is None else saved
-        if len(start) != len(theta0):
-            raise DataError(f"checkpoint {checkpoint.uri} has {len(start)} coefficients, the model {len(theta0)}")
-        check_identical(collective, start, "the checkpoint read by each worker")
-        result = minimize_lbfgs_in_segments(objective, start, segment=checkpoint.every, start_iteration=done,
-                                            on_segment=checkpoint.save, **options)
-    check_identical(collective, result.x, "the optimum found by each worker")
-    theta = change.to_model(result.x)
-    model = FixedEffectModel(float(theta[0]), theta[1:].copy())
-    report = FixedEffectReport(
-        iterations=result.iterations,
-        evaluations=result.evaluations,
-        converged=result.converged,
-        gradient_max=result.gradient_max / max(total_weight, 1.0),
-        objective=result.value,
-        message=result.message,
-        memory_bytes=data_term.memory_bytes,
-        nonzero_bytes=data_term.nonzero_bytes,
-        nonzeros=data_term.nnz,
-    )
-    return model, report
+    @classmethod
+    def build(cls, features: sp.csr_matrix, labels: np.ndarray, weights: np.ndarray, offsets: np.ndarray,
+              config: FixedEffectConfig, collective: Collective = SingleProcess()) -> "FixedEffectProblem":
+        _check_finite_optimum(labels, weights, config, collective)
+        penalty = penalty_vector(features.shape[1], config.l2, config.regularize_intercept)
+        return cls(
+            config=config,
+            data_term=TfLogisticLoss(features, labels, weights, offsets),
+            change=Standardization.from_data(features, weights, penalty, collective),
+            penalty=penalty,
+            total_weight=float(collective.sum(np.array([np.sum(weights)]))[0]),
+            collective=collective,
+        )
+
+    def objective(self, phi: np.ndarray) -> tuple[float, np.ndarray]:
+        """Value and gradient at the optimiser's (standardised) point ``phi``."""
+        theta = self.change.to_model(phi)
+        value, gradient = self.data_term(theta)
+        summed = self.collective.sum(np.concatenate([[value], gradient]))
+        value = summed[0] + 0.5 * float(np.dot(self.penalty * theta, theta))
+        return value, self.change.gradient_to_internal(summed[1:] + self.penalty * theta)
+
+    def solve(self, initial: FixedEffectModel | None = None,
+              on_iteration: Callable[[int, float], None] | None = None,
+              checkpoint: Checkpoint | None = None) -> tuple[FixedEffectModel, FixedEffectReport]:
+        """Optimise from ``initial`` (or zeros). With a ``checkpoint`` the optimiser restarts
+        every ``checkpoint.every`` iterations and saves its point there; solving again with the
+        same checkpoint resumes from it and ends exactly where an uninterrupted run ends."""
+        change, opt = self.change, self.config.optimizer
+        theta0 = np.zeros(len(self.penalty))
+        if initial is not None:
+            theta0[0], theta0[1:] = initial.intercept, initial.coef
+        options = dict(max_iter=opt.max_iter, gtol=opt.gtol, ftol=opt.tol, history=opt.history,
+                       scale=self.total_weight, on_iteration=on_iteration,
+                       gradient_measure=lambda g: float(np.max(np.abs(change.gradient_to_model(g)))))
+        if checkpoint is None:
+            result = minimize_lbfgs(self.objective, change.from_model(theta0), **options)
+        else:
+            saved = checkpoint.load()
+            start, done = (change.from_model(theta0), 0) if saved is None else saved
+            if len(start) != len(theta0):
+                raise DataError(f"checkpoint {checkpoint.uri} has {len(start)} coefficients, the model {len(theta0)}")
+            check_identical(self.collective, start, "the checkpoint read by each worker")
+            result = minimize_lbfgs_in_segments(self.objective, start, segment=checkpoint.every,
+                                                start_iteration=done, on_segment=checkpoint.save, **options)
+        check_identical(self.collective, result.x, "the optimum found by each worker")
+        theta = change.to_model(result.x)
+        model = FixedEffectModel(float(theta[0]), theta[1:].copy())
+        report = FixedEffectReport(
+            iterations=result.iterations,
+            evaluations=result.evaluations,
+            converged=result.converged,
+            gradient_max=result.gradient_max / max(self.total_weight, 1.0),
+            objective=result.value,
+            message=result.message,
+            memory_bytes=self.data_term.memory_bytes,
+            nonzero_bytes=self.data_term.nonzero_bytes,
+            nonzeros=self.data_term.nnz,
+        )
+        return model, report
