@@ -221,8 +221,8 @@ class Standardization:
     at p = 1/2) features, without ever densifying the sparse design. The objective is still
     evaluated in the model's own coefficients, so the optimum is unchanged; only the spectrum the
     optimiser sees is better. On MovieLens' one-hot bags (gender M + F = 1 mirrors the
-    intercept) L-BFGS needs 31 iterations to get within 2e-6 of the optimum instead of 471 to
-    get within 3e-3 (bench/fixed_effect.py).
+    intercept) L-BFGS then needs 31 iterations to get within 1e-9 of the optimum, instead of
+    600+ to get within 1e-3 (bench/fixed_effect.py, docs/benchmarks.md).
     """
 
     means: np.ndarray
