@@ -214,3 +214,29 @@ def test_warm_start_round_trip_through_the_job(dataset, tmp_path):
                      "--warm-start", str(tmp_path / "first"))
     assert again.returncode == 0, again.stderr[-3000:]
     np.testing.assert_allclose(_coefficients(tmp_path / "again"), _coefficients(tmp_path / "first"), atol=1e-12)
+
+
+def test_coordinate_descent_passes_offsets_to_the_workers(synthetic_dir, tmp_path):
+    """Two passes of FE + RE: the workers train the fixed effect against the random effect's scores."""
+    from conftest import synthetic_config
+    from gdmix.game import train
+
+    raw = synthetic_config(synthetic_dir, str(tmp_path / "one"), passes=2)
+    raw["coordinates"] = raw["coordinates"][:2]
+    raw["coordinates"][0]["optimizer"] = {"gtol": 1e-10, "tol": 0.0}
+    single = train(validate_config(raw))
+    raw["output"] = str(tmp_path / "two")
+    double = train(validate_config(raw), workers=2)
+    assert [c["name"] for c in double.coordinates] == ["global", "per_user", "global", "per_user"]
+    np.testing.assert_allclose(double.model.models["global"].coef, single.model.models["global"].coef, atol=1e-7)
+    np.testing.assert_allclose(double.model.models["per_user"].intercepts, single.model.models["per_user"].intercepts,
+                               atol=1e-7)
+
+
+def test_missing_offsets_are_an_error_not_a_dropped_row(dataset, tmp_path):
+    uids = read_contract_table(dataset, ContractColumns()).table.column("uid").to_numpy()
+    (tmp_path / "offsets").mkdir()
+    pq.write_table(pa.table({"uid": uids[1:], "offset": np.zeros(len(uids) - 1)}), tmp_path / "offsets" / "part-0.parquet")
+    done = _run_job(tmp_path, _config(dataset, "unused"), tmp_path / "out", 2, "--offsets", str(tmp_path / "offsets"))
+    assert done.returncode != 0
+    assert f"no offset for uid {uids[0]} (1 training rows have none)" in done.stderr
