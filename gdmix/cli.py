@@ -66,6 +66,30 @@ def _parser() -> argparse.ArgumentParser:
     _add_set(fixed)
     fixed.set_defaults(handler=_fixed_effect)
 
+    prep = commands.add_parser("prep", help="Spark data preparation: contract data, index maps, partitions")
+    prep.add_argument("config", help="YAML configuration file with a 'prep' section")
+    _add_set(prep)
+    prep.set_defaults(handler=_prep)
+
+    offsets = commands.add_parser("offsets", help="Spark: join other coordinates' scores to a random effect's partitions")
+    offsets.add_argument("config")
+    offsets.add_argument("--coordinate", required=True)
+    offsets.add_argument("--scores", nargs="+", required=True, help="score datasets (uid, coordinate_score)")
+    offsets.add_argument("--output", required=True)
+    _add_set(offsets)
+    offsets.set_defaults(handler=_offsets)
+
+    random = commands.add_parser("train-random-effect", help="train a random effect partition by partition")
+    random.add_argument("config")
+    random.add_argument("--coordinate", required=True)
+    random.add_argument("--output", required=True, help="where models, scores and partition markers go")
+    random.add_argument("--partitions", default="all", help="a:b, a list like 0,3,5, or all (default)")
+    random.add_argument("--offsets", help="output of 'gdmix offsets' for this coordinate")
+    random.add_argument("--warm-start", help="an earlier output of this command (or a model directory)")
+    random.add_argument("--workers", type=int, help="split the partitions among N local processes")
+    _add_set(random)
+    random.set_defaults(handler=_train_random_effect)
+
     score = commands.add_parser("score", help="score a dataset with a trained model")
     score.add_argument("model_dir", help="output directory of a training run")
     score.add_argument("data", help="dataset to score (Parquet, data contract)")
@@ -107,6 +131,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log(message: str) -> None:
+    """Progress lines go to stderr; stdout carries only the command's result."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def _add_set(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set coordinates.per_user.l2=10")
@@ -134,11 +163,7 @@ def _run_training(config, workers: int = 1) -> int:
 def _fixed_effect(args) -> int:
     """Under ``--workers N`` this process only launches N copies of itself (minus the flag)."""
     if args.workers is not None:
-        from gdmix.distributed.launcher import launch_local
-
-        if args.workers < 1:
-            raise GdmixError(f"--workers must be at least 1, got {args.workers}")
-        return launch_local([sys.executable, "-m", "gdmix", *_without_option(args.argv, "--workers")], args.workers)
+        return _launch_copies(args)
     from gdmix.config import load_config
     from gdmix.jobs.fixed_effect import run_fixed_effect_job
 
@@ -146,7 +171,7 @@ def _fixed_effect(args) -> int:
     summary = run_fixed_effect_job(
         config, args.coordinate, args.output, offsets=args.offsets, index_maps=args.index_maps,
         warm_start=args.warm_start, checkpoint_every=args.checkpoint_every, timeout_seconds=args.timeout,
-        log=lambda message: print(message, flush=True),
+        log=_log,
     )
     if summary.get("chief", True):
         print(to_json({k: v for k, v in summary.items() if k != "chief"}), end="", flush=True)
@@ -164,6 +189,46 @@ def _without_option(argv: list[str], option: str) -> list[str]:
         elif not item.startswith(option + "="):
             kept.append(item)
     return kept
+
+
+def _prep(args) -> int:
+    from gdmix.config import load_config
+    from gdmix.prep.job import run_prep
+
+    summary = run_prep(load_config(args.config, args.overrides), log=_log)
+    print(to_json(summary), end="")
+    return 0
+
+
+def _offsets(args) -> int:
+    from gdmix.config import load_config
+    from gdmix.prep.offsets import join_offsets
+
+    summary = join_offsets(load_config(args.config, args.overrides), args.coordinate, args.scores, args.output,
+                           log=_log)
+    print(to_json(summary), end="")
+    return 0
+
+
+def _train_random_effect(args) -> int:
+    if args.workers is not None:
+        return _launch_copies(args)
+    from gdmix.config import load_config
+    from gdmix.jobs.random_effect import train_partitions
+
+    summary = train_partitions(load_config(args.config, args.overrides), args.coordinate, args.partitions,
+                               args.output, offsets=args.offsets, warm_start=args.warm_start, log=_log)
+    print(to_json(summary), end="", flush=True)
+    return 0
+
+
+def _launch_copies(args) -> int:
+    """Run this command as ``--workers`` local processes (each told its place by TF_CONFIG)."""
+    from gdmix.distributed.launcher import launch_local
+
+    if args.workers < 1:
+        raise GdmixError(f"--workers must be at least 1, got {args.workers}")
+    return launch_local([sys.executable, "-m", "gdmix", *_without_option(args.argv, "--workers")], args.workers)
 
 
 def _score(args) -> int:

@@ -106,6 +106,10 @@ class RandomEffectConfig(StrictModel):
     min_rows: int = Field(1, ge=1)
     max_rows: int | None = Field(None, ge=1)
     seed: int = 0
+    partitions: int | None = Field(
+        None, ge=1, description="Partitions of the entity population for partitioned training "
+                                "(default: prep.partitions)."
+    )
     solver: NewtonConfig = NewtonConfig()
 
     @model_validator(mode="after")
@@ -113,6 +117,69 @@ class RandomEffectConfig(StrictModel):
         if self.max_rows is not None and self.max_rows < self.min_rows:
             raise ValueError(f"max_rows ({self.max_rows}) is below min_rows ({self.min_rows})")
         return self
+
+
+class RawInputConfig(StrictModel):
+    """Raw rows to prepare: a file or directory of Parquet, CSV, JSON lines or Avro."""
+
+    path: str
+    format: Literal["parquet", "csv", "json", "avro"] = "parquet"
+    csv_delimiter: str = ","
+
+
+class BagSpec(StrictModel):
+    """How a feature bag is built from raw columns.
+
+    ``numeric`` columns become (column, "", value); ``categorical`` columns become
+    (column, str(value), 1.0); ``bags`` are existing name-term-value columns merged in. Nulls
+    and zeros are left out.
+    """
+
+    numeric: list[str] = []
+    categorical: list[str] = []
+    bags: list[str] = []
+
+
+class LabelSpec(StrictModel):
+    """The label: the column itself (0/1), or ``column > threshold`` when a threshold is set."""
+
+    column: str
+    threshold: float | None = None
+
+
+class SplitConfig(StrictModel):
+    validation_fraction: float = Field(gt=0, lt=1)
+    seed: int = 0
+
+
+class SparkConfig(StrictModel):
+    master: str = "local[*]"
+    driver_memory: str = "4g"
+    shuffle_partitions: int = Field(16, ge=1)
+    conf: dict[str, str] = {}
+
+
+class PrepConfig(StrictModel):
+    """Spark data preparation: raw rows -> contract datasets, index maps, entity partitions.
+
+    Output (under ``output``): ``train/`` and ``validation/`` in the data contract,
+    ``index_maps/<bag>/``, and for every random effect ``partitions/<coordinate>/`` with its
+    rows grouped into size-balanced partitions and a ``manifest.json``.
+    """
+
+    input: RawInputConfig
+    validation_input: RawInputConfig | None = None
+    output: str
+    uid: str | None = Field("uid", description="uid column; null generates uids (not stable across inputs)")
+    label: LabelSpec
+    weight: str | None = None
+    offset: str | None = None
+    bags: dict[str, BagSpec] = {}
+    min_feature_count: int = Field(1, ge=1)
+    split: SplitConfig | None = None
+    partitions: int = Field(16, ge=1)
+    missing_offsets: Literal["error", "zero"] = "error"
+    spark: SparkConfig = SparkConfig()
 
 
 CoordinateConfig = Annotated[
@@ -131,6 +198,7 @@ class GdmixConfig(StrictModel):
     warm_start: str | None = Field(
         None, description="Output directory of an earlier run whose models seed this one."
     )
+    prep: PrepConfig | None = None
 
     @model_validator(mode="after")
     def _unique_names(self) -> "GdmixConfig":

@@ -54,6 +54,7 @@ class ContractColumns:
     offset: str | None = None
     entities: tuple[str, ...] = ()
     bags: tuple[str, ...] = ()
+    extra: tuple[str, ...] = ()  # other columns to carry along unchecked (e.g. a partition's flags)
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,8 @@ def _validated_piece(piece: FilePiece, columns: ContractColumns) -> pa.Table:
         require(name, "entity id")
     for name in columns.bags:
         require(name, "feature bag")
+    for name in columns.extra:
+        require(name, "requested")
 
     wanted = [columns.uid]
     has_label = columns.label in available
@@ -204,7 +207,7 @@ def _validated_piece(piece: FilePiece, columns: ContractColumns) -> pa.Table:
     has_offset = offset_col in available
     wanted += [weight_col] if has_weight else []
     wanted += [offset_col] if has_offset else []
-    wanted += list(columns.entities) + list(columns.bags)
+    wanted += list(columns.entities) + list(columns.bags) + list(columns.extra)
     wanted = list(dict.fromkeys(wanted))
     raw = _read_rows(piece, wanted)
     n = raw.num_rows
@@ -227,6 +230,8 @@ def _validated_piece(piece: FilePiece, columns: ContractColumns) -> pa.Table:
         out[name] = _entity_column(raw.column(name), path, name)
     for name in columns.bags:
         out[name] = _bag_column(raw.column(name), path, name)
+    for name in columns.extra:
+        out.setdefault(name, raw.column(name).combine_chunks())
     return pa.table(out)
 
 

@@ -1,0 +1,199 @@
+"""``gdmix train-random-effect``: training a random effect partition by partition.
+
+The rows come from ``gdmix prep`` (``<prep.output>/partitions/<coordinate>/``), already grouped
+by entity into size-balanced partitions with their ``active`` flags. One partition at a time
+is read, trained with the batched solver on its active rows, scored (all its rows, active and
+passive, and its validation rows) and committed, so memory is bounded by the largest
+partition, not the population.
+
+Each partition commits on its own: its files are staged, moved into
+``models/<coordinate>/partition=<p>/`` and ``scores/<coordinate>/{train,validation}/partition=<p>/``,
+and only then does ``done/<coordinate>/partition=<p>.json`` appear. A rerun skips every
+partition with that marker, so a killed worker costs only the partition it was on. Under
+``TF_CONFIG`` (or ``--workers N``, which launches N local processes) worker k of n takes every
+n-th partition of the list.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from gdmix.artifacts import index_map_uri
+from gdmix.config import GdmixConfig, RandomEffectConfig
+from gdmix.dataset import Dataset, to_dataset
+from gdmix.distributed.cluster import worker_info
+from gdmix.errors import ConfigError, DataError
+from gdmix.features.index_map import IndexMap
+from gdmix.io import fs
+from gdmix.io.contract import ContractColumns, read_contract_table
+from gdmix.models.random_effect import RandomEffectModel, fit_random_effect
+
+SPLITS = ("train", "validation")
+
+
+def partition_list(text: str, total: int) -> list[int]:
+    """``"a:b"`` (half-open range), ``"3,5,8"``, or ``"all"``."""
+    if text in ("all", ""):
+        return list(range(total))
+    try:
+        if ":" in text:
+            start, stop = text.split(":", 1)
+            chosen = list(range(int(start or 0), int(stop or total)))
+        else:
+            chosen = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--partitions expects a:b, a list like 0,3,5, or all; got '{text}'") from None
+    bad = [p for p in chosen if not 0 <= p < total]
+    if bad:
+        raise ConfigError(f"--partitions: {bad} outside 0..{total - 1}")
+    return chosen
+
+
+def train_partitions(config: GdmixConfig, coordinate: str, partitions: str, output: str, *,
+                     offsets: str | None = None, warm_start: str | None = None, log=print) -> dict:
+    """Train this worker's share of ``partitions``; returns what it did."""
+    spec, prep_dir = _coordinate(config, coordinate)
+    manifest = json.loads(fs.read_text(fs.join(prep_dir, "partitions", coordinate, "manifest.json")))
+    chosen = partition_list(partitions, manifest["partitions"])
+    info = worker_info()
+    mine = chosen[info.index::info.count]
+    index_map = IndexMap.load(index_map_uri(prep_dir, spec.feature_bag)) if spec.feature_bag else IndexMap.empty()
+    done, skipped = [], []
+    for partition in mine:
+        if fs.exists(_marker(output, coordinate, partition)):
+            skipped.append(partition)
+            continue
+        tic = time.perf_counter()
+        stats = _train_one(config, spec, prep_dir, partition, index_map, output, offsets, warm_start)
+        stats["seconds"] = time.perf_counter() - tic
+        fs.write_text_atomic(_marker(output, coordinate, partition), fs.to_json(stats))
+        done.append(partition)
+        log(f"{coordinate} partition {partition}: {stats['entities_trained']:,} entities, "
+            f"{stats['rows']:,} rows in {stats['seconds']:.2f}s")
+        _fault_injection(len(done))
+    fs.remove(fs.join(output, ".staging", coordinate))
+    complete = all(fs.exists(_marker(output, coordinate, p)) for p in range(manifest["partitions"]))
+    if complete:
+        _write_summary(output, coordinate, manifest["partitions"])
+    return {"coordinate": coordinate, "worker": info.index, "trained": done, "skipped": skipped, "complete": complete}
+
+
+def _write_summary(output: str, coordinate: str, partitions: int) -> None:
+    """``done/<coordinate>.json`` once every partition is committed: totals over partitions."""
+    stats = [json.loads(fs.read_text(_marker(output, coordinate, p))) for p in range(partitions)]
+    totals = {key: sum(s[key] for s in stats) for key in ("entities_trained", "rows", "active_rows",
+                                                          "validation_rows", "unconverged_entities")}
+    summary = totals | {"partitions": partitions, "seconds": sum(s["seconds"] for s in stats),
+                        "largest_partition_seconds": max(s["seconds"] for s in stats)}
+    fs.write_text_atomic(fs.join(output, "done", f"{coordinate}.json"), fs.to_json(summary))
+
+
+def _coordinate(config: GdmixConfig, name: str) -> tuple[RandomEffectConfig, str]:
+    if config.prep is None:
+        raise ConfigError("partitioned training reads the partitions of 'gdmix prep': the config needs 'prep'")
+    spec = next((c for c in config.coordinates if c.name == name), None)
+    if not isinstance(spec, RandomEffectConfig):
+        raise ConfigError(f"'{name}' is not a random-effect coordinate of this configuration")
+    return spec, config.prep.output
+
+
+def _marker(output: str, coordinate: str, partition: int) -> str:
+    return fs.join(output, "done", coordinate, f"partition={partition}.json")
+
+
+def _fault_injection(partitions_done: int) -> None:
+    """Resilience testing: ``GDMIX_FAULT_AFTER_PARTITIONS=k`` kills this process (status 42)
+    right after its k-th committed partition."""
+    after = os.environ.get("GDMIX_FAULT_AFTER_PARTITIONS")
+    if after is not None and partitions_done >= int(after):
+        os._exit(42)
+
+
+def _read_partition(prep_dir: str, spec: RandomEffectConfig, split: str, partition: int,
+                    index_map: IndexMap, offsets: str | None) -> tuple[Dataset | None, np.ndarray | None]:
+    """A partition's rows of one split (offsets added) and, for training rows, the active flags."""
+    uri = fs.join(prep_dir, "partitions", spec.name, split, f"partition={partition}")
+    if not fs.exists(uri) or not fs.list_parquet_files(uri):
+        return None, None
+    flags = ("active",) if split == "train" else ()
+    columns = ContractColumns(entities=(spec.entity,), bags=(spec.feature_bag,) if spec.feature_bag else (),
+                              extra=flags)
+    table = read_contract_table(uri, columns)
+    data = to_dataset(table, {spec.feature_bag: index_map} if spec.feature_bag else {}, [spec.entity])
+    if offsets:
+        data.offset = data.offset + _partition_offsets(fs.join(offsets, split, f"partition={partition}"), data.uid)
+    active = table.table.column("active").to_numpy(zero_copy_only=False).astype(bool) if flags else None
+    return data, active
+
+
+def _partition_offsets(uri: str, uids: np.ndarray) -> np.ndarray:
+    table = fs.read_parquet_dir(uri, columns=["uid", "offset"])
+    known, values = table.column("uid").to_numpy(), table.column("offset").to_numpy()
+    order = np.argsort(known)
+    known, values = known[order], values[order]
+    position = np.minimum(np.searchsorted(known, uids), max(len(known) - 1, 0))
+    missing = np.flatnonzero(known[position] != uids) if len(known) else np.arange(len(uids))
+    if missing.size:
+        raise DataError(f"no offset for uid {int(uids[missing[0]])} ({missing.size} rows have none)", path=uri,
+                        column="uid")
+    return values[position]
+
+
+def _train_one(config, spec: RandomEffectConfig, prep_dir: str, partition: int, index_map: IndexMap,
+               output: str, offsets: str | None, warm_start: str | None) -> dict:
+    train, flags = _read_partition(prep_dir, spec, "train", partition, index_map, offsets)
+    if train is None:
+        raise DataError(f"partition {partition} has no training rows", path=fs.join(prep_dir, "partitions", spec.name))
+    data = {"train": train, "validation": _read_partition(prep_dir, spec, "validation", partition, index_map,
+                                                          offsets)[0]}
+    entities = train.entities[spec.entity]
+    active = np.flatnonzero(flags)
+    # prep already applied min_rows and max_rows (the active flag): train every active entity
+    settings = spec.model_copy(update={"min_rows": 1, "max_rows": None})
+    initial = _warm_start(warm_start, spec, partition, index_map, entities)
+    codes, intercepts, coef, report = fit_random_effect(
+        entities.codes[active], train.bag(spec.feature_bag)[active], train.label[active], train.weight[active],
+        train.offset[active], settings, initial)
+    model = RandomEffectModel(entities.strings().take(codes), intercepts, coef)
+    staging = fs.join(output, ".staging", spec.name, f"partition={partition}")
+    fs.remove(staging)
+    fs.write_parquet(model.to_table(index_map), fs.join(staging, "model"))
+    for split, dataset in data.items():
+        if dataset is not None:
+            own = model.score(dataset.entities[spec.entity], dataset.bag(spec.feature_bag))
+            fs.write_parquet(pa.table({
+                "uid": dataset.uid, "label": dataset.label, "weight": dataset.weight,
+                "score": dataset.offset + own, "coordinate_score": own,
+            }), fs.join(staging, split))
+    _commit_partition(staging, output, spec.name, partition, data)
+    return report.as_dict() | {"partition": partition, "rows": train.num_rows, "active_rows": len(active),
+                               "validation_rows": data["validation"].num_rows if data["validation"] else 0}
+
+
+def _commit_partition(staging: str, output: str, coordinate: str, partition: int, data: dict) -> None:
+    """Move a partition's staged files to their final places (replacing a half-done earlier try)."""
+    targets = {"model": fs.join(output, "models", coordinate, f"partition={partition}")}
+    for split in SPLITS:
+        if data[split] is not None:
+            targets[split] = fs.join(output, "scores", coordinate, split, f"partition={partition}")
+    for name, target in targets.items():
+        fs.commit_directory(fs.join(staging, name), target)
+    fs.remove(staging)
+
+
+def _warm_start(uri: str | None, spec: RandomEffectConfig, partition: int, index_map: IndexMap, entities):
+    """The prior model of this partition (the same partitioning), if there is one."""
+    if not uri:
+        return None
+    source = fs.join(uri, "models", spec.name, f"partition={partition}")
+    if not fs.exists(source):
+        source = fs.join(uri, "models", spec.name)
+        if not fs.exists(source):
+            return None
+    prior = RandomEffectModel.from_table(fs.read_parquet_dir(source), index_map, source)
+    return prior.warm_start_for(entities)

@@ -1,0 +1,1 @@
+"""Spark data preparation: raw rows -> contract datasets, index maps and entity partitions."""

@@ -1,0 +1,123 @@
+"""Spark transforms from raw columns to the data contract: label, uid, feature bags, index maps."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from gdmix.config import BagSpec, PrepConfig
+from gdmix.errors import DataError
+from gdmix.features.index_map import IndexMap
+
+UID_SEED = 7_919  # salt of the hash that assigns rows to the validation split
+
+
+def contract_frame(raw, config: PrepConfig, entities: list[str], source: str):
+    """Select and build the contract columns (uid, label, weight, offset, entities, bags)."""
+    from pyspark.sql import functions as F
+
+    missing = sorted(_referenced_columns(config, entities) - set(raw.columns))
+    if missing:
+        raise DataError(f"missing column(s) {', '.join(missing)} (input has: {', '.join(sorted(raw.columns))})",
+                        path=source)
+    uid = F.col(config.uid).cast("long") if config.uid else F.monotonically_increasing_id()
+    label = F.col(config.label.column).cast("double")
+    if config.label.threshold is not None:
+        label = (label > F.lit(config.label.threshold)).cast("double")
+    columns = [uid.alias("uid"), label.alias("label")]
+    if config.weight:
+        columns.append(F.col(config.weight).cast("double").alias("weight"))
+    if config.offset:
+        columns.append(F.col(config.offset).cast("double").alias("offset"))
+    columns += [F.col(name) for name in entities]
+    columns += [_bag(spec).alias(name) for name, spec in config.bags.items()]
+    return raw.select(*columns)
+
+
+def _referenced_columns(config: PrepConfig, entities: list[str]) -> set[str]:
+    names = {config.label.column, *entities}
+    names |= {c for c in (config.uid, config.weight, config.offset) if c}
+    for spec in config.bags.values():
+        names |= set(spec.numeric) | set(spec.categorical) | set(spec.bags)
+    return names
+
+
+def _bag(spec: BagSpec):
+    """A name-term-value array: numeric (name, "", value), categorical (name, value, 1.0) and
+    existing bags concatenated; nulls and zeros are left out."""
+    from pyspark.sql import functions as F
+
+    def feature(name, term, value):
+        return F.struct(name.alias("name"), term.alias("term"), value.alias("value"))
+
+    made = [feature(F.lit(c), F.lit(""), F.col(c).cast("double")) for c in spec.numeric]
+    made += [feature(F.lit(c), F.col(c).cast("string"), F.lit(1.0)) for c in spec.categorical]
+    parts = []
+    if made:
+        parts.append(F.filter(F.array(*made), lambda f: f["value"].isNotNull() & (f["value"] != 0)
+                              & f["term"].isNotNull()))
+    for column in spec.bags:
+        existing = F.transform(F.coalesce(F.col(column), F.array()), lambda f: feature(
+            f["name"], F.coalesce(f["term"], F.lit("")), f["value"].cast("double")))
+        parts.append(F.filter(existing, lambda f: f["value"].isNotNull() & (f["value"] != 0)))
+    if not parts:
+        empty = F.array().cast("array<struct<name:string,term:string,value:double>>")
+        return empty
+    return parts[0] if len(parts) == 1 else F.concat(*parts)
+
+
+def check_contract(frame, source: str) -> None:
+    """Labels are 0/1, uids and entity ids are present and uids unique: fail on the first bad row."""
+    from pyspark.sql import functions as F
+
+    bad = frame.filter(~F.col("label").isin(0.0, 1.0) | F.col("label").isNull()).select("uid", "label").limit(1).collect()
+    if bad:
+        raise DataError(f"label {bad[0]['label']} of uid {bad[0]['uid']} is not 0 or 1", path=source, column="label")
+    null_uid = frame.filter(F.col("uid").isNull()).limit(1).count()
+    if null_uid:
+        raise DataError("null uid", path=source, column="uid")
+    repeated = frame.groupBy("uid").count().filter(F.col("count") > 1).limit(1).collect()
+    if repeated:
+        raise DataError(f"duplicate uid {repeated[0]['uid']} ({repeated[0]['count']} rows); uids must be unique",
+                        path=source, column="uid")
+
+
+def split_validation(frame, fraction: float, seed: int):
+    """A seeded split by a hash of the uid: the same rows whatever the input's partitioning."""
+    from pyspark.sql import functions as F
+
+    bucket = F.abs(F.xxhash64(F.col("uid"), F.lit(seed), F.lit(UID_SEED))) % 1_000_000
+    marked = frame.withColumn("_validation", bucket < int(round(fraction * 1_000_000)))
+    train = marked.filter(~F.col("_validation")).drop("_validation")
+    validation = marked.filter(F.col("_validation")).drop("_validation")
+    return train, validation
+
+
+def feature_counts(frame, bag: str):
+    """(name, term, rows) over the training rows: in how many rows each feature occurs."""
+    from pyspark.sql import functions as F
+
+    exploded = frame.select("uid", F.explode(bag).alias("f")).select("uid", "f.name", "f.term")
+    return exploded.distinct().groupBy("name", "term").count()
+
+
+def build_index_map(counts, min_count: int) -> IndexMap:
+    from pyspark.sql import functions as F
+
+    kept = counts.filter(F.col("count") >= min_count).select("name", "term").toArrow()
+    if kept.num_rows == 0:
+        return IndexMap.empty()
+    return IndexMap.from_features(kept.column("name").combine_chunks().cast(pa.string()),
+                                  kept.column("term").combine_chunks().cast(pa.string()))
+
+
+def drop_rare_features(frame, bag: str, index_map: IndexMap, spark):
+    """Keep only features of the index map in ``bag`` (a broadcast join on (name, term))."""
+    from pyspark.sql import functions as F
+
+    kept = spark.createDataFrame(pa.table({"name": index_map.names, "term": index_map.terms}))
+    exploded = frame.select("uid", F.posexplode(bag).alias("position", "f"))
+    joined = exploded.join(F.broadcast(kept), (F.col("f.name") == kept["name"]) & (F.col("f.term") == kept["term"]))
+    rebuilt = joined.groupBy("uid").agg(F.sort_array(F.collect_list(F.struct("position", "f"))).alias("items"))
+    rebuilt = rebuilt.select("uid", F.transform("items", lambda item: item["f"]).alias(bag))
+    return frame.drop(bag).join(rebuilt, "uid", "left").withColumn(
+        bag, F.coalesce(F.col(bag), F.array().cast("array<struct<name:string,term:string,value:double>>")))

@@ -1,0 +1,107 @@
+"""``gdmix prep``: the Spark data-preparation stage.
+
+Raw rows (Parquet, CSV, JSON lines or Avro) become, under ``prep.output``:
+
+* ``train/`` and ``validation/``: the data contract (uid, label, weight, offset, entity ids,
+  one name-term-value column per feature bag of ``prep.bags``), with features seen in fewer than
+  ``min_feature_count`` training rows removed; validation comes from ``validation_input`` or a
+  seeded split of the input by uid hash;
+* ``index_maps/<bag>/``: the index map of every bag, from the training rows;
+* ``partitions/<coordinate>/`` for every random effect: its rows grouped by entity into
+  size-balanced partitions (see :mod:`gdmix.prep.partition`) with ``manifest.json``;
+* ``prep.json``, written last: what was done, row counts, timings.
+
+Spark writes to a local directory (it has no object-store connector here) that is then moved
+or uploaded to ``prep.output`` in one step.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from gdmix.config import GdmixConfig, RandomEffectConfig, RawInputConfig
+from gdmix.errors import ConfigError
+from gdmix.io import fs
+from gdmix.prep.avro import avro_to_parquet
+from gdmix.prep.features import (
+    build_index_map, check_contract, contract_frame, drop_rare_features, feature_counts, split_validation,
+)
+from gdmix.prep.partition import partition_rows, write_partitioned
+from gdmix.prep.spark import local_input, publish, spark_session
+
+SUMMARY_FILE = "prep.json"
+
+
+def run_prep(config: GdmixConfig, log=print) -> dict:
+    prep = config.prep
+    if prep is None:
+        raise ConfigError("the configuration has no 'prep' section")
+    started = time.perf_counter()
+    random_effects = [c for c in config.coordinates if isinstance(c, RandomEffectConfig)]
+    entities = sorted({c.entity for c in random_effects})
+    spark = spark_session(prep.spark, "gdmix-prep")
+    try:
+        with tempfile.TemporaryDirectory(prefix="gdmix-prep-") as work:
+            out = Path(work) / "out"
+            frames = {"train": _read(spark, prep.input, Path(work) / "input", prep, entities)}
+            if prep.validation_input is not None:
+                frames["validation"] = _read(spark, prep.validation_input, Path(work) / "validation-input", prep,
+                                             entities)
+                check_contract(frames["validation"], prep.validation_input.path)
+            check_contract(frames["train"], prep.input.path)
+            if prep.split is not None and prep.validation_input is None:
+                frames["train"], frames["validation"] = split_validation(
+                    frames["train"], prep.split.validation_fraction, prep.split.seed)
+
+            summary = {"bags": {}, "partitions": {}}
+            for bag in prep.bags:
+                index_map = build_index_map(feature_counts(frames["train"], bag), prep.min_feature_count)
+                index_map.save(str(out / "index_maps" / bag))
+                summary["bags"][bag] = {"features": len(index_map)}
+                if prep.min_feature_count > 1:
+                    frames = {split: drop_rare_features(frame, bag, index_map, spark) for split, frame in frames.items()}
+            for split, frame in frames.items():
+                frame.write.parquet(str(out / split))
+                frames[split] = spark.read.parquet(str(out / split))  # later steps read, not recompute
+                summary[f"{split}_rows"] = frames[split].count()
+                log(f"prep: {summary[f'{split}_rows']:,} {split} rows")
+
+            for coordinate in random_effects:
+                partitions = coordinate.partitions or prep.partitions
+                rows, validation_rows, manifest = partition_rows(
+                    spark, frames["train"], frames.get("validation"), coordinate, partitions)
+                target = out / "partitions" / coordinate.name
+                write_partitioned(rows, str(target / "train"))
+                if validation_rows is not None:
+                    write_partitioned(validation_rows, str(target / "validation"))
+                (target / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+                loads = [p["active_rows"] for p in manifest["partition_stats"]]
+                summary["partitions"][coordinate.name] = {
+                    "partitions": partitions, "entities": manifest["entities"],
+                    "largest_over_mean_active_rows": max(loads) / max(sum(loads) / len(loads), 1e-9),
+                }
+                log(f"prep: {coordinate.name}: {manifest['entities']:,} entities in {partitions} partitions")
+            summary["seconds"] = time.perf_counter() - started
+            publish(str(out), prep.output)
+    finally:
+        spark.stop()
+    fs.write_text_atomic(fs.join(prep.output, SUMMARY_FILE), fs.to_json(summary))
+    return summary
+
+
+def _read(spark, source: RawInputConfig, scratch: Path, prep, entities: list[str]):
+    """The raw rows as a DataFrame of contract columns (object-store input is downloaded into
+    ``scratch`` first, Avro converted to Parquet there)."""
+    path = local_input(source.path, scratch / "download")
+    if source.format == "avro":
+        raw = spark.read.parquet(avro_to_parquet(path, str(scratch / "avro")))
+    elif source.format == "csv":
+        raw = spark.read.option("header", True).option("inferSchema", True).option("sep", source.csv_delimiter).csv(path)
+    elif source.format == "json":
+        raw = spark.read.json(path)
+    else:
+        raw = spark.read.parquet(path)
+    return contract_frame(raw, prep, entities, source.path)

@@ -1,0 +1,63 @@
+"""``gdmix offsets``: the other coordinates' scores, joined by uid to a random effect's partitions.
+
+A partitioned random-effect trainer needs, for every row of its partition, the offset from all
+other coordinates. This Spark step sums the ``coordinate_score`` of the given score datasets
+per uid and writes it next to each partition (``<output>/{train,validation}/partition=<p>/``:
+uid, offset). Every row is kept: a uid without a score is an error (``missing_offsets:
+error``, the default) or gets 0 with a warning counting such rows (``zero``) - never the silent
+inner-join drop of GDMix.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from gdmix.config import GdmixConfig, RandomEffectConfig
+from gdmix.errors import ConfigError, DataError
+from gdmix.io import fs
+from gdmix.prep.partition import write_partitioned
+from gdmix.prep.spark import local_input, publish, spark_session
+
+
+def join_offsets(config: GdmixConfig, coordinate: str, scores: list[str], output: str, log=print) -> dict:
+    prep = config.prep
+    if prep is None:
+        raise ConfigError("the configuration has no 'prep' section (where the partitions are)")
+    spec = next((c for c in config.coordinates if c.name == coordinate), None)
+    if not isinstance(spec, RandomEffectConfig):
+        raise ConfigError(f"'{coordinate}' is not a random-effect coordinate of this configuration")
+    spark = spark_session(prep.spark, "gdmix-offsets")
+    summary = {"coordinate": coordinate, "missing": {}}
+    try:
+        from pyspark.sql import functions as F
+
+        with tempfile.TemporaryDirectory(prefix="gdmix-offsets-") as work:
+            frames = [spark.read.parquet(local_input(uri, Path(work) / f"scores-{k}")).select("uid", "coordinate_score")
+                      for k, uri in enumerate(scores)]
+            total = frames[0]
+            for frame in frames[1:]:
+                total = total.unionByName(frame)
+            total = total.groupBy("uid").agg(F.sum("coordinate_score").alias("offset"))
+            out = Path(work) / "out"
+            for split in ("train", "validation"):
+                source = fs.join(prep.output, "partitions", coordinate, split)
+                if not fs.exists(source):
+                    continue
+                rows = spark.read.parquet(local_input(source, Path(work) / f"rows-{split}")).select("uid", "partition")
+                joined = rows.join(total, "uid", "left")
+                missing = joined.filter(F.col("offset").isNull())
+                count = missing.count()
+                summary["missing"][split] = count
+                if count and prep.missing_offsets == "error":
+                    example = missing.select("uid").limit(1).collect()[0]["uid"]
+                    raise DataError(f"{count} {split} rows of '{coordinate}' have no score in the given score "
+                                    f"datasets (first: uid {example}); set prep.missing_offsets: zero to use 0",
+                                    column="uid")
+                if count:
+                    log(f"offsets: warning: {count} {split} rows have no score; their offset is 0")
+                write_partitioned(joined.fillna(0.0, subset=["offset"]), str(out / split))
+            publish(str(out), output)
+    finally:
+        spark.stop()
+    return summary

@@ -1,0 +1,239 @@
+"""Spark preparation, offsets and partitioned random-effect training (real local Spark)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from gdmix.config import validate_config
+from gdmix.dataset import to_dataset
+from gdmix.errors import DataError
+from gdmix.features.index_map import IndexMap
+from gdmix.io import fs
+from gdmix.io.contract import ContractColumns, read_contract_table
+from gdmix.models.random_effect import fit_random_effect
+from gdmix.prep.job import run_prep
+from gdmix.prep.offsets import join_offsets
+
+ROWS = 3000
+HANG_GUARD = 300
+
+
+def _raw(seed=0) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    user = np.minimum(rng.zipf(1.4, ROWS), 400)  # power-law entity sizes
+    item = rng.integers(0, 40, ROWS)
+    age = rng.integers(18, 70, ROWS).astype(float)
+    age[::17] = 0.0  # zeros are left out of bags
+    truth = rng.normal(size=401)[user] + 0.3 * (item % 3)
+    rating = np.clip(np.round(3 + truth + rng.normal(size=ROWS)), 1, 5).astype(np.int64)
+    return pa.table({"id": np.arange(ROWS, dtype=np.int64) * 11 + 5, "rating": rating, "age": age,
+                     "gender": rng.choice(["M", "F"], ROWS), "user_id": user.astype(np.int64),
+                     "item_id": item.astype(np.int64)})
+
+
+def _config(root: Path, raw_path: str, fmt: str = "parquet", shuffle: int = 4, **prep) -> dict:
+    return {
+        "data": {"train": str(root / "prepared" / "train"), "validation": str(root / "prepared" / "validation")},
+        "output": str(root / "model"),
+        "coordinates": [
+            {"name": "global", "type": "fixed_effect", "feature_bag": "global"},
+            {"name": "per_user", "type": "random_effect", "entity": "user_id", "feature_bag": "per_user",
+             "max_rows": 60, "min_rows": 2, "partitions": 5},
+        ],
+        "prep": {
+            "input": {"path": raw_path, "format": fmt},
+            "output": str(root / "prepared"),
+            "uid": "id",
+            "label": {"column": "rating", "threshold": 3},
+            "bags": {"global": {"numeric": ["age"], "categorical": ["gender"]},
+                     "per_user": {"categorical": ["gender", "item_id"]}},
+            "min_feature_count": 2,
+            "split": {"validation_fraction": 0.2, "seed": 3},
+            "spark": {"master": "local[2]", "driver_memory": "2g", "shuffle_partitions": shuffle},
+            **prep,
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prep")
+    (root / "raw").mkdir()
+    raw = _raw()
+    pq.write_table(raw, root / "raw" / "part-0.parquet")
+    config = validate_config(_config(root, str(root / "raw")))
+    summary = run_prep(config, log=lambda m: None)
+    return root, raw, config, summary
+
+
+def _read(path) -> pa.Table:
+    return fs.read_parquet_dir(str(path))
+
+
+def _expected_bags(row: dict) -> dict:
+    """The reference transform of one raw row (what the docs of PrepConfig and BagSpec say)."""
+    glob = ([("age", "", row["age"])] if row["age"] != 0 else []) + [("gender", row["gender"], 1.0)]
+    per_user = [("gender", row["gender"], 1.0), ("item_id", str(row["item_id"]), 1.0)]
+    return {"global": glob, "per_user": per_user}
+
+
+def test_contract_output_equals_the_in_memory_reference(prepared):
+    root, raw, config, summary = prepared
+    train, validation = _read(root / "prepared" / "train"), _read(root / "prepared" / "validation")
+    assert train.num_rows + validation.num_rows == ROWS and summary["train_rows"] == train.num_rows
+    assert 0.15 < validation.num_rows / ROWS < 0.25
+    assert not set(train.column("uid").to_pylist()) & set(validation.column("uid").to_pylist())
+    by_uid = {r["id"]: r for r in raw.to_pylist()}
+    train_uids = set(train.column("uid").to_pylist())
+    # index maps: features in at least min_feature_count = 2 training rows
+    for bag in ("global", "per_user"):
+        counts = {}
+        for uid in train_uids:
+            for name, term, _ in _expected_bags(by_uid[uid])[bag]:
+                counts[(name, term)] = counts.get((name, term), 0) + 1
+        kept = sorted(k for k, c in counts.items() if c >= 2)
+        index_map = IndexMap.load(str(root / "prepared" / "index_maps" / bag))
+        assert list(zip(index_map.names.to_pylist(), index_map.terms.to_pylist())) == kept
+        assert summary["bags"][bag]["features"] == len(kept)
+        for table in (train, validation):
+            for row in table.select(["uid", "label", bag]).to_pylist():
+                source = by_uid[row["uid"]]
+                assert row["label"] == float(source["rating"] > 3)
+                expected = [f for f in _expected_bags(source)[bag] if (f[0], f[1]) in set(kept)]
+                assert sorted((f["name"], f["term"], f["value"]) for f in row[bag]) == sorted(expected)
+    read_contract_table(str(root / "prepared" / "train"), ContractColumns(entities=("user_id",),
+                                                                         bags=("global", "per_user")))
+
+
+def test_partitions_are_balanced_complete_and_flag_the_sample(prepared):
+    root, raw, config, summary = prepared
+    base = root / "prepared" / "partitions" / "per_user"
+    manifest = json.loads((base / "manifest.json").read_text())
+    train = _read(root / "prepared" / "train")
+    rows = []
+    for p in range(5):
+        part = _read(base / "train" / f"partition={p}").to_pandas()
+        part["partition"] = p
+        rows.append(part)
+        stats = manifest["partition_stats"][p]
+        assert stats["rows"] == len(part) and stats["active_rows"] == int(part["active"].sum())
+    import pandas as pd
+
+    rows = pd.concat(rows)
+    assert sorted(rows["uid"]) == sorted(train.column("uid").to_pylist())  # no row lost or doubled
+    assert rows.groupby("user_id")["partition"].nunique().max() == 1  # an entity lives in one partition
+    counts = rows.groupby("user_id").size()
+    active = rows.groupby("user_id")["active"].sum()
+    expected = np.where(counts >= 2, np.minimum(counts, 60), 0)
+    assert np.array_equal(active.loc[counts.index].to_numpy(), expected)
+    assert counts.max() > 60  # the sample cap was exercised
+    loads = rows.groupby("partition")["active"].sum()
+    assert loads.max() <= 1.2 * loads.mean()
+    validation = _read(root / "prepared" / "validation")
+    validation_rows = sum(_read(base / "validation" / f"partition={p}").num_rows for p in range(5)
+                          if (base / "validation" / f"partition={p}").exists())
+    assert validation_rows == validation.num_rows
+
+
+def test_prep_does_not_depend_on_spark_partitioning_or_input_format(prepared, tmp_path):
+    root, raw, _, _ = prepared
+    import fastavro
+
+    (tmp_path / "raw").mkdir()
+    schema = {"type": "record", "name": "r", "fields": [
+        {"name": "id", "type": "long"}, {"name": "rating", "type": "long"}, {"name": "age", "type": "double"},
+        {"name": "gender", "type": "string"}, {"name": "user_id", "type": "long"}, {"name": "item_id", "type": "long"}]}
+    with open(tmp_path / "raw" / "part-0.avro", "wb") as handle:
+        fastavro.writer(handle, schema, raw.to_pylist())
+    config = validate_config(_config(tmp_path, str(tmp_path / "raw"), fmt="avro", shuffle=7))
+    run_prep(config, log=lambda m: None)
+    for split in ("train", "validation"):
+        ours = _read(tmp_path / "prepared" / split).sort_by("uid")
+        theirs = _read(root / "prepared" / split).sort_by("uid")
+        assert ours.column("uid").equals(theirs.column("uid"))
+        assert ours.column("per_user").to_pylist() == theirs.column("per_user").to_pylist()
+    for p in range(5):
+        ours = _read(tmp_path / "prepared" / "partitions" / "per_user" / "train" / f"partition={p}").sort_by("uid")
+        theirs = _read(root / "prepared" / "partitions" / "per_user" / "train" / f"partition={p}").sort_by("uid")
+        assert ours.select(["uid", "active"]).equals(theirs.select(["uid", "active"]))
+
+
+def _train_random_effect(config_path: Path, output: Path, *extra, env=None):
+    command = [sys.executable, "-m", "gdmix", "train-random-effect", str(config_path), "--coordinate", "per_user",
+               "--output", str(output), *extra]
+    return subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD,
+                          env=dict(os.environ, **(env or {})))
+
+
+def _models(output: Path) -> dict:
+    table = _read(output / "models" / "per_user")
+    return {(r["entity"], r["name"], r["term"]): r["value"] for r in table.to_pylist()}
+
+
+def test_partitioned_training_matches_in_memory_and_survives_interruption(prepared, tmp_path):
+    root, _, config, _ = prepared
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    whole = _train_random_effect(path, tmp_path / "whole", "--workers", "2")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    assert json.loads((tmp_path / "whole" / "done" / "per_user.json").read_text())["partitions"] == 5
+
+    # the in-memory reference: all active rows at once (entities are independent problems)
+    base = root / "prepared" / "partitions" / "per_user" / "train"
+    spec = config.coordinates[1]
+    index_map = IndexMap.load(str(root / "prepared" / "index_maps" / "per_user"))
+    table = read_contract_table(str(base), ContractColumns(entities=("user_id",), bags=("per_user",), extra=("active",)))
+    data = to_dataset(table, {"per_user": index_map}, ["user_id"])
+    active = np.flatnonzero(table.table.column("active").to_numpy(zero_copy_only=False))
+    users = data.entities["user_id"]
+    codes, intercepts, coef, _ = fit_random_effect(
+        users.codes[active], data.bags["per_user"][active], data.label[active], data.weight[active],
+        data.offset[active], spec.model_copy(update={"min_rows": 1, "max_rows": None}))
+    ids = users.strings().take(codes).to_pylist()
+    reference = {(e, "(INTERCEPT)", ""): b for e, b in zip(ids, intercepts)}
+    models = _models(tmp_path / "whole")
+    assert {k for k in models if k[1] == "(INTERCEPT)"} == set(reference)
+    for key, value in reference.items():
+        assert abs(models[key] - value) < 1e-9
+    scored = sum(_read(tmp_path / "whole" / "scores" / "per_user" / "train" / f"partition={p}").num_rows
+                 for p in range(5))
+    assert scored == table.num_rows  # every row scored, active or passive
+
+    # killed after its second partition, then rerun: the same models, finished partitions skipped
+    died = _train_random_effect(path, tmp_path / "again", env={"GDMIX_FAULT_AFTER_PARTITIONS": "2"})
+    assert died.returncode == 42
+    assert len(list((tmp_path / "again" / "done" / "per_user").glob("partition=*.json"))) == 2
+    resumed = _train_random_effect(path, tmp_path / "again")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads(resumed.stdout)["skipped"] == [0, 1]
+    assert _models(tmp_path / "again") == models
+
+
+def test_offsets_join_never_drops_a_row(prepared, tmp_path):
+    root, _, config, _ = prepared
+    train = _read(root / "prepared" / "train")
+    uids = train.column("uid").to_numpy()
+    (tmp_path / "scores").mkdir()
+    pq.write_table(pa.table({"uid": uids[1:], "coordinate_score": np.full(len(uids) - 1, 0.25)}),
+                   tmp_path / "scores" / "part-0.parquet")
+    with pytest.raises(DataError, match=f"1 train rows of 'per_user' have no score.*uid {uids[0]}"):
+        join_offsets(config, "per_user", [str(tmp_path / "scores")], str(tmp_path / "offsets"), log=lambda m: None)
+    lenient = config.model_copy(update={"prep": config.prep.model_copy(update={"missing_offsets": "zero"})})
+    messages = []
+    summary = join_offsets(lenient, "per_user", [str(tmp_path / "scores")], str(tmp_path / "offsets"),
+                           log=messages.append)
+    assert summary["missing"]["train"] == 1 and any("1 train rows have no score" in m for m in messages)
+    offsets = fs.read_parquet_dir(str(tmp_path / "offsets" / "train"))
+    assert offsets.num_rows == train.num_rows
+    values = dict(zip(offsets.column("uid").to_pylist(), offsets.column("offset").to_pylist()))
+    assert values[int(uids[0])] == 0.0 and values[int(uids[1])] == 0.25
