@@ -65,13 +65,24 @@ def train(config: GdmixConfig, reporter: Reporter | None = None, workers: int = 
     started = time.perf_counter()
     coordinates = [make_coordinate(c) for c in config.coordinates]
     splits, index_maps = _load_splits(config, coordinates, reporter)
+    return coordinate_descent(config, splits, index_maps, reporter, workers, started)
 
+
+def coordinate_descent(config: GdmixConfig, splits: list[Split], index_maps: dict, reporter: Reporter | None = None,
+                       workers: int = 1, started: float | None = None) -> RunResult:
+    """Coordinate descent over data already in memory (``splits[0]`` trains; a second split,
+    if any, is the validation data), then the outputs. :func:`train` reads the data and calls
+    this; benchmarks and embedding applications can call it with their own datasets."""
+    reporter = reporter or SilentReporter()
+    started = time.perf_counter() if started is None else started
+    coordinates = [make_coordinate(c) for c in config.coordinates]
     models = _warm_start_models(config, coordinates, index_maps)
     for split in splits:
         split.scores = {
             c.name: c.score(models[c.name], split.data) if c.name in models else np.zeros(split.data.num_rows)
             for c in coordinates
         }
+
     def fit(coordinate, data, offsets, initial, progress):
         if workers > 1 and isinstance(coordinate, FixedEffectCoordinate):
             return fit_on_local_workers(config, coordinate, data, offsets, initial, index_maps, workers)
