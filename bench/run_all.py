@@ -11,7 +11,7 @@ import platform
 import sys
 from pathlib import Path
 
-from bench import fixed_effect, fixed_effect_scale, movielens, random_effect
+from bench import fixed_effect, fixed_effect_scale, movielens, photon, random_effect
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BENCHMARKS = {
@@ -19,6 +19,7 @@ BENCHMARKS = {
     "fixed_effect": fixed_effect.run,
     "fixed_effect_scale": fixed_effect_scale.run,
     "movielens": movielens.run,
+    "photon": photon.run,
 }
 
 

@@ -184,3 +184,20 @@ def test_entities_too_tall_for_dense_batches_use_lbfgs_and_agree(monkeypatch):
     assert tall[3].sparse_entities == 6 and dense[3].sparse_entities == 0
     np.testing.assert_allclose(tall[1], dense[1], atol=1e-5)
     np.testing.assert_allclose(tall[2].toarray(), dense[2].toarray(), atol=1e-5)
+
+
+def test_single_row_entities_take_the_exact_one_dimensional_path():
+    """Entities with one row (most of a long-tailed population) against scipy, penalised and not."""
+    rng = np.random.default_rng(9)
+    rows, width = 400, 12
+    codes = np.arange(rows)  # every entity has exactly one row
+    dense = np.where(rng.random((rows, width)) < 0.3, rng.normal(size=(rows, width)), 0.0)
+    dense[5] = 0.0  # a row without features
+    features = sp.csr_matrix(dense)
+    labels = (rng.random(rows) < 0.5).astype(float)
+    weights, offsets = rng.uniform(0.5, 2.0, rows), rng.normal(size=rows)
+    for regularize in (True, False):
+        config = _config(l2=0.6, regularize_intercept=regularize)
+        trained, intercepts, coef, report = fit_random_effect(codes, features, labels, weights, offsets, config)
+        assert report.unconverged_entities == 0 and report.batches == 0  # no dense batch was needed
+        _check_against_scipy(codes, features, labels, weights, offsets, config, trained, intercepts, coef, limit=80)

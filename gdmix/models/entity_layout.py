@@ -2,8 +2,8 @@
 
 Rows are grouped by entity; each entity gets its local feature subspace (the columns it has a
 non-zero in, sorted), so its problem is ``rows x local features`` however wide the bag is.
-Entities are then bucketed by padded shape (powers of two and 1.5x powers of two, so padding
-wastes at most a third) and each bucket becomes dense arrays of about :data:`BATCH_BUDGET`
+Entities are then bucketed by padded shape (see :data:`_LADDER`) and each bucket becomes dense
+arrays of about :data:`BATCH_BUDGET`
 doubles (cache-sized: larger batches measured slower). An entity whose dense arrays alone
 would exceed :data:`MAX_DENSE_ENTITY` doubles goes to the sparse one-at-a-time path instead.
 """
@@ -19,7 +19,13 @@ import scipy.sparse as sp
 from gdmix.solvers.batched_newton import BatchProblem
 from gdmix.sparse import segments, starts_of
 
-_LADDER = np.array(sorted({int(m * 2**k) for k in range(40) for m in (1, 1.5)} | {0, 1, 2, 3}))
+# Padded sizes: 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, then eighths of each octave (72, 80,
+# ..., 128, 144, ...), so padding wastes at most a third for small shapes (cheap anyway) and an
+# eighth for large ones, whose dense solve grows with the cube of the size.
+_LADDER = np.array(sorted(
+    {0, 1, 2, 3} | {int(m * 2**k) for k in range(7) for m in (1, 1.5)}
+    | {int(2**k * (1 + j / 8)) for k in range(6, 40) for j in range(8)}
+))
 # Doubles in one batch's dense arrays (16 MB): 1<<21 ran 1.3x faster than 1<<23 in
 # bench/random_effect.py on this 2-core machine (2026-11-27).
 BATCH_BUDGET = 1 << 21

@@ -27,10 +27,10 @@ from gdmix.dataset import EntityIds
 from gdmix.features.index_map import IndexMap
 from gdmix.models.entity_layout import MAX_DENSE_ENTITY, EntityLayout, dense_footprint
 from gdmix.models.linear import RANDOM_EFFECT_SCHEMA, check_unique_coefficients, is_intercept, names_and_terms
-from gdmix.solvers.batched_newton import solve_batch
+from gdmix.solvers.batched_newton import solve_batch, solve_single_rows
 from gdmix.solvers.lbfgs import minimize_lbfgs
 from gdmix.solvers.logistic import penalised_objective
-from gdmix.sparse import csr_values_at, starts_of, take_or
+from gdmix.sparse import csr_values_at, segments, starts_of, take_or
 
 SPARSE_GTOL_FLOOR = 1e-8
 
@@ -184,8 +184,11 @@ def fit_random_effect(
         dense_footprint(layout.row_count, layout.feature_count) > MAX_DENSE_ENTITY)
     sparse_path = np.flatnonzero(trainable & too_large)
     report.sparse_entities = len(sparse_path)
-    done, target = 0, int(trainable.sum())
-    for batch in layout.batches(np.flatnonzero(trainable & ~too_large)):
+    single = trainable & ~too_large & (layout.row_count == 1)
+    _solve_single_rows(layout, np.flatnonzero(single), labels, weights, offsets, config, intercept_ridge,
+                       intercept0, pair_coef0, intercepts, pair_coef, iterations, converged)
+    done, target = int(single.sum()), int(trainable.sum())
+    for batch in layout.batches(np.flatnonzero(trainable & ~too_large & ~single)):
         problem = layout.batch_problem(batch, labels, weights, offsets, config.l2, intercept_ridge)
         solution = solve_batch(
             problem, intercept0[batch], layout.gather_pairs(batch, pair_coef0, problem.features.shape[2]),
@@ -216,6 +219,27 @@ def fit_random_effect(
         report.iterations_max = int(iterations[trained].max())
     coef = layout.pairs_to_csr(pair_coef, features.shape[1])[trained]
     return layout.entities[trained], intercepts[trained], coef, report
+
+
+def _solve_single_rows(layout: EntityLayout, entities: np.ndarray, labels, weights, offsets,
+                       config: RandomEffectConfig, intercept_ridge, intercept0, pair0,
+                       intercepts, pair_coef, iterations, converged) -> None:
+    """Entities with one training row: the exact one-dimensional reduction (see
+    :func:`gdmix.solvers.batched_newton.solve_single_rows`), written into the outputs."""
+    if len(entities) == 0:
+        return
+    rows = layout.rows[layout.row_start[entities]]
+    nnz, owner, _ = segments(layout.nnz_start[entities], layout.nnz_start[entities + 1] - layout.nnz_start[entities])
+    values = layout.nnz_value[nnz]
+    slots = layout.pair_start[entities][owner] + layout.nnz_col[nnz]
+    norm2 = np.bincount(owner, weights=values * values, minlength=len(entities))
+    start = intercept0[entities] + np.bincount(owner, weights=values * pair0[slots], minlength=len(entities))
+    solution = solve_single_rows(norm2, start, labels[rows], weights[rows], offsets[rows],
+                                 np.full(len(entities), config.l2), intercept_ridge[entities],
+                                 max_iter=config.solver.max_iter, tol=config.solver.tol)
+    intercepts[entities] = solution.intercept
+    pair_coef[slots] = solution.scale[owner] * values
+    iterations[entities], converged[entities] = solution.iterations, solution.converged
 
 
 def _select_training_rows(codes: np.ndarray, config: RandomEffectConfig, report: RandomEffectReport) -> np.ndarray:

@@ -96,8 +96,9 @@ def feature_counts(frame, bag: str):
     """(name, term, rows) over the training rows: in how many rows each feature occurs."""
     from pyspark.sql import functions as F
 
-    exploded = frame.select("uid", F.explode(bag).alias("f")).select("uid", "f.name", "f.term")
-    return exploded.distinct().groupBy("name", "term").count()
+    # distinct within each row first: no shuffle of (uid, feature) pairs is needed
+    keys = F.array_distinct(F.transform(bag, lambda f: F.struct(f["name"].alias("name"), f["term"].alias("term"))))
+    return frame.select(F.explode(keys).alias("f")).select("f.name", "f.term").groupBy("name", "term").count()
 
 
 def build_index_map(counts, min_count: int) -> IndexMap:

@@ -110,12 +110,12 @@ def solve_batch(
     z = _linear_predictor(problem, b, beta)
     state = _State(problem, np.arange(num), b.copy(), beta.copy(), z, _objective(problem, b, beta, z))
     for step in range(max_iter + 1):
-        grad_b, grad_beta, mu = _gradient(state)
+        grad_b, grad_beta, s, c = _gradient(state)
         gmax = np.maximum(np.abs(grad_b), np.abs(grad_beta).max(axis=1, initial=0.0)) / scale[state.index]
         done = gmax <= tol
         stalled = np.zeros_like(done)
         if step < max_iter and not done.all():
-            stalled = _newton_step(state, mu, grad_b, grad_beta, moving=~done)
+            stalled = _newton_step(state, grad_b, grad_beta, s, c, moving=~done)
             iterations[state.index[~done & ~stalled]] += 1
         # stalled problems did not move and the last round takes no step, so gmax is the
         # gradient at every returned point
@@ -142,64 +142,66 @@ def _objective(problem: BatchProblem, b, beta, z, rows: np.ndarray | slice = sli
     return loss + 0.5 * penalty
 
 
-def _transpose_times(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``F' v`` per problem: (E, n, q), (E, n) -> (E, q)."""
-    return np.matmul(rows[:, None, :], features)[:, 0, :]
-
-
 def _gradient(state: _State):
+    """Gradient, Hessian weights ``s`` and ``c = F's`` (one batched product for both sums)."""
     p = state.problem
     mu = expit(state.z)
     residual = p.weights * (mu - p.labels)
+    s = p.weights * mu * (1.0 - mu)
+    products = np.matmul(np.stack([residual, s], axis=1), p.features)  # (E, 2, q): F'residual, F's
     grad_b = residual.sum(axis=1) + p.intercept_ridge * state.b
-    grad_beta = _transpose_times(p.features, residual) + p.ridge[:, None] * state.beta
-    return grad_b, grad_beta, mu
+    grad_beta = products[:, 0, :] + p.ridge[:, None] * state.beta
+    return grad_b, grad_beta, s, products[:, 1, :]
 
 
-def _newton_step(state: _State, mu, grad_b, grad_beta, moving) -> np.ndarray:
+def _newton_step(state: _State, grad_b, grad_beta, s, c, moving) -> np.ndarray:
     """Move ``state`` (in place) along the capped Newton direction; returns stalled problems."""
     p = state.problem
-    delta_b, delta_beta = _newton_direction(p, mu, grad_b, grad_beta)
-    delta_z = np.matmul(p.features, delta_beta[:, :, None])[:, :, 0] + delta_b[:, None]
+    delta_b, delta_beta, delta_z = _newton_direction(p, s, c, grad_b, grad_beta)
     factor = _step_cap(p, delta_z, delta_b)
     delta_b, delta_beta, delta_z = delta_b * factor, delta_beta * factor[:, None], delta_z * factor[:, None]
     slope = grad_b * delta_b + np.einsum("eq,eq->e", grad_beta, delta_beta)
     return _line_search(state, delta_b, delta_beta, delta_z, slope, moving)
 
 
-def _newton_direction(problem: BatchProblem, mu, grad_b, grad_beta):
-    """Solve H d = -g with the intercept eliminated by its scalar Schur complement."""
-    s = problem.weights * mu * (1.0 - mu)
+def _newton_direction(problem: BatchProblem, s, c, grad_b, grad_beta):
+    """Solve H d = -g with the intercept eliminated by its scalar Schur complement; also
+    returns the change of every row's logit, ``F d_beta + d_b``."""
     a = s.sum(axis=1) + problem.intercept_ridge
     floor = 1e-12 * np.maximum(problem.total_weight, 1.0)
     num, n, q = problem.features.shape
     if q == 0:
-        return -grad_b / np.maximum(a, floor), np.zeros((num, 0))
-    c = _transpose_times(problem.features, s)
+        delta_b = -grad_b / np.maximum(a, floor)
+        return delta_b, np.zeros((num, 0)), np.repeat(delta_b[:, None], n, axis=1)
     rhs = np.stack([grad_beta, c], axis=2)  # (E, q, 2)
     if n < q:
-        solved = _solve_woodbury(problem, s, rhs)
+        solved, rows = _solve_woodbury(problem, s, rhs)
     else:
         hessian = np.matmul(problem.features.transpose(0, 2, 1) * s[:, None, :], problem.features)
         hessian[:, np.arange(q), np.arange(q)] += problem.ridge[:, None]
         solved = np.linalg.solve(hessian, rhs)
+        rows = np.matmul(problem.features, solved)
     u, v = solved[:, :, 0], solved[:, :, 1]
     schur = np.maximum(a - np.einsum("eq,eq->e", c, v), floor)
     delta_b = -(grad_b - np.einsum("eq,eq->e", c, u)) / schur
     delta_beta = -u - v * delta_b[:, None]
-    return delta_b, delta_beta
+    delta_z = delta_b[:, None] - rows[:, :, 0] - rows[:, :, 1] * delta_b[:, None]
+    return delta_b, delta_beta, delta_z
 
 
 def _solve_woodbury(problem: BatchProblem, s, rhs):
-    """``(F'SF + rI)^-1 rhs = (rhs - F' S^1/2 M^-1 S^1/2 F rhs) / r`` with ``M = rI + S^1/2 F F' S^1/2``."""
+    """``X = (F'SF + rI)^-1 rhs = (rhs - F' S^1/2 M^-1 S^1/2 F rhs) / r`` with
+    ``M = rI + S^1/2 F F' S^1/2``, and ``F X`` from the row Gram matrix ``K = F F'`` without
+    another pass over ``F``: ``F X = (F rhs - K S^1/2 M^-1 S^1/2 F rhs) / r``."""
     n = problem.features.shape[1]
     root = np.sqrt(s)
     gram = problem.row_gram * root[:, :, None] * root[:, None, :]
     gram[:, np.arange(n), np.arange(n)] += problem.ridge[:, None]
-    projected = np.matmul(problem.features, rhs) * root[:, :, None]  # S^1/2 F rhs, (E, n, 2)
-    inner = np.linalg.solve(gram, projected) * root[:, :, None]  # (E, n, 2)
+    projected = np.matmul(problem.features, rhs)  # F rhs, (E, n, 2)
+    inner = np.linalg.solve(gram, projected * root[:, :, None]) * root[:, :, None]
     back = np.matmul(inner.transpose(0, 2, 1), problem.features).transpose(0, 2, 1)  # F' inner
-    return (rhs - back) / problem.ridge[:, None, None]
+    ridge = problem.ridge[:, None, None]
+    return (rhs - back) / ridge, (projected - np.matmul(problem.row_gram, inner)) / ridge
 
 
 def _step_cap(problem: BatchProblem, delta_z, delta_b) -> np.ndarray:
@@ -242,3 +244,73 @@ def _line_search(state: _State, delta_b, delta_beta, delta_z, slope, moving) -> 
     stalled[pending] = True
     return stalled
 
+
+
+
+@dataclass(frozen=True)
+class SingleRowSolution:
+    intercept: np.ndarray  # (E,)
+    scale: np.ndarray  # (E,): the coefficients are scale * x (the entity's one row)
+    iterations: np.ndarray
+    converged: np.ndarray
+
+
+def solve_single_rows(
+    norm2: np.ndarray, start_logit: np.ndarray, labels: np.ndarray, weights: np.ndarray, offsets: np.ndarray,
+    ridge: np.ndarray, intercept_ridge: np.ndarray, *, max_iter: int = 100, tol: float = 1e-10,
+) -> SingleRowSolution:
+    """Entities with exactly one row, solved as one-dimensional problems.
+
+    With one row ``x``, only ``u = b + x.beta`` reaches the loss, and for a given ``u`` the
+    penalty ``r0/2 b^2 + r/2 |beta|^2`` is smallest with ``beta`` along ``x``; it is then
+    ``rho/2 u^2`` with ``rho = r0 k / (r0 + k)``, ``k = r / |x|^2``. So a Newton iteration on the
+    scalar ``u`` (vectorized over all such entities) gives the exact optimum, and
+    ``b = k u / (r0 + k)``, ``beta = (u - b) x / |x|^2``. Single-row entities are the majority
+    of a long-tailed population, and this costs a few scalar operations each.
+    ``norm2`` is ``|x|^2``, ``start_logit`` the warm start's ``b + x.beta``.
+    """
+    with np.errstate(divide="ignore"):
+        kappa = np.where(norm2 > 0, ridge / np.where(norm2 > 0, norm2, 1.0), np.inf)
+    rho = np.where(np.isinf(kappa), intercept_ridge,
+                   intercept_ridge * kappa / np.maximum(intercept_ridge + np.where(np.isinf(kappa), 0, kappa),
+                                                        np.finfo(float).tiny))
+    u = np.array(start_logit, dtype=np.float64)
+    iterations = np.zeros(len(u), dtype=np.int64)
+    scale = np.maximum(weights, 1.0)
+
+    def value(points):
+        z = points + offsets
+        return weights * np.logaddexp(0.0, np.where(labels > 0, -z, z)) + 0.5 * rho * points * points
+
+    current = value(u)
+    active = np.ones(len(u), dtype=bool)
+    for iteration in range(max_iter + 1):
+        mu = expit(u + offsets)
+        gradient = weights * (mu - labels) + rho * u
+        active &= np.abs(gradient) / scale > tol
+        if not active.any() or iteration >= max_iter:
+            break
+        curvature = np.maximum(weights * mu * (1.0 - mu) + rho, np.finfo(float).tiny)
+        step = np.clip(-gradient / curvature, -MAX_LOGIT_STEP, MAX_LOGIT_STEP)
+        length = np.where(active, 1.0, 0.0)
+        for _halving in range(MAX_HALVINGS):  # Armijo on the scalar problems still moving
+            trial = u + length * step
+            trial_value = value(trial)
+            ok = trial_value <= current + ARMIJO * length * gradient * step + 8 * np.finfo(float).eps * (
+                np.abs(current) + 1.0)
+            if ok[active].all():
+                break
+            length = np.where(ok, length, length * 0.5)
+        moved = active & ok
+        u = np.where(moved, trial, u)
+        current = np.where(moved, trial_value, current)
+        iterations += moved
+        active &= ok
+    mu = expit(u + offsets)
+    converged = np.abs(weights * (mu - labels) + rho * u) / scale <= tol
+    finite_kappa = np.where(np.isinf(kappa), 0.0, kappa)
+    intercept = np.where(np.isinf(kappa), u, finite_kappa * u / np.maximum(intercept_ridge + finite_kappa,
+                                                                          np.finfo(float).tiny))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        coefficient_scale = np.where(norm2 > 0, (u - intercept) / np.where(norm2 > 0, norm2, 1.0), 0.0)
+    return SingleRowSolution(intercept, coefficient_scale, iterations, converged)
