@@ -41,13 +41,13 @@ def partition_rows(spark, train, validation, coordinate: RandomEffectConfig, par
     placed = spark.createDataFrame(table)
 
     rows = train.select(*keep).join(F.broadcast(placed) if len(assignment) < 2_000_000 else placed, entity)
-    per_entity = Window.partitionBy(entity)
-    count = F.count(F.lit(1)).over(per_entity)
-    active = count >= F.lit(coordinate.min_rows)
-    if coordinate.max_rows is not None:
-        rank = F.row_number().over(per_entity.orderBy(F.xxhash64("uid", F.lit(coordinate.seed), F.lit(SAMPLE_SALT)),
-                                                      "uid"))
-        active = active & (rank <= F.lit(coordinate.max_rows))
+    active = F.lit(True)
+    if coordinate.min_rows > 1 or coordinate.max_rows is not None:  # needs a window over each entity
+        per_entity = Window.partitionBy(entity)
+        active = F.count(F.lit(1)).over(per_entity) >= F.lit(coordinate.min_rows)
+        if coordinate.max_rows is not None:
+            order = per_entity.orderBy(F.xxhash64("uid", F.lit(coordinate.seed), F.lit(SAMPLE_SALT)), "uid")
+            active = active & (F.row_number().over(order) <= F.lit(coordinate.max_rows))
     rows = rows.withColumn("active", active)
 
     validation_rows = None

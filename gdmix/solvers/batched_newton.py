@@ -10,18 +10,22 @@ Each problem ``e`` minimises, over an intercept ``b`` and coefficients ``beta`` 
     sum_i w_i * CE(y_i, F_i . beta + b + o_i)  +  r0/2 * b^2  +  r/2 * |beta|^2
 
 with ``r > 0`` and ``r0 >= 0`` (0 for an unpenalised intercept). Padded rows have weight 0 and
-padded columns are all zero, so their coefficients stay exactly 0. The Newton system is solved
-by eliminating the intercept (a scalar Schur complement); the feature block
-``A = F'SF + r I`` is inverted directly when ``q <= n``, and through the Woodbury identity in
-the ``n x n`` row space when an entity has fewer rows than features (the usual random-effect
-case), where the row Gram matrix ``F F'`` is computed once per batch, not once per iteration.
+padded columns are all zero, so their coefficients stay exactly 0. The intercept is eliminated
+from each Newton system by its scalar Schur complement. Two parameterisations share one loop:
+
+* ``q <= n`` (:class:`_Primal`): Newton on ``beta`` with the ``q x q`` Hessian;
+* ``n < q``, the usual random-effect case (:class:`_RowSpace`): the optimum has ``beta = F' a``
+  (the penalty is a ridge), so Newton runs on ``a`` (length ``n``) with the row Gram matrix
+  ``K = F F'`` computed once; an iteration then costs O(n^2) per problem plus one pass over
+  ``F`` for the gradient test, instead of several passes over ``F``.
+
 Steps are capped in logit units and damped by a backtracking Armijo line search, so
 convergence does not depend on a good start.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import expit
@@ -47,14 +51,10 @@ class BatchProblem:
     offsets: np.ndarray  # (E, n)
     ridge: np.ndarray  # (E,), > 0
     intercept_ridge: np.ndarray  # (E,), >= 0
-    row_gram: np.ndarray | None = None  # (E, n, n) F F', set by solve_batch when n < q
 
     def take(self, index: np.ndarray) -> "BatchProblem":
-        return BatchProblem(
-            self.features[index], self.labels[index], self.weights[index], self.offsets[index],
-            self.ridge[index], self.intercept_ridge[index],
-            None if self.row_gram is None else self.row_gram[index],
-        )
+        return BatchProblem(self.features[index], self.labels[index], self.weights[index], self.offsets[index],
+                            self.ridge[index], self.intercept_ridge[index])
 
     @property
     def total_weight(self) -> np.ndarray:
@@ -70,23 +70,6 @@ class BatchSolution:
     gradient_max: np.ndarray  # (E,) final max |gradient| / max(1, total weight)
 
 
-@dataclass
-class _State:
-    """The working set: current point, linear predictor and objective of unfinished problems."""
-
-    problem: BatchProblem
-    index: np.ndarray  # positions in the full batch
-    b: np.ndarray
-    beta: np.ndarray
-    z: np.ndarray
-    value: np.ndarray
-
-    def keep(self, mask: np.ndarray) -> "_State":
-        where = np.flatnonzero(mask)
-        return _State(self.problem.take(where), self.index[mask], self.b[mask], self.beta[mask],
-                      self.z[mask], self.value[mask])
-
-
 def solve_batch(
     problem: BatchProblem,
     intercept0: np.ndarray | None = None,
@@ -96,112 +79,179 @@ def solve_batch(
     tol: float = 1e-10,
 ) -> BatchSolution:
     """Solve every problem of the batch; finished problems leave the working set."""
-    num, _, q = problem.features.shape
+    num, n, q = problem.features.shape
     b = np.zeros(num) if intercept0 is None else np.array(intercept0, dtype=np.float64)
     beta = np.zeros((num, q)) if coef0 is None else np.array(coef0, dtype=np.float64)
+    space = _RowSpace(problem) if 0 < n < q else _Primal(problem)
+    coef = space.start(beta)
     iterations = np.zeros(num, dtype=np.int64)
     converged = np.zeros(num, dtype=bool)
     gradient_max = np.full(num, np.inf)
     scale = np.maximum(problem.total_weight, 1.0)
-    n = problem.features.shape[1]
-    if 0 < n < q:  # Woodbury path: the row Gram matrix is constant across iterations
-        problem = replace(problem, row_gram=np.matmul(problem.features, problem.features.transpose(0, 2, 1)))
+    out_coef = np.zeros_like(coef)
 
-    z = _linear_predictor(problem, b, beta)
-    state = _State(problem, np.arange(num), b.copy(), beta.copy(), z, _objective(problem, b, beta, z))
+    z = space.predictor(b, coef)
+    state = _State(space, np.arange(num), b, coef, z, space.objective(b, coef, z))
     for step in range(max_iter + 1):
-        grad_b, grad_beta, s, c = _gradient(state)
-        gmax = np.maximum(np.abs(grad_b), np.abs(grad_beta).max(axis=1, initial=0.0)) / scale[state.index]
+        gmax, direction = state.space.newton(state.b, state.coef, state.z)
+        gmax = gmax / scale[state.index]
         done = gmax <= tol
         stalled = np.zeros_like(done)
         if step < max_iter and not done.all():
-            stalled = _newton_step(state, grad_b, grad_beta, s, c, moving=~done)
+            stalled = _line_search(state, *direction, moving=~done)
             iterations[state.index[~done & ~stalled]] += 1
         # stalled problems did not move and the last round takes no step, so gmax is the
         # gradient at every returned point
         finished = done | stalled | (step >= max_iter)
         if finished.any():
             idx = state.index[finished]
-            b[idx], beta[idx] = state.b[finished], state.beta[finished]
+            b[idx], out_coef[idx] = state.b[finished], state.coef[finished]
             converged[idx] = done[finished]
             gradient_max[idx] = gmax[finished]
             if finished.all():
                 break
             state = state.keep(~finished)
-    return BatchSolution(b, beta, iterations, converged, gradient_max)
+    return BatchSolution(b, space.finish(out_coef), iterations, converged, gradient_max)
 
 
-def _linear_predictor(problem: BatchProblem, b: np.ndarray, beta: np.ndarray) -> np.ndarray:
-    return np.matmul(problem.features, beta[:, :, None])[:, :, 0] + b[:, None] + problem.offsets
+@dataclass
+class _State:
+    """The working set: current point, linear predictor and objective of unfinished problems."""
+
+    space: "_Primal | _RowSpace"
+    index: np.ndarray  # positions in the full batch
+    b: np.ndarray
+    coef: np.ndarray
+    z: np.ndarray
+    value: np.ndarray
+
+    def keep(self, mask: np.ndarray) -> "_State":
+        return _State(self.space.take(np.flatnonzero(mask)), self.index[mask], self.b[mask], self.coef[mask],
+                      self.z[mask], self.value[mask])
 
 
-def _objective(problem: BatchProblem, b, beta, z, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
-    """Penalised loss of problems ``rows`` of the batch at (b, beta) with linear predictor z."""
-    loss = np.einsum("en,en->e", problem.weights[rows], log_loss_terms(z, problem.labels[rows]))
-    penalty = problem.intercept_ridge[rows] * b * b + problem.ridge[rows] * np.einsum("eq,eq->e", beta, beta)
-    return loss + 0.5 * penalty
+class _Primal:
+    """Newton on ``beta`` itself: the ``q x q`` system (problems with at least as many rows
+    as features)."""
+
+    def __init__(self, problem: BatchProblem):
+        self.problem = problem
+
+    def take(self, index: np.ndarray) -> "_Primal":
+        return _Primal(self.problem.take(index))
+
+    def start(self, beta: np.ndarray) -> np.ndarray:
+        return beta
+
+    def finish(self, coef: np.ndarray) -> np.ndarray:
+        return coef
+
+    def predictor(self, b, coef) -> np.ndarray:
+        p = self.problem
+        return np.matmul(p.features, coef[:, :, None])[:, :, 0] + b[:, None] + p.offsets
+
+    def objective(self, b, coef, z, rows=slice(None)) -> np.ndarray:
+        """Penalised loss of problems ``rows`` at (b, coef) with linear predictor z."""
+        p = self.problem
+        penalty = p.intercept_ridge[rows] * b * b + p.ridge[rows] * np.einsum("eq,eq->e", coef, coef)
+        return _loss(p, z, rows) + 0.5 * penalty
+
+    def newton(self, b, beta, z):
+        """(max |gradient|, (delta_b, delta_beta, delta_z, slope)) at the current point."""
+        p = self.problem
+        residual, s = _row_terms(p, z)
+        products = np.matmul(np.stack([residual, s], axis=1), p.features)  # (E, 2, q): F'residual, F's
+        grad_b = residual.sum(axis=1) + p.intercept_ridge * b
+        grad_beta = products[:, 0, :] + p.ridge[:, None] * beta
+        c = products[:, 1, :]
+        gmax = np.maximum(np.abs(grad_b), np.abs(grad_beta).max(axis=1, initial=0.0))
+        q = p.features.shape[2]
+        if q == 0:
+            delta_b = -grad_b / _schur_floor(p, s.sum(axis=1) + p.intercept_ridge)
+            return gmax, (delta_b, np.zeros_like(beta), np.repeat(delta_b[:, None], p.features.shape[1], 1),
+                          grad_b * delta_b)
+        hessian = np.matmul(p.features.transpose(0, 2, 1) * s[:, None, :], p.features)
+        hessian[:, np.arange(q), np.arange(q)] += p.ridge[:, None]
+        solved = np.linalg.solve(hessian, np.stack([grad_beta, c], axis=2))
+        u, v = solved[:, :, 0], solved[:, :, 1]
+        schur = _schur_floor(p, s.sum(axis=1) + p.intercept_ridge - np.einsum("eq,eq->e", c, v))
+        delta_b = -(grad_b - np.einsum("eq,eq->e", c, u)) / schur
+        delta_beta = -u - v * delta_b[:, None]
+        delta_z = np.matmul(p.features, delta_beta[:, :, None])[:, :, 0] + delta_b[:, None]
+        slope = grad_b * delta_b + np.einsum("eq,eq->e", grad_beta, delta_beta)
+        return gmax, (delta_b, delta_beta, delta_z, slope)
 
 
-def _gradient(state: _State):
-    """Gradient, Hessian weights ``s`` and ``c = F's`` (one batched product for both sums)."""
-    p = state.problem
-    mu = expit(state.z)
-    residual = p.weights * (mu - p.labels)
-    s = p.weights * mu * (1.0 - mu)
-    products = np.matmul(np.stack([residual, s], axis=1), p.features)  # (E, 2, q): F'residual, F's
-    grad_b = residual.sum(axis=1) + p.intercept_ridge * state.b
-    grad_beta = products[:, 0, :] + p.ridge[:, None] * state.beta
-    return grad_b, grad_beta, s, products[:, 1, :]
+class _RowSpace:
+    """Newton on ``a`` with ``beta = F' a``: all of it in the ``n``-dimensional row space.
+
+    ``start`` projects a warm start onto the row space (the orthogonal part can only add
+    penalty, so it is zero at the optimum); the penalty is ``r/2 a'Ka`` and a Newton step
+    solves ``(S K + r I) X = [v, s]`` with ``v = w (mu - y) + r a`` (the gradient in
+    ``beta`` is ``F' v``).
+    """
+
+    def __init__(self, problem: BatchProblem, gram: np.ndarray | None = None):
+        self.problem = problem
+        self.gram = np.matmul(problem.features, problem.features.transpose(0, 2, 1)) if gram is None else gram
+
+    def take(self, index: np.ndarray) -> "_RowSpace":
+        return _RowSpace(self.problem.take(index), self.gram[index])
+
+    def start(self, beta: np.ndarray) -> np.ndarray:
+        if not beta.any():
+            return np.zeros(self.gram.shape[:2])
+        n = self.gram.shape[1]
+        jitter = 1e-12 * (np.trace(self.gram, axis1=1, axis2=2) / n + 1.0)
+        regular = self.gram + jitter[:, None, None] * np.eye(n)
+        projected = np.matmul(self.problem.features, beta[:, :, None])[:, :, 0]
+        return np.linalg.solve(regular, projected[:, :, None])[:, :, 0]
+
+    def finish(self, coef: np.ndarray) -> np.ndarray:
+        return np.matmul(coef[:, None, :], self.problem.features)[:, 0, :]
+
+    def predictor(self, b, coef) -> np.ndarray:
+        return np.matmul(self.gram, coef[:, :, None])[:, :, 0] + b[:, None] + self.problem.offsets
+
+    def objective(self, b, coef, z, rows=slice(None)) -> np.ndarray:
+        """Penalised loss of problems ``rows``; the penalty is ``r/2 a'Ka`` (+ the intercept's)."""
+        p = self.problem
+        quadratic = np.einsum("en,en->e", coef, np.matmul(self.gram[rows], coef[:, :, None])[:, :, 0])
+        return _loss(p, z, rows) + 0.5 * (p.intercept_ridge[rows] * b * b + p.ridge[rows] * quadratic)
+
+    def newton(self, b, a, z):
+        p, gram = self.problem, self.gram
+        n = gram.shape[1]
+        residual, s = _row_terms(p, z)
+        v = residual + p.ridge[:, None] * a
+        grad_b = residual.sum(axis=1) + p.intercept_ridge * b
+        grad_beta = np.matmul(v[:, None, :], p.features)[:, 0, :]  # F'v, only to measure it
+        gmax = np.maximum(np.abs(grad_b), np.abs(grad_beta).max(axis=1, initial=0.0))
+        system = s[:, :, None] * gram
+        system[:, np.arange(n), np.arange(n)] += p.ridge[:, None]
+        solved = np.linalg.solve(system, np.stack([v, s], axis=2))  # (E, n, 2)
+        moved = np.matmul(gram, solved)  # K X: the logit change of each column of X
+        schur = _schur_floor(p, s.sum(axis=1) + p.intercept_ridge - np.einsum("en,en->e", s, moved[:, :, 1]))
+        delta_b = (-grad_b + np.einsum("en,en->e", s, moved[:, :, 0])) / schur
+        delta_a = -(solved[:, :, 0] + solved[:, :, 1] * delta_b[:, None])
+        delta_z = delta_b[:, None] - moved[:, :, 0] - moved[:, :, 1] * delta_b[:, None]
+        # grad_beta . delta_beta = v' K delta_a = v . (delta_z - delta_b)
+        slope = grad_b * delta_b + np.einsum("en,en->e", v, delta_z - delta_b[:, None])
+        return gmax, (delta_b, delta_a, delta_z, slope)
 
 
-def _newton_step(state: _State, grad_b, grad_beta, s, c, moving) -> np.ndarray:
-    """Move ``state`` (in place) along the capped Newton direction; returns stalled problems."""
-    p = state.problem
-    delta_b, delta_beta, delta_z = _newton_direction(p, s, c, grad_b, grad_beta)
-    factor = _step_cap(p, delta_z, delta_b)
-    delta_b, delta_beta, delta_z = delta_b * factor, delta_beta * factor[:, None], delta_z * factor[:, None]
-    slope = grad_b * delta_b + np.einsum("eq,eq->e", grad_beta, delta_beta)
-    return _line_search(state, delta_b, delta_beta, delta_z, slope, moving)
+def _row_terms(problem: BatchProblem, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row residual ``w (mu - y)`` and Hessian weight ``w mu (1 - mu)``."""
+    mu = expit(z)
+    return problem.weights * (mu - problem.labels), problem.weights * mu * (1.0 - mu)
 
 
-def _newton_direction(problem: BatchProblem, s, c, grad_b, grad_beta):
-    """Solve H d = -g with the intercept eliminated by its scalar Schur complement; also
-    returns the change of every row's logit, ``F d_beta + d_b``."""
-    a = s.sum(axis=1) + problem.intercept_ridge
-    floor = 1e-12 * np.maximum(problem.total_weight, 1.0)
-    num, n, q = problem.features.shape
-    if q == 0:
-        delta_b = -grad_b / np.maximum(a, floor)
-        return delta_b, np.zeros((num, 0)), np.repeat(delta_b[:, None], n, axis=1)
-    rhs = np.stack([grad_beta, c], axis=2)  # (E, q, 2)
-    if n < q:
-        solved, rows = _solve_woodbury(problem, s, rhs)
-    else:
-        hessian = np.matmul(problem.features.transpose(0, 2, 1) * s[:, None, :], problem.features)
-        hessian[:, np.arange(q), np.arange(q)] += problem.ridge[:, None]
-        solved = np.linalg.solve(hessian, rhs)
-        rows = np.matmul(problem.features, solved)
-    u, v = solved[:, :, 0], solved[:, :, 1]
-    schur = np.maximum(a - np.einsum("eq,eq->e", c, v), floor)
-    delta_b = -(grad_b - np.einsum("eq,eq->e", c, u)) / schur
-    delta_beta = -u - v * delta_b[:, None]
-    delta_z = delta_b[:, None] - rows[:, :, 0] - rows[:, :, 1] * delta_b[:, None]
-    return delta_b, delta_beta, delta_z
+def _loss(problem: BatchProblem, z: np.ndarray, rows=slice(None)) -> np.ndarray:
+    return np.einsum("en,en->e", problem.weights[rows], log_loss_terms(z, problem.labels[rows]))
 
 
-def _solve_woodbury(problem: BatchProblem, s, rhs):
-    """``X = (F'SF + rI)^-1 rhs = (rhs - F' S^1/2 M^-1 S^1/2 F rhs) / r`` with
-    ``M = rI + S^1/2 F F' S^1/2``, and ``F X`` from the row Gram matrix ``K = F F'`` without
-    another pass over ``F``: ``F X = (F rhs - K S^1/2 M^-1 S^1/2 F rhs) / r``."""
-    n = problem.features.shape[1]
-    root = np.sqrt(s)
-    gram = problem.row_gram * root[:, :, None] * root[:, None, :]
-    gram[:, np.arange(n), np.arange(n)] += problem.ridge[:, None]
-    projected = np.matmul(problem.features, rhs)  # F rhs, (E, n, 2)
-    inner = np.linalg.solve(gram, projected * root[:, :, None]) * root[:, :, None]
-    back = np.matmul(inner.transpose(0, 2, 1), problem.features).transpose(0, 2, 1)  # F' inner
-    ridge = problem.ridge[:, None, None]
-    return (rhs - back) / ridge, (projected - np.matmul(problem.row_gram, inner)) / ridge
+def _schur_floor(problem: BatchProblem, schur: np.ndarray) -> np.ndarray:
+    return np.maximum(schur, 1e-12 * np.maximum(problem.total_weight, 1.0))
 
 
 def _step_cap(problem: BatchProblem, delta_z, delta_b) -> np.ndarray:
@@ -215,16 +265,19 @@ def _step_cap(problem: BatchProblem, delta_z, delta_b) -> np.ndarray:
     return factor
 
 
-def _line_search(state: _State, delta_b, delta_beta, delta_z, slope, moving) -> np.ndarray:
+def _line_search(state: _State, delta_b, delta_coef, delta_z, slope, moving) -> np.ndarray:
     """Backtracking Armijo search, vectorized: each problem halves its own step until accepted.
 
-    A step is also accepted when it changes the objective by no more than float64 round-off
-    (the loss terms are positive and computed without cancellation, so that is a few ulps of
-    the value): near the optimum the Armijo decrease is below the resolution of the summed
-    loss, and the gradient test of the next iteration is the judge of convergence. Trial points
-    reuse ``delta_z``, so a trial costs no matrix product.
+    The step is first capped in logit units. A step is also accepted when it changes the
+    objective by no more than float64 round-off (the loss terms are positive and computed
+    without cancellation, so that is a few ulps of the value): near the optimum the Armijo
+    decrease is below the resolution of the summed loss, and the gradient test of the next
+    iteration is the judge of convergence. Trial points reuse ``delta_z``, so a trial costs no
+    matrix product. Returns the problems that could not move (stalled).
     """
-    p = state.problem
+    factor = _step_cap(state.space.problem, delta_z, delta_b)
+    delta_b, delta_coef, delta_z, slope = delta_b * factor, delta_coef * factor[:, None], \
+        delta_z * factor[:, None], slope * factor
     pending = np.flatnonzero(moving)
     step = np.ones(len(pending))
     roundoff = 8 * np.finfo(float).eps * (np.abs(state.value) + 1.0)
@@ -232,19 +285,17 @@ def _line_search(state: _State, delta_b, delta_beta, delta_z, slope, moving) -> 
         if pending.size == 0:
             break
         trial_b = state.b[pending] + step * delta_b[pending]
-        trial_beta = state.beta[pending] + step[:, None] * delta_beta[pending]
+        trial_coef = state.coef[pending] + step[:, None] * delta_coef[pending]
         trial_z = state.z[pending] + step[:, None] * delta_z[pending]
-        trial_value = _objective(p, trial_b, trial_beta, trial_z, pending)
+        trial_value = state.space.objective(trial_b, trial_coef, trial_z, pending)
         ok = trial_value <= state.value[pending] + ARMIJO * step * slope[pending] + roundoff[pending]
         accepted = pending[ok]
-        state.b[accepted], state.beta[accepted] = trial_b[ok], trial_beta[ok]
+        state.b[accepted], state.coef[accepted] = trial_b[ok], trial_coef[ok]
         state.z[accepted], state.value[accepted] = trial_z[ok], trial_value[ok]
         pending, step = pending[~ok], step[~ok] * 0.5
     stalled = np.zeros(len(state.b), dtype=bool)
     stalled[pending] = True
     return stalled
-
-
 
 
 @dataclass(frozen=True)
