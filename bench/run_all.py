@@ -11,7 +11,7 @@ import platform
 import sys
 from pathlib import Path
 
-from bench import fixed_effect, fixed_effect_scale, movielens, photon, random_effect
+from bench import fixed_effect, fixed_effect_scale, movielens, photon, random_effect, scale
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BENCHMARKS = {
@@ -20,6 +20,7 @@ BENCHMARKS = {
     "fixed_effect_scale": fixed_effect_scale.run,
     "movielens": movielens.run,
     "photon": photon.run,
+    "scale": scale.run,
 }
 
 

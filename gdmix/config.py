@@ -153,7 +153,10 @@ class SplitConfig(StrictModel):
 
 
 class SparkConfig(StrictModel):
-    master: str = "local[*]"
+    """Spark settings of the prep stages. ``master: null`` leaves the master to ``spark-submit``
+    (or the Spark operator), e.g. ``spark-submit --master k8s://... gdmix/prep/submit.py CONFIG``."""
+
+    master: str | None = "local[*]"
     driver_memory: str = "4g"
     shuffle_partitions: int = Field(16, ge=1)
     conf: dict[str, str] = {}

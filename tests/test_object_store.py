@@ -71,3 +71,23 @@ def test_coordinate_descent_on_s3(s3):
     assert result.coordinates[0]["train"]["auc"] > 0.6
     assert pq.ParquetFile(fs.url_to_fs(f"s3://{BUCKET}/model/models/global/part-00000.parquet")[0]
                           .open(f"{BUCKET}/model/models/global/part-00000.parquet", "rb")).metadata.num_rows > 1
+
+
+def test_prep_and_partitioned_training_on_s3(s3, tmp_path):
+    """Spark writes locally and the result is uploaded; partitions are then read from s3."""
+    from test_prep import _config as prep_config, _raw
+
+    from gdmix.jobs.random_effect import train_partitions
+    from gdmix.prep.job import run_prep
+
+    (tmp_path / "raw").mkdir()
+    pq.write_table(_raw(seed=4), tmp_path / "raw" / "part-0.parquet")
+    raw = prep_config(tmp_path, str(tmp_path / "raw"))
+    raw["prep"]["output"] = f"s3://{BUCKET}/prepared"
+    config = validate_config(raw)
+    summary = run_prep(config, log=lambda m: None)
+    assert json.loads(fs.read_text(f"s3://{BUCKET}/prepared/prep.json"))["train_rows"] == summary["train_rows"]
+    result = train_partitions(config, "per_user", "all", f"s3://{BUCKET}/per_user", log=lambda m: None)
+    assert result["complete"] and sorted(result["trained"]) == list(range(5))
+    scored = fs.read_parquet_dir(f"s3://{BUCKET}/per_user/scores/per_user/train")
+    assert scored.num_rows == summary["train_rows"]

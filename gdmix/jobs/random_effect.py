@@ -16,6 +16,7 @@ n-th partition of the list.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -76,9 +77,12 @@ def train_partitions(config: GdmixConfig, coordinate: str, partitions: str, outp
         log(f"{coordinate} partition {partition}: {stats['entities_trained']:,} entities, "
             f"{stats['rows']:,} rows in {stats['seconds']:.2f}s")
         _fault_injection(len(done))
-    fs.remove(fs.join(output, ".staging", coordinate))
     complete = all(fs.exists(_marker(output, coordinate, p)) for p in range(manifest["partitions"]))
     if complete:
+        # only now is no worker staging a partition of this coordinate (each one removes its own
+        # partition's staging on commit; a killed try's leftovers are replaced by the rerun)
+        with contextlib.suppress(FileNotFoundError):
+            fs.remove(fs.join(output, ".staging", coordinate))
         _write_summary(output, coordinate, manifest["partitions"])
     return {"coordinate": coordinate, "worker": info.index, "trained": done, "skipped": skipped, "complete": complete}
 

@@ -21,11 +21,14 @@ from gdmix.io import fs
 def spark_session(config: SparkConfig, app: str = "gdmix"):
     from pyspark.sql import SparkSession
 
-    local = config.master.startswith("local")
+    local = config.master is not None and config.master.startswith("local")
     if local:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    builder = SparkSession.builder.appName(app)
+    if config.master is not None:
+        builder = builder.master(config.master)
     builder = (
-        SparkSession.builder.master(config.master).appName(app)
+        builder
         .config("spark.driver.memory", config.driver_memory)
         .config("spark.sql.shuffle.partitions", str(config.shuffle_partitions))
         .config("spark.sql.session.timeZone", "UTC")
