@@ -158,6 +158,8 @@ class SparkConfig(StrictModel):
 
     master: str | None = "local[*]"
     driver_memory: str = "4g"
+    executor_instances: int = Field(2, ge=1, description="executors of a SparkApplication (cluster runs)")
+    executor_memory: str = "4g"
     shuffle_partitions: int = Field(16, ge=1)
     conf: dict[str, str] = {}
 
@@ -185,6 +187,27 @@ class PrepConfig(StrictModel):
     spark: SparkConfig = SparkConfig()
 
 
+class PipelineConfig(StrictModel):
+    """How the Kubeflow pipeline runs the stages (``gdmix train`` ignores this section).
+
+    ``backend: local`` runs every stage inside its own task: N fixed-effect workers as local
+    processes with ``TF_CONFIG`` on 127.0.0.1, Spark ``local[*]``. ``backend: kubernetes``
+    makes the fixed effect a TFJob and data prep a SparkApplication, created by the step's
+    launcher in ``namespace``. Random effects always run as ``partition_groups`` parallel tasks
+    per coordinate, at most ``parallelism`` at a time.
+    """
+
+    backend: Literal["local", "kubernetes"] = "local"
+    namespace: str = "gdmix"
+    fixed_effect_workers: int = Field(1, ge=1)
+    partition_groups: int = Field(4, ge=1)
+    parallelism: int = Field(4, ge=1)
+    object_store_secret: str | None = Field(
+        "gdmix-object-store", description="Kubernetes Secret whose keys become the environment of every "
+                                          "step (AWS_ACCESS_KEY_ID, ...); null: none.")
+    job_timeout_seconds: float = Field(24 * 3600, gt=0)
+
+
 CoordinateConfig = Annotated[
     Union[FixedEffectConfig, RandomEffectConfig], Field(discriminator="type")
 ]
@@ -202,6 +225,7 @@ class GdmixConfig(StrictModel):
         None, description="Output directory of an earlier run whose models seed this one."
     )
     prep: PrepConfig | None = None
+    pipeline: PipelineConfig = PipelineConfig()
 
     @model_validator(mode="after")
     def _unique_names(self) -> "GdmixConfig":
@@ -213,21 +237,37 @@ class GdmixConfig(StrictModel):
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> GdmixConfig:
-    """Read, override and validate a YAML config; every problem becomes a :class:`ConfigError`."""
-    path = Path(path)
+    """Read (a local file or any fsspec URI), override and validate a YAML config; every problem
+    becomes a :class:`ConfigError`."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = _read_config_text(path)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    return load_config_text(text, overrides, source=str(path))
+
+
+def load_config_text(text: str, overrides: list[str] | tuple[str, ...] = (), source: str = "config") -> GdmixConfig:
+    """Like :func:`load_config`, from YAML text (a pipeline's runtime parameter)."""
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping, not {type(raw).__name__}")
+        raise ConfigError(f"{source}: the top level must be a mapping, not {type(raw).__name__}")
     for override in overrides:
         apply_override(raw, override)
-    return validate_config(raw, source=str(path))
+    return validate_config(raw, source=source)
+
+
+def _read_config_text(path: str | Path) -> str:
+    """A launched job's pods read their config from the object store, so any fsspec URI works."""
+    if "://" in str(path):
+        from gdmix.io import fs
+
+        return fs.read_text(str(path))
+    return Path(path).read_text()
 
 
 def validate_config(raw: dict[str, Any], source: str = "config") -> GdmixConfig:

@@ -32,6 +32,9 @@ def score_dataset(model_dir: str, data_uri: str, out_uri: str) -> dict:
     per_coordinate = {c.name: c.score(trained.models[c.name], data) for c in trained.coordinates}
     total = data.offset + sum(per_coordinate.values(), np.zeros(data.num_rows))
     output = {"uid": pa.array(data.uid)}
+    for entity in entities:  # kept so that evaluations can compute per-entity AUC
+        ids = data.entities[entity]
+        output[entity] = ids.values.take(pa.array(ids.codes))
     if data.label is not None:
         output["label"] = pa.array(data.label)
     output["weight"] = pa.array(data.weight)

@@ -34,7 +34,8 @@ def test_train_score_evaluate(synthetic_dir, tmp_path, capsys):
     assert cli.main(["score", str(out), f"{synthetic_dir}/validation", str(tmp_path / "scored")]) == 0
     summary = json.loads(capsys.readouterr().out)
     scored = fs.read_parquet_dir(str(tmp_path / "scored"))
-    assert scored.column_names == ["uid", "label", "weight", "score", "score_global", "score_per_user", "score_per_item"]
+    assert scored.column_names == ["uid", "item_id", "user_id", "label", "weight", "score", "score_global",
+                                   "score_per_user", "score_per_item"]
     trained = fs.read_parquet_dir(str(out / "scores" / "per_item" / "validation"))
     np.testing.assert_allclose(scored.column("score").to_numpy(), trained.column("score").to_numpy(), atol=1e-10)
     metrics = json.loads((out / "metrics.json").read_text())

@@ -73,6 +73,15 @@ def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
     return pq.read_table(path, columns=columns, filesystem=fs)
 
 
+def parquet_schema(uri: str) -> pa.Schema:
+    """The schema of a dataset's first Parquet file (footer only, no data read)."""
+    files = list_parquet_files(uri)
+    if not files:
+        raise DataError("no Parquet files found", path=str(uri))
+    fs, path = url_to_fs(files[0])
+    return pq.read_schema(path, filesystem=fs)
+
+
 def read_parquet_dir(uri: str, columns: list[str] | None = None) -> pa.Table:
     """All Parquet files of a directory concatenated in file-name order."""
     files = list_parquet_files(uri)

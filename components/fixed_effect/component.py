@@ -1,0 +1,29 @@
+"""Launcher of a fixed-effect coordinate: N local workers, or a TFJob of N workers."""
+
+from typing import List
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Model, Output
+
+from components._shared import component
+
+
+@component("trainer", launcher=True)
+def fixed_effect(config: str, coordinate: str, prepared: Input[Dataset], model: Output[Model],
+                 task_config: dsl.TaskConfig, scores: Input[Dataset] = None, previous: Input[Model] = None,
+                 overrides: List[str] = [], data_root: str = "", workload_image: str = ""):
+    """Offsets from ``scores`` (the score table), warm start from ``previous`` (the last pass)."""
+    import dataclasses
+
+    from gdmix.stages.backends import Launch
+    from gdmix.stages.context import stage_config
+    from gdmix.stages.coordinates import train_fixed_effect
+    from gdmix.stages.locations import claim_location, read_location
+
+    settings = stage_config(config, overrides, read_location(prepared))
+    launch = Launch.from_config(settings, workload_image, dataclasses.asdict(task_config) if task_config else None)
+    summary = train_fixed_effect(settings, coordinate, claim_location(model, data_root),
+                                 read_location(scores) if scores else None,
+                                 read_location(previous) if previous else None, launch)
+    model.metadata.update({"coordinate": coordinate, "workers": summary["workers"],
+                           "iterations": summary["solver"].get("iterations")})

@@ -1,0 +1,21 @@
+"""Start a random-effect coordinate: its offsets laid out like its entity partitions."""
+
+from typing import List
+
+from kfp.dsl import Dataset, Input, Model, Output
+
+from components._shared import component
+
+
+@component("trainer")
+def random_effect_plan(config: str, coordinate: str, prepared: Input[Dataset], model: Output[Model],
+                       scores: Input[Dataset] = None, overrides: List[str] = [], data_root: str = "") -> List[str]:
+    """Returns the partition groups (``a:b``) the trainers take."""
+    from gdmix.stages.context import stage_config
+    from gdmix.stages.coordinates import plan_random_effect
+    from gdmix.stages.locations import claim_location, read_location
+
+    settings = stage_config(config, overrides, read_location(prepared))
+    model.metadata["coordinate"] = coordinate
+    return plan_random_effect(settings, coordinate, claim_location(model, data_root),
+                              read_location(scores) if scores else None)

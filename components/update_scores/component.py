@@ -1,0 +1,25 @@
+"""After a coordinate: fold its scores into the score table and log the metrics of the total score."""
+
+from typing import List
+
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from components._shared import component
+
+
+@component("trainer")
+def update_scores(config: str, coordinate: str, pass_number: int, prepared: Input[Dataset], model: Input[Model],
+                  table: Output[Dataset], metrics: Output[Metrics], scores: Input[Dataset] = None,
+                  partition_summaries: List[str] = [], overrides: List[str] = [], data_root: str = ""):
+    """``partition_summaries`` (a random effect's trainers, collected) only orders this step after them."""
+    from gdmix.stages.context import stage_config
+    from gdmix.stages.locations import claim_location, read_location
+    from gdmix.stages.progress import update_scores as run
+
+    settings = stage_config(config, overrides, read_location(prepared))
+    row = run(settings, coordinate, pass_number, read_location(model), read_location(scores) if scores else None,
+              claim_location(table, data_root))
+    for split in ("train", "validation"):
+        for name, value in (row.get(split) or {}).items():
+            if value is not None and value == value:  # nan is not a loggable metric
+                metrics.log_metric(f"{split}_{name}", float(value))

@@ -1,0 +1,114 @@
+"""Training one coordinate of one coordinate-descent pass, from the score table's offsets.
+
+A fixed effect runs ``gdmix fixed-effect`` on ``pipeline.fixed_effect_workers`` workers (local
+processes or a TFJob). A random effect first writes its offsets next to its partitions
+(:func:`plan_random_effect`), then partition groups train in parallel tasks
+(:func:`train_partition_group`, idempotent: finished partitions are skipped on a retry), each
+writing into the same coordinate output.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+
+from gdmix.config import FixedEffectConfig, GdmixConfig, RandomEffectConfig
+from gdmix.errors import ConfigError, DataError
+from gdmix.io import fs
+from gdmix.jobs.random_effect import train_partitions
+from gdmix.stages.backends import Launch, run_workers, write_job_config
+from gdmix.stages.score_table import SPLITS, ScoreTable
+
+PLAN_FILE = "plan.json"
+
+
+def coordinate_spec(config: GdmixConfig, name: str, kind: type):
+    spec = next((c for c in config.coordinates if c.name == name), None)
+    if not isinstance(spec, kind):
+        raise ConfigError(f"'{name}' is not a {kind.__name__.removesuffix('Config')} coordinate of this configuration")
+    return spec
+
+
+def partition_groups(partitions: int, groups: int) -> list[str]:
+    """``a:b`` ranges splitting ``partitions`` into at most ``groups`` near-equal groups."""
+    bounds = np.linspace(0, partitions, min(groups, partitions) + 1).round().astype(int)
+    return [f"{a}:{b}" for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def train_fixed_effect(config: GdmixConfig, name: str, output: str, scores: str | None, previous: str | None,
+                       launch: Launch, log=print) -> dict:
+    """The fixed effect on the prepared data, offsets from the score table, warm start from ``previous``."""
+    coordinate_spec(config, name, FixedEffectConfig)
+    job_dir = output.rstrip("/") + ".job"
+    args = ["fixed-effect", write_job_config(config, job_dir), "--coordinate", name, "--output", output,
+            "--index-maps", config.prep.output]
+    if scores:
+        offsets = fs.join(job_dir, "offsets")
+        fs.write_parquet(ScoreTable.load(scores).offsets(name), offsets)
+        args += ["--offsets", offsets]
+    if previous:
+        args += ["--warm-start", previous]
+    try:
+        run_workers(args, config.pipeline.fixed_effect_workers, launch, f"{name}-fixed-effect", log)
+    finally:
+        fs.remove(job_dir)
+    return json.loads(fs.read_text(fs.join(output, "job.json")))
+
+
+def plan_random_effect(config: GdmixConfig, name: str, output: str, scores: str | None) -> list[str]:
+    """Start the coordinate's output: its offsets beside every partition; returns the partition groups."""
+    spec = coordinate_spec(config, name, RandomEffectConfig)
+    root = fs.join(config.prep.output, "partitions", name)
+    manifest = json.loads(fs.read_text(fs.join(root, "manifest.json")))
+    fs.remove(output)
+    if scores:
+        table = ScoreTable.load(scores)
+        for split in SPLITS:
+            if split in table.splits:
+                _partition_offsets(table.offsets(name, split), fs.join(root, split),
+                                   fs.join(output, "offsets", split), manifest["partitions"])
+    groups = partition_groups(manifest["partitions"], config.pipeline.partition_groups)
+    plan = {"coordinate": spec.name, "partitions": manifest["partitions"], "groups": groups, "offsets": bool(scores)}
+    fs.write_text_atomic(fs.join(output, PLAN_FILE), fs.to_json(plan))
+    return groups
+
+
+def _partition_offsets(offsets: pa.Table, rows_root: str, out_root: str, partitions: int) -> None:
+    """Offsets laid out like the partitions (``partition=<p>/``: uid, offset); a row without
+    one is an error, never dropped."""
+    uids = offsets.column("uid").to_numpy()
+    values = offsets.column("offset").to_numpy()
+    order = np.argsort(uids)
+    uids, values = uids[order], values[order]
+    for partition in range(partitions):
+        source = fs.join(rows_root, f"partition={partition}")
+        if not fs.exists(source) or not fs.list_parquet_files(source):
+            continue
+        wanted = fs.read_parquet_dir(source, columns=["uid"]).column("uid").to_numpy()
+        position = np.minimum(np.searchsorted(uids, wanted), max(len(uids) - 1, 0))
+        missing = np.flatnonzero(uids[position] != wanted) if len(uids) else np.arange(len(wanted))
+        if missing.size:
+            raise DataError(f"no score for uid {int(wanted[missing[0]])} ({missing.size} rows)", path=source,
+                            column="uid")
+        fs.write_parquet(pa.table({"uid": wanted, "offset": values[position]}),
+                         fs.join(out_root, f"partition={partition}"))
+
+
+def train_partition_group(config: GdmixConfig, name: str, output: str, partitions: str, previous: str | None,
+                          log=print) -> dict:
+    """Train partitions ``a:b`` of a planned random effect into ``output`` (skipping finished ones)."""
+    plan = json.loads(fs.read_text(fs.join(output, PLAN_FILE)))
+    offsets = fs.join(output, "offsets") if plan["offsets"] else None
+    return train_partitions(config, name, partitions, output, offsets=offsets, warm_start=previous, log=log)
+
+
+def check_complete(config: GdmixConfig, name: str, output: str) -> dict:
+    """The coordinate's completion record: ``job.json`` (fixed effect) or ``done/<name>.json``."""
+    spec = next(c for c in config.coordinates if c.name == name)
+    marker = fs.join(output, "job.json") if isinstance(spec, FixedEffectConfig) else fs.join(output, "done",
+                                                                                               f"{name}.json")
+    if not fs.exists(marker):
+        raise DataError(f"coordinate '{name}' did not finish: {marker} is missing", path=output)
+    return json.loads(fs.read_text(marker))

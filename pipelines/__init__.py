@@ -1,0 +1,1 @@
+"""The GDMix Kubeflow pipeline, built from a GDMix YAML configuration."""

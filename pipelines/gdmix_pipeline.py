@@ -1,0 +1,138 @@
+"""A GDMix configuration -> a KFP v2 pipeline.
+
+The configuration fixes the pipeline's shape: its coordinates in order, the number of passes,
+and per random effect the partition groups trained in parallel (``pipeline.partition_groups``,
+at most ``pipeline.parallelism`` at a time). Everything else is a runtime parameter: the whole
+configuration text (so hyper-parameters can change per run), ``overrides`` (``dotted.key=value``
+items, as ``gdmix train --set``), the data URIs, and ``data_root``, an object-store prefix for
+the stages' data when the artifact store should hold only small artifacts. A run whose
+overrides change the shape fails fast and says so.
+
+    prepare -> per pass, per coordinate: [fixed_effect | random_effect_plan -> ParallelFor(random_effect)]
+            -> update_scores -> evaluate
+            -> export_model -> score (validation) -> evaluate
+"""
+
+import json
+from pathlib import Path
+from typing import List
+
+import yaml
+from kfp import compiler, dsl, kubernetes
+
+from components.evaluate.component import evaluate
+from components.export_model.component import export_model
+from components.fixed_effect.component import fixed_effect
+from components.prepare.component import prepare
+from components.random_effect.component import random_effect
+from components.random_effect_plan.component import random_effect_plan
+from components.score.component import score
+from components.update_scores.component import update_scores
+from gdmix.config import FixedEffectConfig, GdmixConfig, RandomEffectConfig, load_config_text
+from gdmix.images import image
+from gdmix.stages.context import run_config, shape_of
+from gdmix.stages.coordinates import partition_groups
+
+# what the object-store Secret's keys become in every step's environment
+SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
+               "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL"}
+RANDOM_EFFECT_RETRIES = 2  # a retried trainer skips the partitions it already committed
+
+
+def pipeline_name(config: GdmixConfig) -> str:
+    names = "-".join(c.name for c in config.coordinates)
+    return f"gdmix-{names}"[:100].replace("_", "-").lower()
+
+
+def build_pipeline(config_text: str):
+    """The pipeline function (a ``@dsl.pipeline``) for this configuration."""
+    compiled = run_config(config_text)
+    shape = _Shape(compiled)
+
+    @dsl.pipeline(name=pipeline_name(compiled), description="GDMix: fixed and random effects by coordinate descent")
+    def gdmix_pipeline(config: str = config_text, overrides: List[str] = [], train_data: str = "",
+                       validation_data: str = "", data_root: str = "") -> dsl.Model:
+        common = {"config": config, "overrides": overrides}
+        prep = _secured(shape, prepare(train_data=train_data, validation_data=validation_data, data_root=data_root,
+                                       workload_image=image("spark"), shape=json.dumps(shape_of(compiled)),
+                                       **common)).set_display_name("prepare data")
+        prepared = prep.outputs["prepared"]
+        table, latest = None, {}
+        for pass_number in range(1, shape.passes + 1):
+            for coordinate in shape.coordinates:
+                label = f"pass {pass_number} {coordinate.name}"
+                optional = {"scores": table} if table is not None else {}
+                if isinstance(coordinate, FixedEffectConfig):
+                    previous = {"previous": latest[coordinate.name]} if coordinate.name in latest else {}
+                    task = _secured(shape, fixed_effect(coordinate=coordinate.name, prepared=prepared,
+                                                        data_root=data_root, workload_image=image("trainer"),
+                                                        **optional, **previous, **common))
+                    task.set_display_name(f"{label}: fixed effect")
+                    model, collected = task.outputs["model"], {}
+                else:
+                    plan = _secured(shape, random_effect_plan(coordinate=coordinate.name, prepared=prepared,
+                                                              data_root=data_root, **optional, **common))
+                    plan.set_display_name(f"{label}: offsets")
+                    model = plan.outputs["model"]
+                    previous = {"previous": latest[coordinate.name]} if coordinate.name in latest else {}
+                    with dsl.ParallelFor(shape.groups[coordinate.name], parallelism=shape.parallelism) as group:
+                        trainer = _secured(shape, random_effect(coordinate=coordinate.name, partitions=group,
+                                                                prepared=prepared, model=model, **previous,
+                                                                **common))
+                        trainer.set_display_name(f"{label}: partitions").set_retry(RANDOM_EFFECT_RETRIES)
+                    collected = {"partition_summaries": dsl.Collected(trainer.output)}
+                update = _secured(shape, update_scores(coordinate=coordinate.name, pass_number=pass_number,
+                                                       prepared=prepared, model=model, data_root=data_root,
+                                                       **optional, **collected, **common))
+                update.set_display_name(f"{label}: scores")
+                table, latest[coordinate.name] = update.outputs["table"], model
+                _secured(shape, evaluate(scores=table, title=f"GDMix after {label}", entities=shape.entities)
+                         ).set_display_name(f"{label}: evaluation")
+        exported = _secured(shape, export_model(prepared=prepared, scores=table, data_root=data_root, **common))
+        exported.set_display_name("export model")
+        if shape.has_validation:
+            scored = _secured(shape, score(model=exported.outputs["model"], data=prepared, split="validation",
+                                           data_root=data_root)).set_display_name("score validation data")
+            _secured(shape, evaluate(scores=scored.outputs["scores"], title="GDMix model on validation data",
+                                     entities=shape.entities)).set_display_name("final evaluation")
+        return exported.outputs["model"]
+
+    return gdmix_pipeline
+
+
+class _Shape:
+    """What the compiled structure depends on."""
+
+    def __init__(self, config: GdmixConfig):
+        self.passes = config.passes
+        self.coordinates = list(config.coordinates)
+        self.parallelism = config.pipeline.parallelism
+        self.secret = config.pipeline.object_store_secret
+        self.entities = sorted({c.entity for c in config.coordinates if isinstance(c, RandomEffectConfig)})
+        self.has_validation = bool(config.prep.validation_input or config.prep.split)
+        self.groups = {c.name: partition_groups(c.partitions or config.prep.partitions, config.pipeline.partition_groups)
+                       for c in config.coordinates if isinstance(c, RandomEffectConfig)}
+
+
+def _secured(shape: _Shape, task):
+    """Object-store credentials from the Kubernetes Secret (by reference, never inlined)."""
+    if shape.secret:
+        kubernetes.use_secret_as_env(task, shape.secret, SECRET_KEYS, optional=True)
+    return task
+
+
+def compile_pipeline(config_path, output) -> Path:
+    """Compile the pipeline of a configuration file to ``output`` (YAML)."""
+    text = Path(config_path).read_text()
+    load_config_text(text, source=str(config_path))  # validate before building
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(text), str(output))
+    return output
+
+
+def structure(compiled) -> dict:
+    """The compiled YAML's documents (the pipeline spec, then the Kubernetes platform spec)."""
+    documents = list(yaml.safe_load_all(Path(compiled).read_text()))
+    return {"pipeline": documents[0], "platform": documents[1] if len(documents) > 1 else None,
+            "summary": json.dumps(sorted(documents[0].get("deploymentSpec", {}).get("executors", {})))}
