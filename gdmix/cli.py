@@ -1,4 +1,4 @@
-"""The ``gdmix`` command: train, score, evaluate, datasets, demo.
+"""The ``gdmix`` command: train, score, evaluate, datasets, pipeline, demo.
 
 User errors (bad config, bad data) print one clear message and exit with status 1; nothing
 that looks like a finished output is left behind (outputs are staged, then committed).
@@ -123,9 +123,36 @@ def _parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--validation-fraction", type=float, default=0.2)
     synthetic.set_defaults(handler=_synthetic)
 
+    pipeline = commands.add_parser("pipeline", help="the Kubeflow pipeline: compile, run locally, submit")
+    pipeline_commands = pipeline.add_subparsers(title="pipeline commands")
+    compile_ = pipeline_commands.add_parser("compile", help="compile a config's pipeline to KFP v2 YAML")
+    compile_.add_argument("config")
+    compile_.add_argument("-o", "--output", required=True, help="the YAML file to write")
+    compile_.set_defaults(handler=_pipeline_compile)
+    run = pipeline_commands.add_parser("run", help="run the pipeline here with kfp.local")
+    run.add_argument("config")
+    run.add_argument("--local", action="store_true", required=True, help="run with kfp.local (the only way here)")
+    run.add_argument("--workdir", help="kfp.local's pipeline root (default: a temporary directory)")
+    run.add_argument("--data-root", default="", help="object-store prefix for the stages' data (e.g. s3://b/runs)")
+    run.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess",
+                     help="tasks as local processes (default) or in their containers (needs Docker)")
+    _add_set(run)
+    run.set_defaults(handler=_pipeline_run)
+    submit = pipeline_commands.add_parser("submit", help="submit a run to a Kubeflow Pipelines API")
+    submit.add_argument("config")
+    submit.add_argument("--host", required=True, help="the KFP API, e.g. http://127.0.0.1:8888")
+    submit.add_argument("--experiment", default="gdmix")
+    submit.add_argument("--data-root", default="")
+    submit.add_argument("--train-data", default="", help="override the training data URI")
+    submit.add_argument("--validation-data", default="", help="override the validation data URI")
+    submit.add_argument("--wait", action="store_true", help="wait for the run and fail if it fails")
+    _add_set(submit)
+    submit.set_defaults(handler=_pipeline_submit)
+
     demo = commands.add_parser("demo", help="the embedded default job: MovieLens-100K end to end")
     demo.add_argument("--config", default=str(DEMO_CONFIG))
     demo.add_argument("--workdir", default="demo-output", help="where data and outputs go")
+    demo.add_argument("--in-process", action="store_true", help="run 'gdmix train' instead of the pipeline")
     _add_set(demo)
     demo.set_defaults(handler=_demo)
     return parser
@@ -231,6 +258,41 @@ def _launch_copies(args) -> int:
     return launch_local([sys.executable, "-m", "gdmix", *_without_option(args.argv, "--workers")], args.workers)
 
 
+def _pipeline_compile(args) -> int:
+    from pipelines.gdmix_pipeline import compile_pipeline
+
+    print(compile_pipeline(args.config, args.output))
+    return 0
+
+
+def _pipeline_run(args) -> int:
+    from pipelines.run import run_local
+
+    return _run_pipeline_locally(Path(args.config).read_text(), args.overrides, args.workdir, args.data_root,
+                                 args.runner)
+
+
+def _run_pipeline_locally(config_text: str, overrides: list[str], workdir: str | None, data_root: str = "",
+                          runner: str = "subprocess") -> int:
+    from gdmix.report import print_summary
+    from pipelines.run import run_local
+
+    metrics = run_local(config_text, overrides, workdir=workdir, data_root=data_root, runner=runner)
+    print_summary(metrics["coordinates"])
+    print(f"outputs written to {metrics['output']}")
+    return 0
+
+
+def _pipeline_submit(args) -> int:
+    from pipelines.run import submit
+
+    result = submit(Path(args.config).read_text(), args.host, args.overrides, experiment=args.experiment,
+                    data_root=args.data_root, train_data=args.train_data, validation_data=args.validation_data,
+                    wait=args.wait)
+    print(to_json(result), end="")
+    return 0
+
+
 def _score(args) -> int:
     from gdmix.scoring import score_dataset
 
@@ -278,35 +340,41 @@ def _synthetic(args) -> int:
 
 
 def _demo(args) -> int:
-    """MovieLens-100K with the example config; synthetic data if MovieLens cannot be fetched."""
-    from gdmix.config import load_config
+    """The MovieLens-100K example as a pipeline run through kfp.local (synthetic data if
+    MovieLens cannot be fetched); ``--in-process`` runs ``gdmix train`` on it instead."""
+    from gdmix.config import load_config_text
     from gdmix.datasets.movielens import build_movielens_100k
     from gdmix.report import ConsoleReporter
 
     reporter = ConsoleReporter()
-    workdir = Path(args.workdir)
+    workdir = Path(args.workdir).resolve()
     data_dir = workdir / "movielens-100k"
     overrides = [f"output={workdir / 'model'}"]
-    if not (data_dir / "train").exists():
-        try:
+    text = Path(args.config).read_text()
+    try:
+        if not (data_dir / "train").exists():
             reporter.info("building MovieLens-100K (fetched at run time, never stored in the repository)")
             build_movielens_100k(str(data_dir))
-        except GdmixError as exc:
-            reporter.info(f"MovieLens-100K unavailable ({exc}); using synthetic data instead")
-            return _demo_synthetic(args, workdir)
-    overrides += [f"data.train={data_dir / 'train'}", f"data.validation={data_dir / 'validation'}"]
-    config = load_config(args.config, overrides + list(args.overrides))
-    return _run_training(config)
+        overrides += [f"data.train={data_dir / 'train'}", f"data.validation={data_dir / 'validation'}"]
+    except GdmixError as exc:
+        reporter.info(f"MovieLens-100K unavailable ({exc}); using synthetic data instead")
+        text = _synthetic_demo_config(workdir)
+    overrides += list(args.overrides)
+    if args.in_process:
+        return _run_training(load_config_text(text, overrides, source="demo"))
+    reporter.info("running the GDMix pipeline with kfp.local (each step a local process)")
+    return _run_pipeline_locally(text, overrides, str(workdir / "pipeline-root"))
 
 
-def _demo_synthetic(args, workdir: Path) -> int:
-    from gdmix.config import apply_override, validate_config
+def _synthetic_demo_config(workdir: Path) -> str:
+    import yaml
+
     from gdmix.datasets.synthetic import generate_synthetic, write_synthetic
 
     data_dir = workdir / "synthetic"
     rows = DEMO_SYNTHETIC_ROWS
     write_synthetic(str(data_dir), generate_synthetic(rows, {"user_id": rows // 50, "item_id": rows // 200}, seed=0))
-    raw = {
+    return yaml.safe_dump({
         "data": {"train": str(data_dir / "train"), "validation": str(data_dir / "validation")},
         "output": str(workdir / "model"),
         "coordinates": [
@@ -314,11 +382,7 @@ def _demo_synthetic(args, workdir: Path) -> int:
             {"name": "per_user", "type": "random_effect", "entity": "user_id", "feature_bag": "per_user_id"},
             {"name": "per_item", "type": "random_effect", "entity": "item_id", "feature_bag": "per_item_id"},
         ],
-    }
-    for override in args.overrides:
-        apply_override(raw, override)
-    return _run_training(validate_config(raw, source="synthetic demo"))
-
+    }, sort_keys=False)
 
 if __name__ == "__main__":
     sys.exit(main())

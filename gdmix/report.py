@@ -75,7 +75,7 @@ def summary_table(results: list[dict]) -> Table:
         table.add_row(
             row["name"], row["type"], str(row["pass"]),
             _fmt(validation.get("auc")), _fmt(validation.get("logloss")), _fmt(validation.get("aupr")),
-            _fmt(train.get("auc")), f"{row['train_seconds']:.2f}", _notes(row),
+            _fmt(train.get("auc")), _fmt(row.get("train_seconds"), 2), _notes(row),
         )
     return table
 

@@ -48,14 +48,17 @@ def build_pipeline(config_text: str):
     """The pipeline function (a ``@dsl.pipeline``) for this configuration."""
     compiled = run_config(config_text)
     shape = _Shape(compiled)
+    # one line: KFP writes parameter defaults into the compiled file's header comment verbatim,
+    # and a multi-line default would break that file (JSON is YAML, so stages read it as is)
+    default_config = json.dumps(yaml.safe_load(config_text), separators=(",", ":"))
 
     @dsl.pipeline(name=pipeline_name(compiled), description="GDMix: fixed and random effects by coordinate descent")
-    def gdmix_pipeline(config: str = config_text, overrides: List[str] = [], train_data: str = "",
+    def gdmix_pipeline(config: str = default_config, overrides: List[str] = [], train_data: str = "",
                        validation_data: str = "", data_root: str = "") -> dsl.Model:
         common = {"config": config, "overrides": overrides}
         prep = _secured(shape, prepare(train_data=train_data, validation_data=validation_data, data_root=data_root,
                                        workload_image=image("spark"), shape=json.dumps(shape_of(compiled)),
-                                       **common)).set_display_name("prepare data")
+                                       **common), "spark").set_display_name("prepare data")
         prepared = prep.outputs["prepared"]
         table, latest = None, {}
         for pass_number in range(1, shape.passes + 1):
@@ -114,8 +117,11 @@ class _Shape:
                        for c in config.coordinates if isinstance(c, RandomEffectConfig)}
 
 
-def _secured(shape: _Shape, task):
-    """Object-store credentials from the Kubernetes Secret (by reference, never inlined)."""
+def _secured(shape: _Shape, task, role: str = "trainer"):
+    """The task's image (``GDMIX_IMAGE_REGISTRY`` / ``_TAG`` as they are now, not when the
+    component modules were imported) and the object-store credentials from the Kubernetes
+    Secret (by reference, never inlined)."""
+    task.container_spec.image = image(role)
     if shape.secret:
         kubernetes.use_secret_as_env(task, shape.secret, SECRET_KEYS, optional=True)
     return task

@@ -36,6 +36,7 @@ def run_local(config_text: str, overrides: list[str] | None = None, *, workdir: 
     pipeline = build_pipeline(config_text)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="You may be attemping to run a task", category=RuntimeWarning)
+        warnings.filterwarnings("ignore", message=".*have no effect in the current local runner")
         try:
             task = pipeline(overrides=list(overrides or ()), data_root=data_root)
         except RuntimeError as exc:  # kfp.local's report of a failed task
@@ -43,7 +44,7 @@ def run_local(config_text: str, overrides: list[str] | None = None, *, workdir: 
     exported = read_location(task.output)
     fs.remove(config.output)
     _copy_tree(exported, config.output)
-    return json.loads(fs.read_text(fs.join(config.output, METRICS_FILE)))
+    return json.loads(fs.read_text(fs.join(config.output, METRICS_FILE))) | {"output": config.output}
 
 
 def _copy_tree(source: str, target: str) -> None:

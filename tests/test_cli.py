@@ -159,7 +159,7 @@ def test_demo_falls_back_to_synthetic_data(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr("gdmix.datasets.movielens.fetch_recbole_wheel", unavailable)
     monkeypatch.setattr(cli, "DEMO_SYNTHETIC_ROWS", 3000)
-    assert cli.main(["demo", "--workdir", str(tmp_path / "demo")]) == 0
+    assert cli.main(["demo", "--workdir", str(tmp_path / "demo"), "--in-process"]) == 0
     assert "using synthetic data" in capsys.readouterr().err
     metrics = json.loads((tmp_path / "demo" / "model" / "metrics.json").read_text())
     assert metrics["coordinates"][-1]["validation"]["auc"] > 0.6

@@ -91,3 +91,26 @@ def test_prep_and_partitioned_training_on_s3(s3, tmp_path):
     assert result["complete"] and sorted(result["trained"]) == list(range(5))
     scored = fs.read_parquet_dir(f"s3://{BUCKET}/per_user/scores/per_user/train")
     assert scored.num_rows == summary["train_rows"]
+
+
+def test_pipeline_with_all_data_in_s3(s3, synthetic_dir, tmp_path):
+    """The kfp.local pipeline reading its input from s3:// and keeping every stage's data
+    under an s3:// data root; its metrics equal gdmix train's on the same data."""
+    from conftest import synthetic_config
+    from gdmix.game import train
+    from pipelines.run import run_local
+
+    s3fs = fs.url_to_fs(f"s3://{BUCKET}")[0]
+    for split in ("train", "validation"):
+        s3fs.put(f"{synthetic_dir}/{split}", f"{BUCKET}/synthetic/{split}", recursive=True)
+    raw = synthetic_config(f"s3://{BUCKET}/synthetic", f"s3://{BUCKET}/pipeline-model")
+    raw["pipeline"] = {"partition_groups": 2, "parallelism": 2}
+    metrics = run_local(yaml.safe_dump(raw), workdir=str(tmp_path / "root"), data_root=f"s3://{BUCKET}/runs")
+    expected = train(validate_config(synthetic_config(synthetic_dir, str(tmp_path / "train-model"))))
+    for got, want in zip(metrics["coordinates"], expected.coordinates, strict=True):
+        assert got["validation"]["auc"] == pytest.approx(want["validation"]["auc"], abs=1e-7)
+        assert got["validation"]["logloss"] == pytest.approx(want["validation"]["logloss"], abs=1e-7)
+    assert fs.exists(f"s3://{BUCKET}/pipeline-model/metrics.json")
+    # the stages' data went to the bucket; the local pipeline root holds only small artifacts
+    assert s3fs.glob(f"{BUCKET}/runs/*/prepared/prep.json")
+    assert not list((tmp_path / "root").glob("**/*.parquet"))

@@ -30,7 +30,8 @@ def update_scores(config: GdmixConfig, name: str, pass_number: int, model: str, 
     spec = next(c for c in config.coordinates if c.name == name)
     entity = spec.entity if isinstance(spec, RandomEffectConfig) else None
     row = table.record({"name": name, "type": spec.type, "pass": pass_number,
-                        "train_seconds": summary.get("train_seconds", summary.get("seconds"))}, entity)
+                        "train_seconds": summary.get("train_seconds", summary.get("seconds")),
+                        "solver": summary.get("solver", summary)}, entity)
     table.save(output)
     return row
 

@@ -1,0 +1,44 @@
+"""Regenerate the checked-in compiled YAML: every component's ``component.yaml`` and the
+example pipelines under ``pipelines/compiled/`` (``make compile``; a test fails when stale).
+
+Images are tagged for the local registry (``localhost/gdmix-<role>:<version>``); set
+``GDMIX_IMAGE_REGISTRY`` / ``GDMIX_IMAGE_TAG`` when compiling for another registry.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+from kfp import compiler
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPONENTS = ("prepare", "fixed_effect", "random_effect_plan", "random_effect", "update_scores", "evaluate",
+              "export_model", "score")
+EXAMPLES = {"movielens-100k-lr": ROOT / "gdmix" / "examples" / "movielens-100k" / "lr.yaml",
+            "movielens-100k-lr-tuned": ROOT / "gdmix" / "examples" / "movielens-100k" / "lr-tuned.yaml"}
+
+
+def component(stage: str):
+    module = importlib.import_module(f"components.{stage}.component")
+    return getattr(module, stage)
+
+
+def compile_all(root: Path = ROOT) -> list[Path]:
+    from pipelines.gdmix_pipeline import compile_pipeline
+
+    written = []
+    for stage in COMPONENTS:
+        target = root / "components" / stage / "component.yaml"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        compiler.Compiler().compile(component(stage), str(target))
+        written.append(target)
+    for name, config in EXAMPLES.items():
+        written.append(compile_pipeline(config, root / "pipelines" / "compiled" / f"{name}.yaml"))
+    return written
+
+
+if __name__ == "__main__":
+    for path in compile_all(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT):
+        print(path)
