@@ -25,3 +25,23 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo-output
+
+# Container images (docker/build-images.sh; IMAGES="launcher trainer" make images for a subset).
+# Needs a Docker daemon in DOCKER_HOST: eval "$$(docker/start-dockerd.sh)".
+.PHONY: images
+images: setup
+	PYTHON=$(abspath $(BIN))/python docker/build-images.sh
+
+# A local kind cluster with KFP, the training/MPI/Spark operators and the gdmix images
+# (manifests/kind/kind-up.sh), then one pipeline run on it (CONFIG=... to choose the config).
+.PHONY: kind-up kind-e2e
+kind-up: setup
+	PYTHON=$(abspath $(BIN))/python manifests/kind/kind-up.sh
+
+kind-e2e: setup
+	GDMIX=$(abspath $(BIN))/gdmix manifests/kind/kind-e2e.sh $(CONFIG)
+
+# Regenerate the checked-in compiled YAML (components/*/component.yaml, pipelines/compiled/).
+.PHONY: compile
+compile: setup
+	$(BIN)/python -m pipelines.compile_all
