@@ -10,6 +10,7 @@ once when it fails (:mod:`gdmix.kube`).
 from __future__ import annotations
 
 import sys
+import uuid
 from dataclasses import dataclass, field
 
 import yaml
@@ -44,8 +45,10 @@ def write_job_config(config: GdmixConfig, job_dir: str) -> str:
     return uri
 
 
-def run_workers(gdmix_args: list[str], workers: int, launch: Launch, name: str, log=print) -> None:
-    """``gdmix <args>`` on ``workers`` workers; raises when the job fails."""
+def run_workers(gdmix_args: list[str], workers: int, launch: Launch, name: str, log=print,
+                job_options: dict | None = None) -> None:
+    """``gdmix <args>`` on ``workers`` workers; raises when the job fails. ``job_options``:
+    extra arguments of :func:`gdmix.kube.run_job` (API clients, polling; for tests)."""
     if launch.backend == "local":
         from gdmix.distributed.launcher import launch_local
 
@@ -53,38 +56,45 @@ def run_workers(gdmix_args: list[str], workers: int, launch: Launch, name: str, 
         if status != 0:
             raise GdmixError(f"{name}: {workers} local worker(s) failed (status {status}); see their logs above")
         return
-    from gdmix.kube import jobs, manifests
+    from gdmix.kube import PodSettings, tfjob, with_task_config
 
-    pod = _pod(launch, ["python", "-m", "gdmix", *gdmix_args])
-    jobs.run_job(manifests.tfjob(manifests.resource_name("gdmix", name), launch.namespace, pod, workers),
-                 timeout_seconds=launch.timeout_seconds, log=log)
+    pod = with_task_config(PodSettings(image=launch.image, command=["python", "-m", "gdmix", *gdmix_args],
+                                       secret_env=_secrets(launch)), launch.task_config)
+    _run(tfjob(job_name(name), launch.namespace, pod, workers), launch, log, job_options)
 
 
-def run_spark_prep(config: GdmixConfig, config_uri: str, launch: Launch, name: str, log=print) -> None:
+def run_spark_prep(config: GdmixConfig, config_uri: str, launch: Launch, name: str, log=print,
+                   job_options: dict | None = None) -> None:
     """``gdmix prep`` in this process (Spark local) or as a SparkApplication."""
     if launch.backend == "local":
         from gdmix.prep.job import run_prep
 
         run_prep(config, log=log)
         return
-    from gdmix.kube import jobs, manifests
-    from gdmix.prep import submit
+    from gdmix.kube import module_file_uri, spark_application
 
     spark = config.prep.spark
-    manifest = manifests.spark_application(
-        manifests.resource_name("gdmix", name), launch.namespace, launch.image, f"local://{submit.__file__}",
+    manifest = spark_application(
+        job_name(name), launch.namespace, launch.image, module_file_uri(),
         [config_uri, "--set", "prep.spark.master=null"],
         driver={"memory": spark.driver_memory}, executor={"memory": spark.executor_memory},
-        instances=spark.executor_instances,
-        spark_conf=dict(spark.conf), secret_env=[launch.secret] if launch.secret else [],
-        service_account="gdmix-spark")
-    jobs.run_job(manifest, timeout_seconds=launch.timeout_seconds, log=log)
+        instances=spark.executor_instances, spark_conf=dict(spark.conf), secret_env=_secrets(launch))
+    _run(manifest, launch, log, job_options)
 
 
-def _pod(launch: Launch, command: list[str]):
-    from gdmix.kube import manifests
-    from gdmix.kube.task_config import pod_overrides
+def job_name(stage: str) -> str:
+    """A fresh name per launch: a retried step must not collide with its failed predecessor
+    (kept for its logs until its TTL); the work itself resumes from the output location."""
+    from gdmix.kube import resource_name
 
-    return manifests.PodSettings(image=launch.image, command=command,
-                                 secret_env=[launch.secret] if launch.secret else [],
-                                 **pod_overrides(launch.task_config))
+    return resource_name("gdmix", stage, uuid.uuid4().hex[:6])
+
+
+def _secrets(launch: Launch) -> list[str]:
+    return [launch.secret] if launch.secret else []
+
+
+def _run(manifest: dict, launch: Launch, log, job_options: dict | None) -> None:
+    from gdmix.kube import run_job
+
+    run_job(manifest, timeout_seconds=launch.timeout_seconds, log=log, **(job_options or {}))

@@ -1,0 +1,112 @@
+"""The stages' Kubernetes backend end to end against a fake cluster whose "operator" runs the
+rendered job's own command on this machine (TF workers with TF_CONFIG, spark-submit's entry file)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from gdmix.distributed.launcher import launch_local
+from gdmix.config import validate_config
+from gdmix.errors import GdmixError
+from gdmix.io import fs
+from gdmix.stages.backends import Launch, run_spark_prep, write_job_config
+from gdmix.stages.context import prepared_config, run_config, with_optional_columns
+from gdmix.stages.coordinates import train_fixed_effect
+
+from conftest import synthetic_config
+from test_kube_jobs import FakeCoreV1, condition, failed
+
+HANG_GUARD = 300
+
+
+class RunningOperator:
+    """A CustomObjectsApi whose created jobs run their container command here and then report
+    Succeeded (or Failed, with the command's status)."""
+
+    def __init__(self):
+        self.created, self.deleted, self.status = [], [], None
+
+    def create_namespaced_custom_object(self, group, version, namespace, plural, body):
+        self.created.append(body)
+        self.status = self._run(body)
+        return body
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        return {"metadata": {"name": name}, "status": self.status}
+
+    def delete_namespaced_custom_object(self, group, version, namespace, plural, name, propagation_policy=None):
+        self.deleted.append(name)
+
+    def _run(self, body):
+        if body["kind"] == "TFJob":
+            worker = body["spec"]["tfReplicaSpecs"]["Worker"]
+            command = worker["template"]["spec"]["containers"][0]["command"]
+            assert command[:3] == ["python", "-m", "gdmix"]
+            code = launch_local([sys.executable, *command[1:]], worker["replicas"])
+            return {"conditions": [condition("Succeeded")]} if code == 0 else failed("Error", f"status {code}")
+        spec = body["spec"]
+        main = spec["mainApplicationFile"].removeprefix("local://")
+        done = subprocess.run([sys.executable, main, *spec["arguments"], "--set", "prep.spark.master=local[2]"],
+                              capture_output=True, text=True, timeout=HANG_GUARD)
+        state = "COMPLETED" if done.returncode == 0 else "FAILED"
+        return {"applicationState": {"state": state, "errorMessage": done.stderr[-500:]}}
+
+
+def _options(operator):
+    return {"custom_api": operator, "core_api": FakeCoreV1(), "poll_seconds": 0.0, "sleep": lambda s: None}
+
+
+def test_prep_and_fixed_effect_as_kubernetes_jobs(synthetic_dir, tmp_path):
+    raw = synthetic_config(synthetic_dir, str(tmp_path / "out"))
+    raw["pipeline"] = {"backend": "kubernetes", "fixed_effect_workers": 2, "object_store_secret": "s3-creds"}
+    derived = with_optional_columns(run_config(yaml.safe_dump(raw))).model_dump(mode="json")
+    derived["prep"]["output"] = str(tmp_path / "prepared")
+    config = validate_config(derived)
+    launch = Launch.from_config(config, image="registry/gdmix-trainer:1", task_config=None)
+    operator = RunningOperator()
+
+    config_uri = write_job_config(config, str(tmp_path / "prep-job"))
+    run_spark_prep(config, config_uri, launch, "prep", log=lambda m: None, job_options=_options(operator))
+    application = operator.created[0]
+    assert application["kind"] == "SparkApplication" and application["spec"]["image"] == "registry/gdmix-trainer:1"
+    assert json.loads(fs.read_text(str(tmp_path / "prepared" / "prep.json")))["train_rows"] > 0
+
+    stage = prepared_config(config, str(tmp_path / "prepared"))
+    import gdmix.stages.coordinates as coordinates
+
+    original = coordinates.run_workers
+    coordinates.run_workers = lambda *a, **k: original(*a, **k, job_options=_options(operator))
+    try:
+        summary = train_fixed_effect(stage, "global", str(tmp_path / "global"), None, None, launch, log=lambda m: None)
+    finally:
+        coordinates.run_workers = original
+    job = operator.created[1]
+    assert job["kind"] == "TFJob" and job["spec"]["tfReplicaSpecs"]["Worker"]["replicas"] == 2
+    container = job["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
+    assert {"secretRef": {"name": "s3-creds"}} in container["envFrom"]
+    assert summary["workers"] == 2 and fs.exists(str(tmp_path / "global" / "models" / "global"))
+    assert len(operator.deleted) == 2  # every job is deleted at the end
+    assert not fs.exists(str(tmp_path / "global.job"))  # the job's config and offsets are cleaned up
+
+
+def test_a_failed_kubernetes_job_fails_the_stage(synthetic_dir, tmp_path):
+    raw = synthetic_config(synthetic_dir, str(tmp_path / "out"))
+    raw["pipeline"] = {"backend": "kubernetes"}
+    config = prepared_config(run_config(yaml.safe_dump(raw)), str(tmp_path / "missing-prepared"))
+    launch = Launch.from_config(config, image="img")
+    import gdmix.stages.coordinates as coordinates
+
+    operator = RunningOperator()
+    original = coordinates.run_workers
+    coordinates.run_workers = lambda *a, **k: original(*a, **k, job_options=_options(operator))
+    try:
+        with pytest.raises(GdmixError, match="failed"):
+            train_fixed_effect(config, "global", str(tmp_path / "global"), None, None, launch, log=lambda m: None)
+    finally:
+        coordinates.run_workers = original
+    assert operator.deleted and not fs.exists(str(tmp_path / "global"))
