@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/gdmix demo
 
-test: setup
-	$(BIN)/python -m pytest -q
+# Horovod is part of the tests (DeText's 2-rank run must not be skipped): built once, then cached.
+test: setup horovod
+	GDMIX_REQUIRE_HOROVOD=1 $(BIN)/python -m pytest -q
 
 bench: setup
 	$(BIN)/python -m bench.run_all
@@ -45,3 +46,10 @@ kind-e2e: setup
 .PHONY: compile
 compile: setup
 	$(BIN)/python -m pipelines.compile_all
+
+# Optional Horovod (TensorFlow + Gloo) for DeText distributed training: scripts/horovod/install.sh
+# builds the wheel once into $${GDMIX_CACHE:-~/.cache/gdmix}/wheels (~5-6 min on 2 cores; later runs
+# reuse it) and installs it plus its pinned run-time deps into .venv. tests/test_horovod.py uses it.
+.PHONY: horovod
+horovod: setup
+	PYTHON=$(abspath $(BIN))/python scripts/horovod/install.sh

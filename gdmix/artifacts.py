@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 
 from gdmix import __version__
-from gdmix.config import DataConfig, FixedEffectConfig, RandomEffectConfig
+from gdmix.config import DataConfig, DetextConfig, FixedEffectConfig, RandomEffectConfig
 from gdmix.errors import GdmixError
 from gdmix.features.index_map import IndexMap
 from gdmix.io import fs
@@ -68,8 +68,7 @@ def save_model(root: str, model: TrainedModel) -> None:
     for bag, index_map in model.index_maps.items():
         index_map.save(index_map_uri(root, bag))
     for coordinate in model.coordinates:
-        table = coordinate.model_to_table(model.models[coordinate.name], model.index_map(coordinate))
-        fs.write_parquet(table, model_uri(root, coordinate.name))
+        coordinate.save(model.models[coordinate.name], model_uri(root, coordinate.name), model.index_map(coordinate))
 
 
 def read_spec(root: str) -> tuple[DataConfig, list[Coordinate]]:
@@ -80,10 +79,8 @@ def read_spec(root: str) -> tuple[DataConfig, list[Coordinate]]:
         spec = json.loads(fs.read_text(spec_path))
         if spec.get("format") != FORMAT_VERSION:
             raise GdmixError(f"{spec_path}: unsupported model format {spec.get('format')!r}")
-        configs = [
-            FixedEffectConfig(**c) if c["type"] == "fixed_effect" else RandomEffectConfig(**c)
-            for c in spec["coordinates"]
-        ]
+        kinds = {"fixed_effect": FixedEffectConfig, "random_effect": RandomEffectConfig, "detext": DetextConfig}
+        configs = [kinds[c["type"]](**c) for c in spec["coordinates"]]
         return DataConfig(**spec["data"]), [make_coordinate(c) for c in configs]
     except (ValueError, KeyError, TypeError, AttributeError) as exc:  # pydantic errors are ValueErrors
         raise GdmixError(f"{spec_path}: not a valid gdmix model description ({exc})") from None
@@ -95,8 +92,7 @@ def load_models(root: str, coordinates: list[Coordinate], index_maps: dict[str, 
     for coordinate in coordinates:
         uri = model_uri(root, coordinate.name)
         if fs.exists(uri):
-            table = fs.read_parquet_dir(uri)
-            models[coordinate.name] = coordinate.model_from_table(table, bag_index_map(index_maps, coordinate), uri)
+            models[coordinate.name] = coordinate.load(uri, bag_index_map(index_maps, coordinate))
     return models
 
 

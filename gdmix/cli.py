@@ -66,6 +66,20 @@ def _parser() -> argparse.ArgumentParser:
     _add_set(fixed)
     fixed.set_defaults(handler=_fixed_effect)
 
+    detext = commands.add_parser(
+        "detext", help="train a DeText coordinate as a job (one worker of TF_CONFIG / horovodrun, or N local)")
+    detext.add_argument("config", help="YAML configuration file")
+    detext.add_argument("--coordinate", required=True, help="name of the detext coordinate")
+    detext.add_argument("--output", required=True, help="where the model and scores are committed")
+    detext.add_argument("--offsets", help="Parquet with uid, offset: the other coordinates' scores")
+    detext.add_argument("--index-maps", help="a model directory whose index_maps/ to use")
+    detext.add_argument("--warm-start", help="a model directory to start from")
+    detext.add_argument("--workers", type=int, help="launch N local workers")
+    detext.add_argument("--launcher", choices=("tf", "horovod"), default="tf",
+                        help="with --workers: TF collective workers (TF_CONFIG) or horovodrun")
+    _add_set(detext)
+    detext.set_defaults(handler=_detext)
+
     prep = commands.add_parser("prep", help="Spark data preparation: contract data, index maps, partitions")
     prep.add_argument("config", help="YAML configuration file with a 'prep' section")
     _add_set(prep)
@@ -205,6 +219,26 @@ def _fixed_effect(args) -> int:
     return 0
 
 
+def _detext(args) -> int:
+    """Under ``--workers N`` this process only launches N copies of itself (minus the flag)."""
+    if args.workers is not None:
+        if args.launcher == "horovod":
+            from gdmix.distributed.launcher import launch_horovod
+
+            argv = _without_option(_without_option(args.argv, "--workers"), "--launcher")
+            return launch_horovod([sys.executable, "-m", "gdmix", *argv], args.workers)
+        return _launch_copies(args)
+    from gdmix.config import load_config
+    from gdmix.jobs.detext import run_detext_job
+
+    config = load_config(args.config, args.overrides)
+    summary = run_detext_job(config, args.coordinate, args.output, offsets=args.offsets,
+                             index_maps=args.index_maps, warm_start=args.warm_start, log=_log)
+    if summary.get("chief", True):
+        print(to_json({k: v for k, v in summary.items() if k != "chief"}), end="", flush=True)
+    return 0
+
+
 def _without_option(argv: list[str], option: str) -> list[str]:
     """``argv`` without ``option VALUE`` / ``option=VALUE``."""
     kept, skip = [], False
@@ -266,8 +300,6 @@ def _pipeline_compile(args) -> int:
 
 
 def _pipeline_run(args) -> int:
-    from pipelines.run import run_local
-
     return _run_pipeline_locally(Path(args.config).read_text(), args.overrides, args.workdir, args.data_root,
                                  args.runner)
 

@@ -119,6 +119,68 @@ class RandomEffectConfig(StrictModel):
         return self
 
 
+class DetextConfig(StrictModel):
+    """A deep text-ranking fixed effect (DeText): text encoders, interactions, wide features, an MLP.
+
+    Text columns are normalised and tokenised inside the model (the same graph in training and
+    serving); the vocabulary comes from the training rows. ``wide_bag`` is a name-term-value bag
+    (sparse wide features, embedded and also added linearly); ``dense`` are numeric columns
+    (standardised from the training rows, then rescaled by ``tanh(w*x + b)``). The offset (the
+    other coordinates' scores) is added to the logit, so the deep model can be re-fitted on
+    random-effect residuals in later passes. Random effects may follow only a ``pointwise``
+    model: pairwise and listwise scores are not calibrated log-odds.
+    """
+
+    name: str = Field(pattern=NAME_PATTERN)
+    type: Literal["detext"]
+    doc_text: list[str] = Field(min_length=1, description="document text columns")
+    query_text: str | None = None
+    user_text: list[str] = []
+    wide_bag: str | None = None
+    dense: list[str] = []
+    encoder: Literal["cnn", "lstm", "transformer", "pretrained"] = "cnn"
+    pretrained_path: str | None = Field(None, description="a local SavedModel mapping strings [n] to vectors [n, d]")
+    vocab_size: int = Field(30000, ge=8)
+    min_token_count: int = Field(1, ge=1)
+    max_len: int = Field(16, ge=1)
+    max_text_bytes: int = Field(2048, ge=16, description="longer fields are cut before tokenising")
+    embedding_dim: int = Field(64, ge=1)
+    num_filters: int = Field(50, ge=1)
+    filter_windows: list[int] = [1, 2, 3]
+    num_units: int = Field(64, ge=1)
+    num_layers: int = Field(1, ge=1)
+    num_heads: int = Field(2, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    interactions: list[Literal["cosine", "hadamard", "diff", "concat"]] = ["cosine", "hadamard"]
+    wide_embedding_dim: int = Field(16, ge=1)
+    hidden: list[int] = [64]
+    loss: Literal["pointwise", "pairwise", "listwise"] = "pointwise"
+    group: str | None = Field(None, description="the query/list column (ranking losses and metrics)")
+    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    learning_rate: float = Field(0.002, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_gradient_norm: float | None = Field(1.0, gt=0)
+    batch_size: int = Field(64, ge=1, description="global batch (rows); workers split it")
+    steps: int = Field(1000, ge=1)
+    eval_every: int = Field(200, ge=1)
+    metric: str = Field("auc", description="auc, logloss, or ndcg@k / mrr@k / precision@k with a group")
+    metric_direction: Literal["max", "min", "auto"] = "auto"
+    seed: int = 0
+    distribution: Literal["auto", "collective", "horovod"] = "auto"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DetextConfig":
+        if self.loss != "pointwise" and not self.group:
+            raise ValueError(f"loss '{self.loss}' ranks rows within lists: set 'group' (the query/list column)")
+        if self.encoder == "pretrained" and not self.pretrained_path:
+            raise ValueError("encoder 'pretrained' needs pretrained_path (a local SavedModel)")
+        return self
+
+    @property
+    def feature_bag(self) -> str | None:
+        return self.wide_bag
+
+
 class RawInputConfig(StrictModel):
     """Raw rows to prepare: a file or directory of Parquet, CSV, JSON lines or Avro."""
 
@@ -209,9 +271,9 @@ class PipelineConfig(StrictModel):
 
 
 CoordinateConfig = Annotated[
-    Union[FixedEffectConfig, RandomEffectConfig], Field(discriminator="type")
+    Union[FixedEffectConfig, RandomEffectConfig, DetextConfig], Field(discriminator="type")
 ]
-COORDINATE_TYPES = ("fixed_effect", "random_effect")
+COORDINATE_TYPES = ("fixed_effect", "random_effect", "detext")
 
 
 class GdmixConfig(StrictModel):
@@ -233,6 +295,11 @@ class GdmixConfig(StrictModel):
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
             raise ValueError(f"coordinate names must be unique; repeated: {', '.join(duplicated)}")
+        ranking = [c.name for c in self.coordinates if isinstance(c, DetextConfig) and c.loss != "pointwise"]
+        if ranking and len(self.coordinates) > 1:
+            raise ValueError(f"{', '.join(ranking)}: a {self.coordinates[0].type} with a ranking loss gives scores "
+                             "that are not log-odds, so no other coordinate can use them as offsets; "
+                             "use loss: pointwise")
         return self
 
 

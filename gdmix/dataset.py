@@ -55,6 +55,7 @@ class Dataset:
     offset: np.ndarray
     entities: dict[str, EntityIds] = field(default_factory=dict)
     bags: dict[str, sp.csr_matrix] = field(default_factory=dict)
+    columns: dict[str, pa.ChunkedArray] = field(default_factory=dict)  # other columns a model reads (texts)
 
     @property
     def num_rows(self) -> int:
@@ -76,8 +77,10 @@ def build_index_maps(table: ContractTable, bags: Iterable[str]) -> dict[str, Ind
     return maps
 
 
-def to_dataset(table: ContractTable, index_maps: Mapping[str, IndexMap], entities: Iterable[str]) -> Dataset:
-    """Convert a validated table into numpy columns and CSR bags (one CSR per index map)."""
+def to_dataset(table: ContractTable, index_maps: Mapping[str, IndexMap], entities: Iterable[str],
+               columns: Iterable[str] = ()) -> Dataset:
+    """Convert a validated table into numpy columns and CSR bags (one CSR per index map);
+    ``columns`` are carried as they are (a DeText model's texts, dense features, list ids)."""
     t = table.table
     return Dataset(
         uid=t.column("uid").to_numpy(),
@@ -86,5 +89,6 @@ def to_dataset(table: ContractTable, index_maps: Mapping[str, IndexMap], entitie
         offset=t.column("offset").to_numpy(),
         entities={name: EntityIds.from_array(t.column(name)) for name in entities},
         bags={bag: bag_to_csr(t.column(bag), imap, t.num_rows) for bag, imap in index_maps.items()},
+        columns={name: t.column(name) for name in columns},
     )
 

@@ -83,10 +83,10 @@ def coordinate_descent(config: GdmixConfig, splits: list[Split], index_maps: dic
             for c in coordinates
         }
 
-    def fit(coordinate, data, offsets, initial, progress):
+    def fit(coordinate, data, offsets, initial, progress, validation):
         if workers > 1 and isinstance(coordinate, FixedEffectCoordinate):
             return fit_on_local_workers(config, coordinate, data, offsets, initial, index_maps, workers)
-        return coordinate.fit(data, offsets, initial, progress)
+        return coordinate.fit(data, offsets, initial, progress, validation=validation)
 
     results = [
         _train_coordinate(coordinate, pass_number, splits, models, reporter, fit)
@@ -116,9 +116,10 @@ def _load_splits(config: GdmixConfig, coordinates: list[Coordinate], reporter: R
     """Validated train (and validation) data in memory, with index maps built from train."""
     bags = sorted({c.feature_bag for c in coordinates if c.feature_bag})
     entities = sorted({c.entity for c in coordinates if c.entity})
+    extra = tuple(dict.fromkeys(name for c in coordinates for name in c.columns))
     columns = ContractColumns(
         uid=config.data.uid, label=config.data.label, weight=config.data.weight,
-        offset=config.data.offset, entities=tuple(entities), bags=tuple(bags),
+        offset=config.data.offset, entities=tuple(entities), bags=tuple(bags), extra=extra,
     )
     tables = {}
     for name in ("train", "validation"):
@@ -130,7 +131,7 @@ def _load_splits(config: GdmixConfig, coordinates: list[Coordinate], reporter: R
         raise DataError("every training row has weight 0: nothing to train on",
                         path=config.data.train, column=config.data.weight or "weight")
     index_maps = build_index_maps(tables["train"], bags)
-    splits = [Split(name, to_dataset(table, index_maps, entities), {}) for name, table in tables.items()]
+    splits = [Split(name, to_dataset(table, index_maps, entities, extra), {}) for name, table in tables.items()]
     reporter.info(
         ", ".join(f"{split.data.num_rows:,} {split.name} rows" for split in splits)
         + "; features: " + (", ".join(f"{b}={len(m)}" for b, m in index_maps.items()) or "none")
@@ -162,7 +163,9 @@ def _train_coordinate(coordinate: Coordinate, pass_number: int, splits: list[Spl
     label = f"pass {pass_number} {coordinate.name}"
     tic = time.perf_counter()
     with reporter.progress(f"{label}: training") as progress:
-        model, solver_report = fit(coordinate, train_split.data, offsets, models.get(coordinate.name), progress)
+        validation = (splits[1].data, splits[1].total(excluding=coordinate.name)) if len(splits) > 1 else None
+        model, solver_report = fit(coordinate, train_split.data, offsets, models.get(coordinate.name), progress,
+                                   validation)
     seconds = time.perf_counter() - tic
     models[coordinate.name] = model
     for split in splits:

@@ -1,13 +1,17 @@
-"""Evaluation metrics for binary response models (AUC, AUPR, log loss, per-entity AUC).
+"""Evaluation metrics: binary response models (AUC, AUPR, log loss, per-entity AUC) and ranking
+metrics over groups of rows (NDCG@k, MRR@k, precision@k per query or per user list).
 
 Every function is a pure, vectorized numpy computation: one sort, then cumulative weighted sums
-over blocks of tied scores. There is no Python loop over rows or groups, because validation sets
-are tens of millions of rows and per-entity AUC covers millions of entities.
+over blocks of tied scores (or over the top k rows of each group). There is no Python loop over
+rows or groups, because validation sets are tens of millions of rows and per-entity metrics cover
+millions of entities.
 
 The definitions match scikit-learn exactly (``roc_auc_score``, ``average_precision_score``,
 ``log_loss`` with ``sample_weight``), so numbers are comparable with other tooling, but
 undefined cases return ``nan`` instead of raising: an evaluation report must not crash because
-one validation shard happens to hold a single class.
+one validation shard happens to hold a single class. NDCG equals
+``sklearn.metrics.ndcg_score`` per group where that is comparable (no tied scores; sklearn's gain
+is the label itself, our ``gain="linear"``); see :func:`ndcg_at_k` for how ties differ.
 """
 
 from __future__ import annotations
@@ -21,6 +25,11 @@ __all__ = [
     "binary_metrics",
     "grouped_auc",
     "per_entity_auc_summary",
+    "ndcg_at_k",
+    "mrr_at_k",
+    "precision_at_k",
+    "grouped_ranking_metrics",
+    "per_group_ranking_metrics",
 ]
 
 
@@ -354,4 +363,361 @@ def per_entity_auc_summary(groups, labels, scores, weights=None) -> dict:
         p10=float(p10),
         p90=float(p90),
     )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Ranking metrics over groups (queries, per-user candidate lists)
+# --------------------------------------------------------------------------------------------
+#
+# Conventions shared by every ranking function:
+#
+# * Within a group, rows are ranked by score, highest first. Rows with equal scores are ranked
+#   worst case first: lower labels ahead of higher ones. Averaging over all orders of a tie (what
+#   sklearn's ndcg_score does) needs per-block expected discounts; the worst case costs one extra
+#   sort of the tied rows only, is deterministic, and scores a constant scorer as the worst
+#   ranking of its labels, so a model that collapses to ties cannot look good by accident.
+# * Labels are graded relevance, any finite number >= 0; a row is relevant when its label is > 0.
+# * A group with no relevant row has no defined value (nan) for any of the metrics: there is
+#   nothing to rank, so it says nothing about the model, and scoring it 0 (or 1) would move the
+#   mean with the share of such groups in the data. Means are over the remaining groups, so all
+#   metrics average over the same groups.
+# * ``weights``, when given, is one weight per group, repeated on each of its rows (as a per-row
+#   column carries it); means are weighted over groups. A weight that varies within a group is
+#   rejected: per-row weights have no meaning for a ranked list.
+
+_GAINS = ("exponential", "linear")
+
+
+def _prepare_ranking(groups, labels, scores, weights):
+    """Validate and flatten (groups, labels, scores, weights) for the ranking metrics.
+
+    Negative labels are rejected because they give negative gains and NDCG outside [0, 1];
+    NaN labels or scores would make the ranking undefined.
+    """
+    g = _as_1d("groups", groups)
+    y = _as_1d("labels", labels, np.float64)
+    s = _as_1d("scores", scores, np.float64)
+    n = y.shape[0]
+    if g.shape[0] != n or s.shape[0] != n:
+        raise ValueError(
+            "groups, labels and scores must have the same length, got "
+            f"{g.shape[0]}, {n} and {s.shape[0]}"
+        )
+    w = None
+    if weights is not None:
+        w = _as_1d("weights", weights, np.float64)
+        if w.shape[0] != n:
+            raise ValueError(
+                f"labels and weights must have the same length, got {n} and {w.shape[0]}"
+            )
+        if np.isnan(w).any() or (w < 0).any():
+            raise ValueError("weights must be non-negative and not NaN")
+    if n and not (np.isfinite(y).all() and (y >= 0).all()):
+        raise ValueError("labels must be finite and non-negative (graded relevance)")
+    if n and np.isnan(s).any():
+        raise ValueError("scores contain NaN")
+    return g, y, s, w
+
+
+def _check_ks(ks) -> list[int]:
+    if isinstance(ks, (int, np.integer)) and not isinstance(ks, bool):
+        ks = [ks]
+    out = []
+    for k in ks:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        out.append(int(k))
+    if not out:
+        raise ValueError("ks must name at least one cutoff")
+    return out
+
+
+def _small_int_labels(values: np.ndarray) -> np.ndarray | None:
+    """``values`` as int16 when every value is an integer in [0, 32767], else None.
+
+    Relevance labels are almost always 0/1 or 0..4; as small integers they can be radix-sorted
+    or counted instead of comparison-sorted as float64.
+    """
+    if values.size and 0.0 <= values.min() and values.max() <= 32767.0:
+        as_int = values.astype(np.int16)
+        if np.array_equal(as_int, values):
+            return as_int
+    return None
+
+
+def _sort_within(blocks: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Permutation ordering rows by (block, value) when ``blocks`` is already non-decreasing.
+
+    ``blocks`` are int64 ids in [0, m). Rows are argsorted by value (numpy's linear-time radix
+    sort for small integer labels), then the unique key ``block * m + rank`` is value-sorted, as
+    in :func:`_group_score_order`. The sorted keys have exactly the (sorted) ``blocks`` as their
+    block part, so subtracting ``blocks * m`` recovers the ranks without a division.
+    """
+    m = values.shape[0]
+    as_int = _small_int_labels(values)
+    by_value = np.argsort(values) if as_int is None else np.argsort(as_int, kind="stable")
+    key = blocks[by_value]
+    key *= m
+    key += np.arange(m, dtype=np.int64)
+    key.sort()
+    key -= blocks * m
+    return by_value[key]
+
+
+def _ranking_order(g: np.ndarray, y: np.ndarray, s: np.ndarray):
+    """Rows ranked within groups: ``(order, group_starts)``.
+
+    Order is by group, then score descending, then label ascending among tied scores (the worst
+    case). The group sort runs on ``-s``; the tie fix-up then re-sorts only the rows that share
+    their score with a neighbour of the same group, so continuous scores pay nothing for it.
+    """
+    n = y.shape[0]
+    order, g_sorted = _group_score_order(g, np.negative(s))
+    opens = np.empty(n, dtype=bool)
+    opens[0] = True
+    np.not_equal(g_sorted[1:], g_sorted[:-1], out=opens[1:])
+    del g_sorted
+    starts = np.flatnonzero(opens)
+
+    s_sorted = s[order]
+    tied_prev = np.empty(n, dtype=bool)  # row i has the score of row i-1, same group
+    tied_prev[0] = False
+    np.equal(s_sorted[1:], s_sorted[:-1], out=tied_prev[1:])
+    del s_sorted
+    tied_prev &= ~opens
+    if tied_prev.any():
+        in_tie = tied_prev.copy()
+        in_tie[:-1] |= tied_prev[1:]
+        rows = np.flatnonzero(in_tie)
+        blocks = np.cumsum(~tied_prev[rows], dtype=np.int64)
+        blocks -= 1
+        tied_order = order[rows]
+        order[rows] = tied_order[_sort_within(blocks, y[tied_order])]
+    return order, starts
+
+
+def _gain(labels: np.ndarray, gain: str) -> np.ndarray:
+    if gain == "linear":
+        return labels
+    out = np.exp2(labels)
+    out -= 1.0  # exact for integer labels
+    return out
+
+
+def _cumulative_discount(kmax: int) -> np.ndarray:
+    """``D[j]`` = sum of the first j rank discounts 1 / log2(rank + 2), ``D[0] = 0``."""
+    return np.concatenate(([0.0], np.cumsum(1.0 / np.log2(np.arange(kmax) + 2.0))))
+
+
+def _ideal_dcg_by_counting(y_sorted, group_index, n_groups: int, ks, gain: str):
+    """IDCG@k of every group from label counts, without sorting, for small integer labels.
+
+    In the ideal order the rows with label v take ranks [a_v, a_v + c_v), a_v counting the
+    group's rows with higher labels, so IDCG@k = sum_v gain(v) * (D(min(a_v + c_v, k)) -
+    D(min(a_v, k))) with D the cumulative discount. One bincount over (group, label) replaces
+    the sort; None (use the sort) for other labels or when the count table would be large.
+    """
+    labels = _small_int_labels(y_sorted)
+    if labels is None:
+        return None
+    width = int(labels.max()) + 1
+    if n_groups * width > max(y_sorted.shape[0], 1 << 20):
+        return None
+    if width == 1:  # nothing relevant anywhere
+        return {k: np.zeros(n_groups) for k in ks}
+    key = group_index * width
+    key += labels
+    counts = np.bincount(key, minlength=n_groups * width).reshape(n_groups, width)
+    counts = counts[:, :0:-1]  # labels width-1 down to 1; label 0 has gain 0
+    after = np.cumsum(counts, axis=1)
+    before = after - counts
+    gains = _gain(np.arange(width - 1, 0, -1, dtype=np.float64), gain)
+    cum = _cumulative_discount(max(ks))
+    return {
+        k: (cum[np.minimum(after, k)] - cum[np.minimum(before, k)]) @ gains for k in set(ks)
+    }
+
+
+def _top_k_sums(values: np.ndarray, pos: np.ndarray, starts: np.ndarray, k: int, kmax: int):
+    """Per group, the sum of ``values`` over the rows ranked before ``k``."""
+    if k < kmax:
+        values = np.where(pos < k, values, 0.0)
+    return np.add.reduceat(values, starts)
+
+
+def _ranking_core(groups, labels, scores, ks, weights, gain: str, ndcg: bool):
+    """Per-group NDCG@k (if ``ndcg``), MRR@k and precision@k for every k in ``ks``.
+
+    Returns ``(group_values, row_counts, group_weights, values)``: groups sorted by value,
+    ``group_weights`` None without weights, and ``values[name]`` an array per metric name
+    (``ndcg@5``, ...), nan for groups without a relevant row.
+
+    After the ranking sort only the top ``max(ks)`` rows of each group are kept, so long lists
+    cost no more than short ones beyond the sort. DCG sums run per group with
+    ``np.add.reduceat``; relevant counts use an exact integer cumsum.
+    """
+    if gain not in _GAINS:
+        raise ValueError(f"gain must be one of {', '.join(_GAINS)}, got {gain!r}")
+    ks = _check_ks(ks)
+    g, y, s, w = _prepare_ranking(groups, labels, scores, weights)
+    n = y.shape[0]
+    names = [f"{m}@{k}" for k in ks for m in (("ndcg",) if ndcg else ()) + ("mrr", "precision")]
+    if n == 0:
+        empty = np.empty(0, dtype=np.float64)
+        return (g[:0].copy(), np.empty(0, dtype=np.int64), None if w is None else empty,
+                {name: empty.copy() for name in names})
+
+    order, starts = _ranking_order(g, y, s)
+    n_groups = starts.shape[0]
+    sizes = np.diff(np.append(starts, n))
+    group_values = g[order[starts]]
+    group_weights = None
+    if w is not None:
+        w_sorted = w[order]
+        group_weights = w_sorted[starts]
+        if (w_sorted != np.repeat(group_weights, sizes)).any():
+            raise ValueError(
+                "weights must be constant within a group (one weight per group, repeated on "
+                "its rows)"
+            )
+        del w_sorted
+    y_sorted = y[order]
+    del order
+    pos = np.arange(n, dtype=np.int64)
+    pos -= np.repeat(starts, sizes)
+    undefined = np.add.reduceat(y_sorted > 0, starts, dtype=np.int64) == 0
+
+    kmax = max(ks)
+    ideal = idcg = None
+    if ndcg:
+        group_index = np.repeat(np.arange(n_groups, dtype=np.int64), sizes)
+        idcg = _ideal_dcg_by_counting(y_sorted, group_index, n_groups, ks, gain)
+        if idcg is None:
+            ideal = y_sorted[_sort_within(group_index, np.negative(y_sorted))]
+        del group_index
+
+    if sizes.max() > kmax:  # only the top kmax rows of each group matter from here on
+        keep = pos < kmax
+        y_sorted, pos = y_sorted[keep], pos[keep]
+        if ideal is not None:
+            ideal = ideal[keep]
+        del keep
+    kept = np.minimum(sizes, kmax)
+    starts_kept = np.concatenate(([0], np.cumsum(kept[:-1])))
+    relevant = y_sorted > 0
+
+    first_relevant = np.minimum.reduceat(np.where(relevant, pos, kmax), starts_kept)
+    relevant_cum = np.cumsum(relevant, dtype=np.int64)
+    relevant_before = relevant_cum[starts_kept] - relevant[starts_kept]
+    if ndcg:
+        discount = 1.0 / np.log2(np.arange(kmax, dtype=np.float64) + 2.0)
+        discount = discount[pos]
+        gains = _gain(y_sorted, gain) * discount
+        if ideal is not None:
+            ideal_gains = _gain(ideal, gain) * discount
+        del discount
+
+    values: dict[str, np.ndarray] = {}
+    for k in ks:
+        if ndcg:
+            dcg = _top_k_sums(gains, pos, starts_kept, k, kmax)
+            if idcg is None:
+                idcg_k = _top_k_sums(ideal_gains, pos, starts_kept, k, kmax)
+            else:
+                idcg_k = idcg[k]
+            value = np.full(n_groups, np.nan)
+            np.divide(dcg, idcg_k, out=value, where=idcg_k > 0)
+            values[f"ndcg@{k}"] = value
+        reciprocal = np.zeros(n_groups)
+        hit = first_relevant < k
+        reciprocal[hit] = 1.0 / (first_relevant[hit] + 1.0)
+        reciprocal[undefined] = np.nan
+        values[f"mrr@{k}"] = reciprocal
+        top = np.minimum(sizes, k)
+        precision = (relevant_cum[starts_kept + top - 1] - relevant_before) / top
+        precision[undefined] = np.nan
+        values[f"precision@{k}"] = precision
+    return group_values, sizes.astype(np.int64), group_weights, {n_: values[n_] for n_ in names}
+
+
+def _group_mean(values: np.ndarray, group_weights: np.ndarray | None) -> float:
+    """(Weighted) mean over groups where ``values`` is defined; nan when none (or no weight)."""
+    defined = ~np.isnan(values)
+    if group_weights is None:
+        return float(values[defined].mean()) if defined.any() else float("nan")
+    w = group_weights[defined]
+    total = w.sum()
+    if not total > 0:
+        return float("nan")
+    return float(np.dot(w, values[defined]) / total)
+
+
+def ndcg_at_k(groups, labels, scores, k: int, weights=None, gain: str = "exponential") -> float:
+    """Mean over groups of NDCG@k = DCG@k / IDCG@k.
+
+    DCG@k = sum over the top k rows (rank i = 0, 1, ...) of gain(label_i) / log2(i + 2), with
+    gain 2**label - 1 (``"exponential"``, the usual choice for graded relevance and TF-Ranking's
+    default; equal to linear for 0/1 labels) or label (``"linear"``, sklearn's ndcg_score).
+    IDCG@k is DCG@k of the same group's labels sorted descending. Groups with IDCG = 0 (no
+    relevant row) are left out of the mean; nan if no group is left. A group shorter than k
+    counts all its rows.
+
+    Tied scores rank lower labels first (the worst case; see the section notes above), so ties
+    earn no credit, whereas sklearn averages over tie orders: the two agree when scores do not
+    tie within a group.
+    """
+    _, _, gw, values = _ranking_core(groups, labels, scores, [k], weights, gain, ndcg=True)
+    return _group_mean(values[f"ndcg@{k}"], gw)
+
+
+def mrr_at_k(groups, labels, scores, k: int, weights=None) -> float:
+    """Mean over groups of the reciprocal rank of the first relevant row (label > 0) in the top k.
+
+    1 / (rank + 1) with ranks from 0, and 0 when no relevant row is ranked within the top k.
+    Groups without any relevant row are left out; nan if no group is left. Tied scores rank
+    lower labels first (worst case).
+    """
+    _, _, gw, values = _ranking_core(groups, labels, scores, [k], weights, "linear", ndcg=False)
+    return _group_mean(values[f"mrr@{k}"], gw)
+
+
+def precision_at_k(groups, labels, scores, k: int, weights=None) -> float:
+    """Mean over groups of the fraction of relevant rows (label > 0) in the top min(k, size).
+
+    Dividing by min(k, group size) rather than k keeps a perfect ranking of a short list at 1.
+    Groups without any relevant row are left out, as for NDCG and MRR (their precision would be
+    0 whatever the model does); nan if no group is left. Tied scores rank lower labels first.
+    """
+    _, _, gw, values = _ranking_core(groups, labels, scores, [k], weights, "linear", ndcg=False)
+    return _group_mean(values[f"precision@{k}"], gw)
+
+
+def per_group_ranking_metrics(
+    groups, labels, scores, ks=(1, 5, 10), gain: str = "exponential"
+) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """NDCG@k, MRR@k and precision@k of every group at once, for every k in ``ks``.
+
+    Returns ``(group_values, values, row_counts)`` like :func:`grouped_auc`: groups sorted by
+    value, ``values`` keyed ``"ndcg@k"``, ``"mrr@k"``, ``"precision@k"`` with one float per
+    group (nan where the group has no relevant row), and the number of rows of each group.
+    """
+    group_values, counts, _, values = _ranking_core(groups, labels, scores, ks, None, gain, True)
+    return group_values, values, counts
+
+
+def grouped_ranking_metrics(
+    groups, labels, scores, ks=(1, 5, 10), weights=None, gain: str = "exponential"
+) -> dict:
+    """Mean NDCG@k, MRR@k and precision@k for every k in ``ks``, from one ranking sort.
+
+    Keys ``"ndcg@k"``, ``"mrr@k"``, ``"precision@k"`` (floats, nan when undefined), in ``ks``
+    order, plus ``"groups"`` (number of groups) and ``"groups_with_relevant"`` (those averaged
+    over). Each mean equals what :func:`ndcg_at_k`, :func:`mrr_at_k` and :func:`precision_at_k`
+    return for that k.
+    """
+    _, counts, gw, values = _ranking_core(groups, labels, scores, ks, weights, gain, ndcg=True)
+    out: dict = {name: _group_mean(v, gw) for name, v in values.items()}
+    out["groups"] = int(counts.shape[0])
+    out["groups_with_relevant"] = int((~np.isnan(values[f"mrr@{_check_ks(ks)[0]}"])).sum())
     return out

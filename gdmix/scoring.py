@@ -22,13 +22,14 @@ def score_dataset(model_dir: str, data_uri: str, out_uri: str) -> dict:
     """Score every row of ``data_uri`` and write ``out_uri`` (staged); returns a summary."""
     trained = load_model(model_dir)
     entities = sorted({c.entity for c in trained.coordinates if c.entity})
+    extra = tuple(dict.fromkeys(name for c in trained.coordinates for name in c.columns))
     columns = ContractColumns(
         uid=trained.data.uid, label=trained.data.label, label_required=False,
         weight=trained.data.weight, offset=trained.data.offset,
-        entities=tuple(entities), bags=tuple(sorted(trained.index_maps)),
+        entities=tuple(entities), bags=tuple(sorted(trained.index_maps)), extra=extra,
     )
     table = read_contract_table(data_uri, columns)
-    data = to_dataset(table, trained.index_maps, entities)
+    data = to_dataset(table, trained.index_maps, entities, extra)
     per_coordinate = {c.name: c.score(trained.models[c.name], data) for c in trained.coordinates}
     total = data.offset + sum(per_coordinate.values(), np.zeros(data.num_rows))
     output = {"uid": pa.array(data.uid)}

@@ -6,6 +6,7 @@ file formats with a handful of invented rows.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import zipfile
 from pathlib import Path
@@ -175,8 +176,11 @@ def test_schema_and_contract(sources, tmp_path):
     _build(tmp_path, sources["wheel"], "out")
     train = _read(str(tmp_path / "out" / "train"))
     assert train.column_names == [
-        "uid", "label", "user_id", "movie_id", "title", "global", "per_user", "per_movie"
+        "uid", "label", "user_id", "movie_id", "title", "user_text", "global", "per_user",
+        "per_movie",
     ]
+    assert train.schema.field("title").type == pa.string()
+    assert train.schema.field("user_text").type == pa.string()
     for bag in ("global", "per_user", "per_movie"):
         assert train.schema.field(bag).type == FEATURE_BAG_TYPE
     assert train.schema.field("uid").type == pa.int64()
@@ -212,6 +216,8 @@ def test_rows_labels_and_features(full_table):
         assert row["label"] == (1.0 if rating > 3 else 0.0)
         assert row["title"] == EXPECTED_TITLES[m]
         _, age, gender, occupation, _ = users[u]
+        sex = {"M": "male", "F": "female"}[gender]
+        assert row["user_text"] == f"age {age} gender {sex} occupation {occupation}"
         user_features = [("age", "", age / 100), ("gender", gender, 1.0),
                          ("occupation", occupation, 1.0)]
         genres = movies[m][3]
@@ -230,6 +236,62 @@ def test_rows_labels_and_features(full_table):
     assert [f["name"] for f in unknown["per_user"]] == ["genre"]
     toy = next(r for r in rows if r["movie_id"] == 1)
     assert len(toy["per_user"]) == 4 and len(toy["global"]) == 7
+
+
+def test_title_column(sources, tmp_path):
+    for name, source in sources.items():
+        _, train, validation = _build(tmp_path, source, name)
+        for table in (train, validation):
+            titles = table.column("title").to_pylist()
+            movies = table.column("movie_id").to_pylist()
+            assert len(titles) == table.num_rows > 0
+            for movie, title in zip(movies, titles):
+                assert title and title == title.strip(), (name, movie)
+                assert not re.search(r"\(\d{4}\)$", title), (name, title)
+                assert title == EXPECTED_TITLES[movie], (name, movie)
+            # user_text names the row's user and is never empty
+            users = {u[0]: u for u in USERS}
+            for user, text in zip(table.column("user_id").to_pylist(),
+                                  table.column("user_text").to_pylist()):
+                assert text.startswith(f"age {users[user][1]} gender ")
+                assert text.endswith(f" occupation {users[user][3]}")
+    # Raw text, not normalised: case, accents, commas and inner parentheses are kept.
+    assert EXPECTED_TITLES[4] == "Misérables, Les"
+    assert EXPECTED_TITLES[6] == "Double vie de Véronique, La (Double Life of Veronique, The)"
+
+
+# id, GroupLens title (latin-1), RecBole movie_title, RecBole release_year, expected title, year
+ODD_TITLES = [
+    (1, "", "", "1995", "unknown", 1995),  # empty title; GroupLens year from the release date
+    (2, "(1996)", "", "1996", "unknown", 1996),  # nothing but a year
+    (3, "Café au Lait, Le (1993)", "Café au Lait, Le", "1993", "Café au Lait, Le", 1993),
+    (4, "1941 (1979)", "1941", "1979", "1941", 1979),  # a title that is a number
+    (5, "Seven (Se7en) (1995)", "Seven (Se7en)", "1995", "Seven (Se7en)", 1995),
+    (6, "Gone Fishin' (1997)", "Gone Fishin'", "1997", "Gone Fishin'", 1997),
+]
+
+
+def test_odd_titles(tmp_path):
+    grouplens = write_grouplens(tmp_path / "gl")
+    lines = []
+    for mid, title, *_ in ODD_TITLES:
+        flags = ["1" if g == "Drama" else "0" for g in movielens.GENRES]
+        lines.append("|".join([str(mid), title, "01-Jan-1995", "", "http://x"] + flags) + "\n")
+    (grouplens / "u.item").write_bytes("".join(lines).encode("latin-1"))
+    recbole = write_recbole(tmp_path / "rb")
+    (recbole / "ml-100k.item").write_text(
+        "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+        + "".join(f"{mid}\t{rb_title}\t{rb_year}\tDrama\n"
+                  for mid, _, rb_title, rb_year, _, _ in ODD_TITLES),
+        encoding="utf-8",
+    )
+    tables = [load_movielens_100k(str(source))[0] for source in (grouplens, recbole)]
+    assert tables[0].equals(tables[1])
+    expected = {mid: (title, year) for mid, *_, title, year in ODD_TITLES}
+    for row in tables[0].to_pylist():
+        title, year = expected[row["movie_id"]]
+        assert row["title"] == title
+        assert ("release_year", "", year / 2000) in _features(row["per_user"])
 
 
 def test_split_is_seeded(sources, tmp_path, full_table):

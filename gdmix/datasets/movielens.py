@@ -2,7 +2,20 @@
 
 :func:`build_movielens_100k` writes ``out/train/`` and ``out/validation/``: one row per rating,
 ``uid`` = 0-based row number in the ratings file, ``label`` = 1.0 if rating > 3 else 0.0,
-``user_id``/``movie_id`` (int64), the movie ``title`` (year suffix removed) and three feature bags:
+``user_id``/``movie_id`` (int64), two text columns and three feature bags.
+
+Text, for a DeText (deep text) fixed effect:
+
+* ``title``: the movie title as GroupLens/RecBole write it, minus the trailing year, e.g.
+  ``Misérables, Les`` for ``Misérables, Les (1995)`` (GroupLens's ``u.item`` is latin-1; the
+  text is decoded to str). GDMix's DeText example lower-cased titles and stripped punctuation
+  when it built the data; here the raw title is kept because our DeText model normalises text
+  inside its graph (case folding, non-letters as separators), so training and serving see the
+  same normalisation and the data needs none. A title that would be empty is ``unknown``.
+* ``user_text``: the user's features as words, ``age 24 gender male occupation technician``
+  (for a DeText ``user_text`` field; GDMix's example had no user text).
+
+Feature bags:
 
 * user features (24 possible): ``("age", "", age/100)``, ``("gender", "M"|"F", 1)``,
   ``("occupation", <one of 21>, 1)``;
@@ -80,6 +93,7 @@ _TITLE_YEAR = re.compile(r"\s*\((\d{4})\)\s*$")
 _LAST_GROUP = re.compile(r"^(.*)\(([^()]*)\)\s*$", re.DOTALL)
 _YEAR = re.compile(r"\d{4}")
 _RECBOLE_UNKNOWN = ("unkonwn", "unknown", "")  # RecBole spells its missing title/year "unkonwn"
+UNKNOWN_TITLE = "unknown"  # GroupLens's title of movie 267; also given to any empty title
 _MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
 
 
@@ -345,17 +359,20 @@ def _title_year(title: str, token: str | None) -> tuple[str, int | None]:
     as the video marker of ``Land Before Time III: ... (1995) (V)``: then the title's own
     ``(yyyy)`` suffix is the year and the marker is dropped, or, without one, the suffix is put
     back into the title.
+
+    A title left empty (an empty field, or nothing but a year) becomes ``unknown``, MovieLens's
+    own title for its untitled movie 267, so every row has some text for a text model.
     """
     if token is not None and token.lower() in _RECBOLE_UNKNOWN:
         token = None
+    year = None
     if token is not None and _YEAR.fullmatch(token):
-        return title, int(token)
-    match = _TITLE_YEAR.search(title)
-    if match:
-        return title[: match.start()].strip(), int(match.group(1))
-    if token is not None:
+        year = int(token)
+    elif match := _TITLE_YEAR.search(title):
+        title, year = title[: match.start()].strip(), int(match.group(1))
+    elif token is not None:
         title = f"{title} ({token})"
-    return title, None
+    return title or UNKNOWN_TITLE, year
 
 
 def _parse_grouplens(files: _Files) -> tuple[_Ratings, _Users, _Movies]:
@@ -445,7 +462,7 @@ def _parse_recbole(files: _Files) -> tuple[_Ratings, _Users, _Movies]:
     for (number, _), parts in zip(rows, body):
         title = parts[at["movie_title"]].strip()
         title, year = _title_year(
-            "unknown" if title == "unkonwn" else title, parts[at["release_year"]].strip()
+            UNKNOWN_TITLE if title == "unkonwn" else title, parts[at["release_year"]].strip()
         )
         titles.append(title)
         years.append(year)
@@ -463,6 +480,14 @@ def _parse_recbole(files: _Files) -> tuple[_Ratings, _Users, _Movies]:
 def _user_features(users: _Users) -> list[list[tuple[str, str, float]]]:
     return [
         [f for f in (("age", "", age / 100.0), ("gender", g, 1.0), ("occupation", o, 1.0)) if f[2] != 0.0]
+        for age, g, o in zip(users.age, users.gender, users.occupation)
+    ]
+
+
+def _user_texts(users: _Users) -> list[str]:
+    words = {"M": "male", "F": "female"}
+    return [
+        f"age {age} gender {words[g]} occupation {o}"
         for age, g, o in zip(users.age, users.gender, users.occupation)
     ]
 
@@ -542,6 +567,7 @@ def movielens_table(ratings: _Ratings, users: _Users, movies: _Movies, ratings_w
             "user_id": pa.array(ratings.user, pa.int64()),
             "movie_id": pa.array(ratings.movie, pa.int64()),
             "title": pa.array(movies.title, pa.string()).take(pa.array(mi)),
+            "user_text": pa.array(_user_texts(users), pa.string()).take(pa.array(ui)),
             "global": global_bag,
             "per_user": _bag(pool, *movie_ranges),
             "per_movie": _bag(pool, *user_ranges),

@@ -93,3 +93,23 @@ def _stop(children: list[subprocess.Popen]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(child.pid, signal.SIGKILL)
             child.wait()
+
+
+def horovodrun_command(argv: Sequence[str], workers: int) -> list[str]:
+    """``horovodrun`` for ``workers`` local ranks over Gloo, every socket on 127.0.0.1
+    (:mod:`gdmix.distributed.horovodrun_loopback` keeps its rendezvous server off 0.0.0.0)."""
+    import importlib.util
+
+    from gdmix.errors import GdmixError
+
+    if importlib.util.find_spec("horovod") is None:
+        raise GdmixError("Horovod is not installed: it is built from source for this TensorFlow (make horovod)")
+    return [sys.executable, "-m", "gdmix.distributed.horovodrun_loopback", "-np", str(workers),
+            "-H", f"localhost:{workers}", "--gloo", "--network-interfaces", "lo", *argv]
+
+
+def launch_horovod(argv: Sequence[str], workers: int, env: dict[str, str] | None = None) -> int:
+    """Run ``argv`` as ``workers`` Horovod ranks (the way an MPIJob's launcher would)."""
+    base = dict(os.environ if env is None else env)
+    base.setdefault(THREADS_VARIABLE, str(max(1, (os.cpu_count() or 1) // workers)))
+    return subprocess.call(horovodrun_command(argv, workers), env=base)

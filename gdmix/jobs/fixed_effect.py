@@ -31,13 +31,14 @@ from gdmix.artifacts import TrainedModel, index_map_uri, load_models, save_model
 from gdmix.config import FixedEffectConfig, GdmixConfig
 from gdmix.dataset import Dataset, build_index_maps, to_dataset
 from gdmix.distributed.cluster import worker_info
-from gdmix.distributed.collective import Collective, agree, barrier, connect
+from gdmix.distributed.collective import agree, barrier, connect
 from gdmix.distributed.exchange import Exchange
 from gdmix.errors import ConfigError, DataError
 from gdmix.features.index_map import IndexMap
 from gdmix.io import fs
 from gdmix.io.checkpoint import Checkpoint
 from gdmix.io.contract import ContractColumns, ContractTable, read_contract_table
+from gdmix.io.uid_join import read_offsets
 from gdmix.models.coordinates import FixedEffectCoordinate
 from gdmix.models.fixed_effect import FixedEffectModel, FixedEffectProblem
 
@@ -197,16 +198,7 @@ def _external_offsets(uri: str | None, train: Dataset) -> np.ndarray:
     """
     if uri is None:
         return np.zeros(train.num_rows)
-    table = fs.read_parquet_dir(uri, columns=["uid", "offset"])
-    uids, values = table.column("uid").to_numpy(), table.column("offset").to_numpy()
-    order = np.argsort(uids, kind="stable")
-    uids, values = uids[order], values[order]
-    position = np.minimum(np.searchsorted(uids, train.uid), max(len(uids) - 1, 0))
-    missing = np.flatnonzero(uids[position] != train.uid) if len(uids) else np.arange(train.num_rows)
-    if missing.size:
-        raise DataError(f"no offset for uid {int(train.uid[missing[0]])} ({missing.size} training rows have none)",
-                        path=uri, column="uid")
-    return values[position]
+    return read_offsets(uri, train.uid)
 
 
 def _warm_start_model(uri: str | None, spec: FixedEffectConfig, maps: dict[str, IndexMap]) -> FixedEffectModel | None:

@@ -28,10 +28,11 @@ from gdmix.artifacts import index_map_uri
 from gdmix.config import GdmixConfig, RandomEffectConfig
 from gdmix.dataset import Dataset, to_dataset
 from gdmix.distributed.cluster import worker_info
-from gdmix.errors import ConfigError, DataError
+from gdmix.errors import ConfigError
 from gdmix.features.index_map import IndexMap
 from gdmix.io import fs
 from gdmix.io.contract import ContractColumns, read_contract_table
+from gdmix.io.uid_join import read_offsets
 from gdmix.models.random_effect import RandomEffectModel, fit_random_effect
 
 SPLITS = ("train", "validation")
@@ -130,29 +131,17 @@ def _read_partition(prep_dir: str, spec: RandomEffectConfig, split: str, partiti
     table = read_contract_table(uri, columns)
     data = to_dataset(table, {spec.feature_bag: index_map} if spec.feature_bag else {}, [spec.entity])
     if offsets:
-        data.offset = data.offset + _partition_offsets(fs.join(offsets, split, f"partition={partition}"), data.uid)
+        data.offset = data.offset + read_offsets(fs.join(offsets, split, f"partition={partition}"), data.uid)
     active = table.table.column("active").to_numpy(zero_copy_only=False).astype(bool) if flags else None
     return data, active
-
-
-def _partition_offsets(uri: str, uids: np.ndarray) -> np.ndarray:
-    table = fs.read_parquet_dir(uri, columns=["uid", "offset"])
-    known, values = table.column("uid").to_numpy(), table.column("offset").to_numpy()
-    order = np.argsort(known)
-    known, values = known[order], values[order]
-    position = np.minimum(np.searchsorted(known, uids), max(len(known) - 1, 0))
-    missing = np.flatnonzero(known[position] != uids) if len(known) else np.arange(len(uids))
-    if missing.size:
-        raise DataError(f"no offset for uid {int(uids[missing[0]])} ({missing.size} rows have none)", path=uri,
-                        column="uid")
-    return values[position]
 
 
 def _train_one(config, spec: RandomEffectConfig, prep_dir: str, partition: int, index_map: IndexMap,
                output: str, offsets: str | None, warm_start: str | None) -> dict:
     train, flags = _read_partition(prep_dir, spec, "train", partition, index_map, offsets)
-    if train is None:
-        raise DataError(f"partition {partition} has no training rows", path=fs.join(prep_dir, "partitions", spec.name))
+    if train is None:  # more partitions than the population fills: nothing to train or score
+        return {"partition": partition, "rows": 0, "active_rows": 0, "validation_rows": 0, "entities_trained": 0,
+                "unconverged_entities": 0}
     data = {"train": train, "validation": _read_partition(prep_dir, spec, "validation", partition, index_map,
                                                           offsets)[0]}
     entities = train.entities[spec.entity]

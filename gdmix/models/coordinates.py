@@ -14,37 +14,42 @@ from typing import Protocol, Union
 import numpy as np
 import pyarrow as pa
 
-from gdmix.config import FixedEffectConfig, RandomEffectConfig
+from gdmix.config import DetextConfig, FixedEffectConfig, RandomEffectConfig
 from gdmix.dataset import Dataset
+from gdmix.io import fs
 from gdmix.features.index_map import IndexMap
 from gdmix.models.fixed_effect import FixedEffectModel, fit_fixed_effect
 from gdmix.models.random_effect import RandomEffectModel, fit_random_effect
 from gdmix.report import ProgressCallback
 
-Model = Union[FixedEffectModel, RandomEffectModel]
+Model = Union[FixedEffectModel, RandomEffectModel, "DetextModel"]
 
 
 class Coordinate(Protocol):
-    config: FixedEffectConfig | RandomEffectConfig
+    config: FixedEffectConfig | RandomEffectConfig | DetextConfig
     name: str
     feature_bag: str | None
     entity: str | None
+    columns: tuple[str, ...]  # data columns beyond bags and entities (texts, dense features)
 
     def fit(self, data: Dataset, offsets: np.ndarray, initial: Model | None,
-            progress: ProgressCallback | None = None) -> tuple[Model, dict]: ...
+            progress: ProgressCallback | None = None, validation=None) -> tuple[Model, dict]:
+        """``validation``: (dataset, offsets) of the validation rows, for models that select
+        their best checkpoint on it (DeText); the others ignore it."""
 
     def score(self, model: Model, data: Dataset) -> np.ndarray: ...
 
-    def model_to_table(self, model: Model, index_map: IndexMap) -> pa.Table: ...
+    def save(self, model: Model, uri: str, index_map: IndexMap) -> None: ...
 
-    def model_from_table(self, table: pa.Table, index_map: IndexMap, source: str = "model") -> Model: ...
+    def load(self, uri: str, index_map: IndexMap) -> Model: ...
 
 
 @dataclass(frozen=True)
 class _Configured:
     """Name and feature bag come straight from the coordinate's config."""
 
-    config: FixedEffectConfig | RandomEffectConfig
+    config: FixedEffectConfig | RandomEffectConfig | DetextConfig
+    columns = ()
 
     @property
     def name(self) -> str:
@@ -55,12 +60,22 @@ class _Configured:
         return self.config.feature_bag
 
 
+class _Tabular:
+    """Linear models are stored as coefficient tables (name, term[, entity], value)."""
+
+    def save(self, model, uri: str, index_map: IndexMap) -> None:
+        fs.write_parquet(self.model_to_table(model, index_map), uri)
+
+    def load(self, uri: str, index_map: IndexMap):
+        return self.model_from_table(fs.read_parquet_dir(uri), index_map, uri)
+
+
 @dataclass(frozen=True)
-class FixedEffectCoordinate(_Configured):
+class FixedEffectCoordinate(_Tabular, _Configured):
     config: FixedEffectConfig
     entity = None
 
-    def fit(self, data, offsets, initial=None, progress=None):
+    def fit(self, data, offsets, initial=None, progress=None, validation=None):
         max_iter = self.config.optimizer.max_iter
         on_iteration = None if progress is None else (lambda it, _value: progress(it, max_iter))
         model, report = fit_fixed_effect(
@@ -79,14 +94,14 @@ class FixedEffectCoordinate(_Configured):
 
 
 @dataclass(frozen=True)
-class RandomEffectCoordinate(_Configured):
+class RandomEffectCoordinate(_Tabular, _Configured):
     config: RandomEffectConfig
 
     @property
     def entity(self) -> str:
         return self.config.entity
 
-    def fit(self, data, offsets, initial=None, progress=None):
+    def fit(self, data, offsets, initial=None, progress=None, validation=None):
         entities = data.entities[self.entity]
         start = initial.warm_start_for(entities) if initial is not None else None
         codes, intercepts, coef, report = fit_random_effect(
@@ -108,7 +123,11 @@ class RandomEffectCoordinate(_Configured):
         return RandomEffectModel.from_table(table, index_map, source)
 
 
-def make_coordinate(config: FixedEffectConfig | RandomEffectConfig) -> Coordinate:
+def make_coordinate(config: FixedEffectConfig | RandomEffectConfig | DetextConfig) -> Coordinate:
     if isinstance(config, FixedEffectConfig):
         return FixedEffectCoordinate(config)
+    if isinstance(config, DetextConfig):
+        from gdmix.models.detext.coordinate import DetextCoordinate
+
+        return DetextCoordinate(config)
     return RandomEffectCoordinate(config)

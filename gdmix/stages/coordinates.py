@@ -17,6 +17,7 @@ import pyarrow as pa
 from gdmix.config import FixedEffectConfig, GdmixConfig, RandomEffectConfig
 from gdmix.errors import ConfigError, DataError
 from gdmix.io import fs
+from gdmix.io.uid_join import lookup
 from gdmix.jobs.random_effect import train_partitions
 from gdmix.stages.backends import Launch, run_workers, write_job_config
 from gdmix.stages.score_table import SPLITS, ScoreTable
@@ -78,21 +79,13 @@ def plan_random_effect(config: GdmixConfig, name: str, output: str, scores: str 
 def _partition_offsets(offsets: pa.Table, rows_root: str, out_root: str, partitions: int) -> None:
     """Offsets laid out like the partitions (``partition=<p>/``: uid, offset); a row without
     one is an error, never dropped."""
-    uids = offsets.column("uid").to_numpy()
-    values = offsets.column("offset").to_numpy()
-    order = np.argsort(uids)
-    uids, values = uids[order], values[order]
+    uids, values = offsets.column("uid").to_numpy(), offsets.column("offset").to_numpy()
     for partition in range(partitions):
         source = fs.join(rows_root, f"partition={partition}")
         if not fs.exists(source) or not fs.list_parquet_files(source):
             continue
         wanted = fs.read_parquet_dir(source, columns=["uid"]).column("uid").to_numpy()
-        position = np.minimum(np.searchsorted(uids, wanted), max(len(uids) - 1, 0))
-        missing = np.flatnonzero(uids[position] != wanted) if len(uids) else np.arange(len(wanted))
-        if missing.size:
-            raise DataError(f"no score for uid {int(wanted[missing[0]])} ({missing.size} rows)", path=source,
-                            column="uid")
-        fs.write_parquet(pa.table({"uid": wanted, "offset": values[position]}),
+        fs.write_parquet(pa.table({"uid": wanted, "offset": lookup(uids, values, wanted, source, "score")}),
                          fs.join(out_root, f"partition={partition}"))
 
 

@@ -1,0 +1,99 @@
+"""``gdmix detext``: the DeText fixed effect as a job on one or N workers.
+
+The same entrypoint runs as a single process, as N local workers (``--workers N``: TF
+collective workers with ``TF_CONFIG`` on 127.0.0.1, or ``horovodrun -np N``), as the pods of a
+TFJob, or as the ranks of an MPIJob's ``horovodrun``. Every worker reads the training and
+validation rows (DeText's inputs: texts, the wide bag, dense columns), builds the same
+vocabulary and feature statistics, and takes its share of every global batch
+(:mod:`gdmix.models.detext.training`). Then each worker scores its slice of the rows; the
+chief writes the model, commits the output in one step and writes ``job.json`` last.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from gdmix.artifacts import TrainedModel, index_map_uri, load_models, save_model, scores_uri
+from gdmix.config import DetextConfig, GdmixConfig
+from gdmix.dataset import build_index_maps, to_dataset
+from gdmix.distributed.cluster import worker_info
+from gdmix.distributed.collective import agree, barrier, connect
+from gdmix.distributed.horovod import HorovodCollective, launched_by_horovod
+from gdmix.errors import ConfigError
+from gdmix.features.index_map import IndexMap
+from gdmix.io import fs
+from gdmix.io.contract import ContractColumns, read_contract_table
+from gdmix.io.uid_join import read_offsets
+from gdmix.models.detext.coordinate import DetextCoordinate, detext_rows, new_model
+from gdmix.models.detext.training import train_network
+
+JOB_FILE = "job.json"
+
+
+def run_detext_job(config: GdmixConfig, coordinate: str, output: str, *, offsets: str | None = None,
+                   index_maps: str | None = None, warm_start: str | None = None, timeout_seconds: float = 600.0,
+                   log=print) -> dict:
+    collective = HorovodCollective() if launched_by_horovod() else connect(worker_info(), timeout_seconds)
+    rank, size = collective.rank, collective.size
+    spec = _detext_config(config, coordinate)
+    handle = DetextCoordinate(spec)
+    who = f"worker {rank}/{size}"
+
+    def read():
+        columns = ContractColumns(uid=config.data.uid, label=config.data.label, weight=config.data.weight,
+                                  offset=config.data.offset, bags=(spec.wide_bag,) if spec.wide_bag else (),
+                                  extra=handle.columns)
+        uris = {"train": config.data.train, "validation": config.data.validation}
+        tables = {split: read_contract_table(uri, columns) for split, uri in uris.items() if uri}
+        maps = {}
+        if spec.wide_bag:
+            maps[spec.wide_bag] = (IndexMap.load(index_map_uri(index_maps, spec.wide_bag)) if index_maps
+                                   else build_index_maps(tables["train"], [spec.wide_bag])[spec.wide_bag])
+        data = {split: to_dataset(table, maps, [], handle.columns) for split, table in tables.items()}
+        base = {split: d.offset + (read_offsets(offsets, d.uid) if offsets and split == "train" else 0.0)
+                for split, d in data.items()}
+        return data, maps, base
+
+    data, maps, base = agree(collective, read)
+    train = data["train"]
+    rows = {split: detext_rows(spec, d, split) for split, d in data.items()}
+    model = agree(collective, lambda: new_model(spec, rows["train"], len(maps[spec.wide_bag]) if spec.wide_bag else 0))
+    if warm_start:
+        prior = agree(collective, lambda: load_models(warm_start, [handle], maps).get(spec.name))
+        if prior is not None:
+            model._build()
+            model.copy_weights_from(prior)
+    log(f"{who}: {train.num_rows:,} training rows, vocabulary {len(model.vocabulary):,}")
+    report = train_network(model.network, spec, rows["train"], base["train"], rows.get("validation"),
+                           base.get("validation"), collective, log=log if rank == 0 else (lambda m: None))
+
+    staging = fs.join(output.rstrip("/") + ".staging", "output")
+    for split, dataset in data.items():  # each worker scores its slice of the rows
+        mine = np.array_split(np.arange(dataset.num_rows), size)[rank]
+        own = model.score(rows[split].take(mine))
+        fs.write_parquet(pa.table({"uid": dataset.uid[mine], "label": dataset.label[mine],
+                                   "weight": dataset.weight[mine], "score": base[split][mine] + own,
+                                   "coordinate_score": own}),
+                         scores_uri(staging, spec.name, split), f"part-{rank:05d}.parquet")
+    barrier(collective)
+    summary = {"coordinate": spec.name, "workers": size, "backend": "horovod" if launched_by_horovod() else "tf",
+               "rows": {split: int(d.num_rows) for split, d in data.items()}, "solver": report.as_dict(),
+               "train_seconds": report.seconds}
+    if rank == 0:
+        save_model(staging, TrainedModel(config.data, [handle], maps, {spec.name: model}))
+        fs.commit_directory(staging, output)
+        fs.write_text_atomic(fs.join(output, JOB_FILE), fs.to_json(summary))
+        fs.remove(output.rstrip("/") + ".staging")
+    barrier(collective)
+    log(f"{who}: done in {report.seconds:.1f}s ({report.examples_per_second:,.0f} examples/s)")
+    return summary | {"chief": rank == 0}
+
+
+def _detext_config(config: GdmixConfig, name: str) -> DetextConfig:
+    for coordinate in config.coordinates:
+        if coordinate.name == name:
+            if not isinstance(coordinate, DetextConfig):
+                raise ConfigError(f"'{name}' is a {coordinate.type} coordinate, not detext")
+            return coordinate
+    raise ConfigError(f"no coordinate named '{name}' (have: {', '.join(c.name for c in config.coordinates)})")

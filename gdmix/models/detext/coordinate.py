@@ -1,0 +1,73 @@
+"""DeText as a coordinate of coordinate descent (``type: detext`` in the config)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from gdmix.config import DetextConfig
+from gdmix.dataset import Dataset
+from gdmix.features.index_map import IndexMap
+from gdmix.models.detext.data import DetextRows, rows_from_columns
+from gdmix.models.detext.model import DetextModel
+from gdmix.models.detext.network import text_columns
+from gdmix.models.detext.text import build_vocabulary
+from gdmix.models.detext.training import train_network
+
+
+def detext_rows(config: DetextConfig, data: Dataset, source: str = "data") -> DetextRows:
+    wide = data.bag(config.wide_bag) if config.wide_bag else None
+    return rows_from_columns(config, data.columns, wide, data.label, data.weight, source)
+
+
+def new_model(config: DetextConfig, rows: DetextRows, wide_features: int) -> DetextModel:
+    """An untrained model whose vocabulary and dense statistics come from these (training) rows."""
+    vocabulary = [] if config.encoder == "pretrained" else build_vocabulary(
+        [rows.texts[c] for c in text_columns(config)], config.max_text_bytes, config.max_len, config.vocab_size,
+        config.min_token_count)
+    return DetextModel.create(config, vocabulary, wide_features, rows.dense)
+
+
+@dataclass(frozen=True)
+class DetextCoordinate:
+    config: DetextConfig
+    entity = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def feature_bag(self) -> str | None:
+        return self.config.wide_bag
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(text_columns(self.config) + list(self.config.dense)
+                                   + ([self.config.group] if self.config.group else [])))
+
+    def fit(self, data: Dataset, offsets: np.ndarray, initial: DetextModel | None = None, progress=None,
+            validation=None, collective=None):
+        from gdmix.distributed.collective import SingleProcess
+
+        rows = detext_rows(self.config, data)
+        model = new_model(self.config, rows, data.bag(self.config.wide_bag).shape[1] if self.config.wide_bag else 0)
+        if initial is not None:
+            model._build()
+            model.copy_weights_from(initial)
+        held_out = held_out_offsets = None
+        if validation is not None:
+            held_out, held_out_offsets = detext_rows(self.config, validation[0], "validation"), validation[1]
+        report = train_network(model.network, self.config, rows, offsets, held_out, held_out_offsets,
+                               collective or SingleProcess(), log=lambda message: None, progress=progress)
+        return model, report.as_dict()
+
+    def score(self, model: DetextModel, data: Dataset) -> np.ndarray:
+        return model.score(detext_rows(self.config, data))
+
+    def save(self, model: DetextModel, uri: str, index_map: IndexMap) -> None:
+        model.save(uri)
+
+    def load(self, uri: str, index_map: IndexMap) -> DetextModel:
+        return DetextModel.load(uri)

@@ -1,0 +1,179 @@
+"""The training loop: synchronous data-parallel steps with gradients summed by a collective.
+
+Each step every worker computes the loss sum and its gradient on its share of the global batch
+(:class:`~gdmix.models.detext.data.Batches`); one all-reduce adds the gradients, loss sums and
+weight sums of all workers; every worker divides, clips by global norm and applies the same
+update, so the weights stay identical without further synchronisation. The collective is TF's
+(``TF_CONFIG``) or Horovod's (``horovodrun``), or the identity for one process.
+
+Every ``eval_every`` steps the chief scores the validation rows; the weights with the best
+value of ``metric`` (in its direction) are kept, and the model ends with them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gdmix.config import DetextConfig
+from gdmix.distributed.collective import Collective, SingleProcess
+from gdmix.errors import ConfigError
+from gdmix.metrics import binary_metrics
+from gdmix.models.detext.data import Batches, DetextRows, batch_inputs
+from gdmix.models.detext.losses import LOSSES
+from gdmix.tf_runtime import import_tensorflow
+
+tf = import_tensorflow()  # this package is TensorFlow through and through
+
+SCORE_BATCH = 4096
+
+
+@dataclass
+class TrainingReport:
+    steps: int
+    seconds: float
+    examples_per_second: float
+    train_loss: list[tuple[int, float]] = field(default_factory=list)
+    evaluations: list[dict] = field(default_factory=list)
+    best_step: int | None = None
+    best_metric: float | None = None
+
+    def as_dict(self) -> dict:
+        return {"steps": self.steps, "seconds": self.seconds, "examples_per_second": self.examples_per_second,
+                "train_loss": self.train_loss, "evaluations": self.evaluations, "best_step": self.best_step,
+                "best_metric": self.best_metric, "iterations": self.steps, "converged": True}
+
+
+def metric_direction(config: DetextConfig) -> str:
+    if config.metric_direction != "auto":
+        return config.metric_direction
+    return "min" if config.metric in ("logloss", "loss") else "max"
+
+
+def evaluate_metric(name: str, logits: np.ndarray, rows: DetextRows) -> float:
+    """``auc``, ``logloss``, ``aupr``, or ``ndcg@k`` / ``mrr@k`` / ``precision@k`` (needs list ids)."""
+    if name in ("auc", "logloss", "aupr"):
+        return float(binary_metrics(rows.labels, logits, rows.weights)[name])
+    kind, _, k = name.partition("@")
+    if kind in ("ndcg", "mrr", "precision") and k.isdigit():
+        from gdmix import metrics
+
+        if rows.groups is None:
+            raise ConfigError(f"metric '{name}' ranks rows within lists: set 'group'")
+        function = {"ndcg": metrics.ndcg_at_k, "mrr": metrics.mrr_at_k, "precision": metrics.precision_at_k}[kind]
+        return float(function(rows.groups, rows.labels, logits, int(k)))
+    raise ConfigError(f"unknown metric '{name}' (auc, logloss, aupr, ndcg@k, mrr@k, precision@k)")
+
+
+def score_rows(network, rows: DetextRows, offsets: np.ndarray) -> np.ndarray:
+    """Logits of every row (offsets included), in batches."""
+    forward = getattr(network, "_gdmix_forward", None)
+    if forward is None:  # one traced inference function per network
+        forward = tf.function(lambda inputs: network(inputs, training=False), reduce_retracing=True)
+        network._gdmix_forward = forward
+    out = np.empty(rows.num_rows, np.float64)
+    for start in range(0, rows.num_rows, SCORE_BATCH):
+        positions = np.arange(start, min(start + SCORE_BATCH, rows.num_rows))
+        out[positions] = forward(batch_inputs(rows, positions, offsets)).numpy()
+    return out
+
+
+def train_network(network, config: DetextConfig, train: DetextRows, train_offsets: np.ndarray,
+                  validation: DetextRows | None = None, validation_offsets: np.ndarray | None = None,
+                  collective: Collective = SingleProcess(), log=print, progress=None) -> TrainingReport:
+    loss_fn = LOSSES[config.loss]
+    optimizer = _optimizer(tf, config)
+    batches = Batches(train, config.batch_size, config.seed, by_group=config.loss != "pointwise")
+    _ = network(batch_inputs(train, np.arange(min(2, train.num_rows)), train_offsets))  # build the weights
+    variables = network.trainable_variables
+    _broadcast(network, collective)
+    direction = metric_direction(config)
+    report = TrainingReport(0, 0.0, 0.0)
+    best_weights, examples, started = None, 0, time.perf_counter()
+
+    sizes = [int(np.prod(v.shape)) for v in variables]
+
+    @tf.function(reduce_retracing=True)
+    def local_gradient(inputs, labels, weights, groups):
+        with tf.GradientTape() as tape:
+            logits = network(inputs, training=True)
+            loss_sum, weight_sum = loss_fn(logits, labels, weights, groups)
+        gradients = tape.gradient(loss_sum, variables)
+        flat = [tf.reshape(tf.convert_to_tensor(g) if g is not None else tf.zeros_like(v), [-1])
+                for g, v in zip(gradients, variables)]
+        return tf.concat(flat, 0), loss_sum, weight_sum
+
+    @tf.function(reduce_retracing=True)
+    def apply(flat):
+        parts = tf.split(flat, sizes)
+        summed = [tf.reshape(p, v.shape) for p, v in zip(parts, variables)]
+        if config.max_gradient_norm:
+            summed, _ = tf.clip_by_global_norm(summed, config.max_gradient_norm)
+        optimizer.apply_gradients(zip(summed, variables))
+
+    for step in range(1, config.steps + 1):
+        batch = batches.next()
+        local = Batches.local(batch, train, collective.rank, collective.size)
+        groups = tf.constant(train.groups[local]) if train.groups is not None else tf.zeros([len(local)], tf.int64)
+        flat, loss_sum, weight_sum = local_gradient(batch_inputs(train, local, train_offsets),
+                                                    tf.constant(train.labels[local]),
+                                                    tf.constant(train.weights[local]), groups)
+        total = collective.sum(np.concatenate([flat.numpy().astype(np.float64),
+                                               [float(loss_sum), float(weight_sum)]]))
+        scale = 1.0 / max(total[-1], 1e-12)
+        apply(tf.constant((total[:-2] * scale).astype(np.float32)))
+        examples += len(batch)
+        loss = total[-2] * scale
+        if step % max(config.steps // 50, 1) == 0 or step == config.steps:
+            report.train_loss.append((step, float(loss)))
+        if progress is not None:
+            progress(step, config.steps)
+        if validation is not None and (step % config.eval_every == 0 or step == config.steps):
+            value = _evaluate(network, config, validation, validation_offsets, collective)
+            report.evaluations.append({"step": step, config.metric: value, "train_loss": float(loss)})
+            if _better(value, report.best_metric, direction):
+                report.best_step, report.best_metric = step, value
+                best_weights = [w.numpy() for w in network.weights]
+            log(f"detext step {step}: train loss {loss:.5f}, validation {config.metric} {value:.5f}")
+    if best_weights is not None:
+        for variable, value in zip(network.weights, best_weights):
+            variable.assign(value)
+    report.steps = config.steps
+    report.seconds = time.perf_counter() - started
+    report.examples_per_second = examples / max(report.seconds, 1e-9)
+    return report
+
+
+def _evaluate(network, config, validation, offsets, collective) -> float:
+    """Every worker scores the validation rows (cheap next to training) so all agree on the best step."""
+    return evaluate_metric(config.metric, score_rows(network, validation, offsets), validation)
+
+
+def _better(value: float, best: float | None, direction: str) -> bool:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return best is None
+    if best is None or (isinstance(best, float) and math.isnan(best)):
+        return True
+    return value > best if direction == "max" else value < best
+
+
+def _optimizer(tf, config: DetextConfig):
+    keras = tf.keras
+    if config.optimizer == "adamw":
+        return keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam(config.learning_rate)
+    return keras.optimizers.SGD(config.learning_rate)
+
+
+def _broadcast(network, collective: Collective) -> None:
+    """Every worker starts from the chief's initial weights (seeded anyway; this makes it certain)."""
+    if collective.size == 1:
+        return
+    for variable in network.weights:
+        value = variable.numpy().astype(np.float64)
+        mine = value if collective.rank == 0 else np.zeros_like(value)
+        variable.assign(collective.sum(mine).astype(variable.numpy().dtype))

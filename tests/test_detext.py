@@ -1,0 +1,285 @@
+"""DeText: text handling, encoders, losses, distributed training, export and scoring."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from gdmix.config import DetextConfig, validate_config
+from gdmix.errors import ConfigError
+from gdmix.io import fs
+
+HANG_GUARD = 600
+WORDS = np.array(["alpha", "beta", "gamma", "delta", "omega", "sigma", "tau", "rho"])
+
+
+def _config(**overrides) -> DetextConfig:
+    values = {"name": "deep", "type": "detext", "doc_text": ["title"], "steps": 20, "eval_every": 10,
+              "batch_size": 32, "embedding_dim": 8, "num_filters": 4, "num_units": 8, "hidden": [8]}
+    return DetextConfig(**(values | overrides))
+
+
+def _texts(*values):
+    from gdmix.models.detext.text import text_array
+
+    return text_array(values)
+
+
+# ------------------------------------------------------------------------------------------
+# text
+# ------------------------------------------------------------------------------------------
+
+def test_normalisation_and_bad_text_input():
+    from gdmix.models.detext.text import build_vocabulary, make_tokenizer_layer, tokens
+
+    raw = _texts("Ça VA, très-BIEN!", "", None, b"\xff\xfe broken \xc3", "x" * 10_000, "   ", "日本語 テキスト")
+    words = [[w.decode() for w in row] for row in tokens(tf_constant(raw), max_bytes=64, max_len=4).to_list()]
+    assert words[0] == ["ça", "va", "très", "bien"]  # unicode case folding, punctuation splits
+    assert words[1] == [] and words[2] == [] and words[5] == []  # empty and missing fields
+    assert words[3] == ["broken"]  # invalid UTF-8 replaced, not an error
+    assert words[4] == ["x" * 64]  # an over-long field is cut (bytes, then word length)
+    assert words[6] == ["日本語", "テキスト"]
+    vocabulary = build_vocabulary([raw], 64, 4, size=6, min_count=1)
+    assert vocabulary[:2] == ["[PAD]", "[UNK]"] and len(vocabulary) == 6
+    assert vocabulary == build_vocabulary([raw[::-1]], 64, 4, size=6, min_count=1)  # order-independent
+    ids = make_tokenizer_layer(vocabulary, 64, 4)(tf_constant(_texts("BIEN unseen", ""))).numpy()
+    assert ids.shape == (2, 4) and ids[0, 0] == vocabulary.index("bien") and ids[0, 1] == 1 and not ids[1].any()
+
+
+def tf_constant(values):
+    from gdmix.tf_runtime import import_tensorflow
+
+    return import_tensorflow().constant(values, dtype="string")
+
+
+# ------------------------------------------------------------------------------------------
+# encoders and the network
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("encoder", ["cnn", "lstm", "transformer"])
+def test_encoders_give_one_vector_per_text_and_zero_for_empty_text(encoder):
+    from gdmix.models.detext.encoders import make_encoder
+    from gdmix.tf_runtime import import_tensorflow
+
+    tf = import_tensorflow()
+    config = _config(encoder=encoder, max_len=5)
+    layer = make_encoder(config, vocab_size=20, name="enc")
+    ids = tf.constant([[3, 4, 5, 0, 0], [0, 0, 0, 0, 0], [7, 0, 0, 0, 0]])
+    out = layer(ids).numpy()
+    assert out.shape == (3, config.num_units) and np.isfinite(out).all()
+    assert not out[1].any() and out[0].any()
+    # padding does not change a text's vector
+    longer = tf.concat([ids, tf.zeros([3, 3], tf.int32)], axis=1)[:, :5]
+    np.testing.assert_allclose(layer(longer).numpy(), out, atol=1e-6)
+
+
+def test_pretrained_encoder_from_a_local_saved_model(tmp_path):
+    from gdmix.tf_runtime import import_tensorflow
+
+    tf = import_tensorflow()
+
+    class CharCounts(tf.Module):  # a stand-in "pretrained" text encoder
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def __call__(self, texts):
+            return {"vector": tf.stack([tf.cast(tf.strings.length(texts), tf.float32),
+                                        tf.cast(tf.strings.length(tf.strings.regex_replace(texts, "[^a]", "")),
+                                                tf.float32)], axis=1)}
+
+    module = CharCounts()
+    tf.saved_model.save(module, str(tmp_path / "encoder"), signatures={"serving_default": module.__call__})
+    from gdmix.models.detext.encoders import load_pretrained
+
+    layer = load_pretrained(str(tmp_path / "encoder"), "pre")
+    np.testing.assert_allclose(layer(tf.constant(["banana", ""])).numpy(), [[6, 3], [0, 0]])
+    rows, offsets = _rows(200, seed=1)
+    from gdmix.models.detext.model import DetextModel
+    from gdmix.models.detext.training import train_network
+
+    config = _config(encoder="pretrained", pretrained_path=str(tmp_path / "encoder"))
+    model = DetextModel.create(config, [], 0, rows.dense)
+    train_network(model.network, config, rows, offsets, log=lambda m: None)
+    assert np.isfinite(model.score(rows)).all()
+
+
+def _rows(n: int, seed: int = 0, groups: bool = False):
+    from gdmix.models.detext.data import DetextRows
+
+    rng = np.random.default_rng(seed)
+    item = rng.integers(0, 30, n)
+    titles = _texts(*[f"{WORDS[i % 8]} {WORDS[(i // 8) % 8]}" for i in item])
+    labels = (rng.random(n) < 1 / (1 + np.exp(-(item % 8 - 3.5)))).astype(np.float32)
+    group = np.repeat(np.arange(n // 5 + 1), 5)[:n] if groups else None
+    return DetextRows({"title": titles}, None, np.zeros((n, 0), np.float32), labels, np.ones(n, np.float32),
+                      group), np.zeros(n)
+
+
+# ------------------------------------------------------------------------------------------
+# losses and batches
+# ------------------------------------------------------------------------------------------
+
+def test_ranking_losses_match_a_plain_reference():
+    from gdmix.models.detext.losses import listwise, pairwise, pointwise
+    from gdmix.tf_runtime import import_tensorflow
+
+    tf = import_tensorflow()
+    rng = np.random.default_rng(5)
+    groups = np.repeat(np.arange(6), rng.integers(1, 6, 6))
+    n = len(groups)
+    logits, labels = rng.normal(size=n), rng.integers(0, 3, n).astype(float)
+    weights = np.repeat(rng.uniform(0.5, 2, 6), np.bincount(groups))
+
+    pair_total = pair_weight = list_total = list_weight = 0.0
+    for g in np.unique(groups):
+        s, y, w = logits[groups == g], labels[groups == g], weights[groups == g][0]
+        pairs = [(i, j) for i in range(len(s)) for j in range(len(s)) if y[i] > y[j]]
+        if pairs:
+            pair_total += w * np.mean([np.log1p(np.exp(-(s[i] - s[j]))) for i, j in pairs])
+            pair_weight += w
+        if y.sum() > 0:
+            list_total += w * -(y * (s - np.log(np.exp(s).sum()))).sum() / y.sum()
+            list_weight += w
+    t = [tf.constant(v) for v in (logits, labels, weights, groups)]
+    got = pairwise(*t)
+    assert float(got[0]) == pytest.approx(pair_total) and float(got[1]) == pytest.approx(pair_weight)
+    got = listwise(*t)
+    assert float(got[0]) == pytest.approx(list_total) and float(got[1]) == pytest.approx(list_weight)
+    binary = (labels > 0).astype(float)
+    expected = (weights * (np.log1p(np.exp(logits)) - binary * logits)).sum()
+    assert float(pointwise(t[0], tf.constant(binary), t[2])[0]) == pytest.approx(expected)
+
+
+def test_workers_split_each_global_batch_exactly():
+    from gdmix.models.detext.data import Batches
+
+    for groups in (False, True):
+        rows, _ = _rows(103, groups=groups)
+        batches = Batches(rows, 16, seed=3, by_group=groups)
+        for _ in range(20):
+            batch = batches.next()
+            shares = [Batches.local(batch, rows, rank, 3) for rank in range(3)]
+            assert sorted(np.concatenate(shares)) == sorted(batch)
+            if groups:  # a list never spans two workers
+                owners = [set(rows.groups[s]) for s in shares]
+                assert not (owners[0] & owners[1]) and not (owners[1] & owners[2])
+
+
+def test_config_rules():
+    with pytest.raises(ValueError, match="group"):
+        _config(loss="pairwise")
+    with pytest.raises(ConfigError, match="not log-odds"):
+        validate_config({"data": {"train": "x"}, "output": "o", "coordinates": [
+            _config(loss="listwise", group="q").model_dump(), {"name": "re", "type": "random_effect", "entity": "u"}]})
+
+
+# ------------------------------------------------------------------------------------------
+# jobs: 1 vs 2 workers, export, scoring
+# ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def text_data(tmp_path_factory):
+    from gdmix.datasets.synthetic import generate_synthetic, write_synthetic
+
+    root = tmp_path_factory.mktemp("detext")
+    data = generate_synthetic(3000, {"user_id": 60, "item_id": 30}, global_features=8, global_nnz=3,
+                              re_features=3, re_nnz=2, seed=11)
+    write_synthetic(str(root), data)
+    for split in ("train", "validation"):
+        for path in (root / split).glob("*.parquet"):
+            table = pq.read_table(path)
+            items = table.column("item_id").to_numpy()
+            titles = [f"{WORDS[i % 8]} {WORDS[(i // 8) % 8]} film {i}" for i in items]
+            pq.write_table(table.append_column("title", pa.array(titles)), path)
+    return root
+
+
+def _job_config(root: Path, tmp_path: Path, **detext) -> Path:
+    raw = {"data": {"train": str(root / "train"), "validation": str(root / "validation")},
+           "output": str(tmp_path / "unused"),
+           "coordinates": [{"name": "deep", "type": "detext", "doc_text": ["title"], "wide_bag": "global",
+                            "steps": 40, "eval_every": 20, "batch_size": 64} | detext]}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _run_job(config: Path, output: Path, *extra: str) -> dict:
+    done = subprocess.run([sys.executable, "-m", "gdmix", "detext", str(config), "--coordinate", "deep",
+                           "--output", str(output), *extra], capture_output=True, text=True, timeout=HANG_GUARD)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return json.loads((output / "job.json").read_text())
+
+
+def test_one_and_two_workers_follow_the_same_trajectory(text_data, tmp_path):
+    config = _job_config(text_data, tmp_path)
+    one = _run_job(config, tmp_path / "one")
+    two = _run_job(config, tmp_path / "two", "--workers", "2")
+    assert two["workers"] == 2 and two["backend"] == "tf"
+    losses = lambda job: np.array([loss for _, loss in job["solver"]["train_loss"]])  # noqa: E731
+    np.testing.assert_allclose(losses(two), losses(one), rtol=1e-4)
+    auc = lambda job: [e["auc"] for e in job["solver"]["evaluations"]]  # noqa: E731
+    np.testing.assert_allclose(auc(two), auc(one), atol=1e-4)
+
+
+def test_horovod_workers_follow_the_same_trajectory(text_data, tmp_path):
+    try:
+        import horovod.tensorflow  # noqa: F401
+    except ImportError:
+        if os.environ.get("GDMIX_REQUIRE_HOROVOD") == "1":
+            raise
+        pytest.skip("Horovod is not installed (make horovod); GDMIX_REQUIRE_HOROVOD=1 makes this a failure")
+    config = _job_config(text_data, tmp_path)
+    one = _run_job(config, tmp_path / "one")
+    two = _run_job(config, tmp_path / "two", "--workers", "2", "--launcher", "horovod")
+    assert two["workers"] == 2 and two["backend"] == "horovod"
+    losses = lambda job: np.array([loss for _, loss in job["solver"]["train_loss"]])  # noqa: E731
+    np.testing.assert_allclose(losses(two), losses(one), rtol=1e-4)
+
+
+def test_saved_model_scores_equal_training_scores(text_data, tmp_path):
+    from gdmix.models.detext.model import load_serving
+    from gdmix.tf_runtime import import_tensorflow
+
+    tf = import_tensorflow()
+    output = tmp_path / "model"
+    _run_job(_job_config(text_data, tmp_path, encoder="transformer", dense=["true_logit"]), output)
+    serve = load_serving(str(output / "models" / "deep" / "saved_model"))
+    scored = fs.read_parquet_dir(str(output / "scores" / "deep" / "validation")).sort_by("uid")
+    raw = pq.read_table(text_data / "validation").sort_by("uid")
+    from gdmix.features.index_map import IndexMap
+    from gdmix.features.bags import bag_to_csr
+    from gdmix.models.detext.data import _padded
+
+    csr = bag_to_csr(raw.column("global"), IndexMap.load(str(output / "index_maps" / "global")), raw.num_rows)
+    ids, values = _padded(csr, np.arange(raw.num_rows))
+    dense = raw.column("true_logit").to_numpy().reshape(-1, 1).astype(np.float32)
+    logits = serve(text_title=tf.constant(raw.column("title").to_pylist()), wide_ids=tf.constant(ids),
+                   wide_values=tf.constant(values), dense=tf.constant(dense),
+                   offset=tf.zeros([raw.num_rows]))["logit"].numpy()
+    np.testing.assert_allclose(logits, scored.column("coordinate_score").to_numpy(), atol=1e-5)
+
+
+def test_detext_then_random_effect_in_coordinate_descent(text_data, tmp_path):
+    from gdmix.game import train
+    from gdmix.scoring import score_dataset
+
+    raw = {"data": {"train": str(text_data / "train"), "validation": str(text_data / "validation")},
+           "output": str(tmp_path / "model"), "passes": 2,
+           "coordinates": [{"name": "deep", "type": "detext", "doc_text": ["title"], "wide_bag": "global",
+                            "steps": 60, "eval_every": 30, "batch_size": 64},
+                           {"name": "per_user", "type": "random_effect", "entity": "user_id",
+                            "feature_bag": "per_user_id"}]}
+    result = train(validate_config(raw))
+    aucs = [c["validation"]["auc"] for c in result.coordinates]
+    assert aucs[0] > 0.6 and aucs[-1] > aucs[0]
+    assert result.coordinates[2]["solver"]["best_step"] is not None  # pass 2 re-fits DeText on the residuals
+    summary = score_dataset(str(tmp_path / "model"), str(text_data / "validation"), str(tmp_path / "scored"))
+    assert summary["metrics"]["auc"] == pytest.approx(aucs[-1], abs=1e-6)
