@@ -242,6 +242,7 @@ class PrepConfig(StrictModel):
     weight: str | None = None
     offset: str | None = None
     bags: dict[str, BagSpec] = {}
+    columns: list[str] = Field([], description="other columns carried as they are (DeText's columns are added)")
     min_feature_count: int = Field(1, ge=1)
     split: SplitConfig | None = None
     partitions: int = Field(16, ge=1)

@@ -14,10 +14,11 @@ from pathlib import Path
 from kfp import compiler
 
 ROOT = Path(__file__).resolve().parent.parent
-COMPONENTS = ("prepare", "fixed_effect", "random_effect_plan", "random_effect", "update_scores", "evaluate",
+COMPONENTS = ("prepare", "fixed_effect", "detext", "random_effect_plan", "random_effect", "update_scores", "evaluate",
               "export_model", "score")
 EXAMPLES = {"movielens-100k-lr": ROOT / "gdmix" / "examples" / "movielens-100k" / "lr.yaml",
-            "movielens-100k-lr-tuned": ROOT / "gdmix" / "examples" / "movielens-100k" / "lr-tuned.yaml"}
+            "movielens-100k-lr-tuned": ROOT / "gdmix" / "examples" / "movielens-100k" / "lr-tuned.yaml",
+            "movielens-100k-detext": ROOT / "gdmix" / "examples" / "movielens-100k" / "detext.yaml"}
 
 
 def component(stage: str):

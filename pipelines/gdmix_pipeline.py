@@ -8,7 +8,7 @@ items, as ``gdmix train --set``), the data URIs, and ``data_root``, an object-st
 the stages' data when the artifact store should hold only small artifacts. A run whose
 overrides change the shape fails fast and says so.
 
-    prepare -> per pass, per coordinate: [fixed_effect | random_effect_plan -> ParallelFor(random_effect)]
+    prepare -> per pass, per coordinate: [fixed_effect | detext | random_effect_plan -> ParallelFor(random_effect)]
             -> update_scores -> evaluate
             -> export_model -> score (validation) -> evaluate
 """
@@ -20,6 +20,7 @@ from typing import List
 import yaml
 from kfp import compiler, dsl, kubernetes
 
+from components.detext.component import detext
 from components.evaluate.component import evaluate
 from components.export_model.component import export_model
 from components.fixed_effect.component import fixed_effect
@@ -28,7 +29,7 @@ from components.random_effect.component import random_effect
 from components.random_effect_plan.component import random_effect_plan
 from components.score.component import score
 from components.update_scores.component import update_scores
-from gdmix.config import FixedEffectConfig, GdmixConfig, RandomEffectConfig, load_config_text
+from gdmix.config import DetextConfig, FixedEffectConfig, GdmixConfig, RandomEffectConfig, load_config_text
 from gdmix.images import image
 from gdmix.stages.context import run_config, shape_of
 from gdmix.stages.coordinates import partition_groups
@@ -65,12 +66,14 @@ def build_pipeline(config_text: str):
             for coordinate in shape.coordinates:
                 label = f"pass {pass_number} {coordinate.name}"
                 optional = {"scores": table} if table is not None else {}
-                if isinstance(coordinate, FixedEffectConfig):
+                if isinstance(coordinate, (FixedEffectConfig, DetextConfig)):
                     previous = {"previous": latest[coordinate.name]} if coordinate.name in latest else {}
-                    task = _secured(shape, fixed_effect(coordinate=coordinate.name, prepared=prepared,
-                                                        data_root=data_root, workload_image=image("trainer"),
-                                                        **optional, **previous, **common))
-                    task.set_display_name(f"{label}: fixed effect")
+                    deep = isinstance(coordinate, DetextConfig)
+                    role = "detext" if deep else "trainer"
+                    task = _secured(shape, (detext if deep else fixed_effect)(
+                        coordinate=coordinate.name, prepared=prepared, data_root=data_root,
+                        workload_image=image(role), **optional, **previous, **common), role)
+                    task.set_display_name(f"{label}: {'DeText' if deep else 'fixed effect'}")
                     model, collected = task.outputs["model"], {}
                 else:
                     plan = _secured(shape, random_effect_plan(coordinate=coordinate.name, prepared=prepared,

@@ -229,13 +229,17 @@ def test_one_and_two_workers_follow_the_same_trajectory(text_data, tmp_path):
     np.testing.assert_allclose(auc(two), auc(one), atol=1e-4)
 
 
-def test_horovod_workers_follow_the_same_trajectory(text_data, tmp_path):
+def _require_horovod() -> None:
     try:
         import horovod.tensorflow  # noqa: F401
     except ImportError:
         if os.environ.get("GDMIX_REQUIRE_HOROVOD") == "1":
             raise
         pytest.skip("Horovod is not installed (make horovod); GDMIX_REQUIRE_HOROVOD=1 makes this a failure")
+
+
+def test_horovod_workers_follow_the_same_trajectory(text_data, tmp_path):
+    _require_horovod()
     config = _job_config(text_data, tmp_path)
     one = _run_job(config, tmp_path / "one")
     two = _run_job(config, tmp_path / "two", "--workers", "2", "--launcher", "horovod")
@@ -283,3 +287,58 @@ def test_detext_then_random_effect_in_coordinate_descent(text_data, tmp_path):
     assert result.coordinates[2]["solver"]["best_step"] is not None  # pass 2 re-fits DeText on the residuals
     summary = score_dataset(str(tmp_path / "model"), str(text_data / "validation"), str(tmp_path / "scored"))
     assert summary["metrics"]["auc"] == pytest.approx(aucs[-1], abs=1e-6)
+
+
+def test_pipeline_with_a_detext_fixed_effect_matches_gdmix_train(text_data, tmp_path):
+    """The kfp.local pipeline: DeText on 2 workers (Horovod ranks when installed, else TF
+    collective workers), then a partitioned random effect; the same metrics as gdmix train."""
+    from gdmix.game import train
+    from pipelines.run import run_local
+
+    raw = {"data": {"train": str(text_data / "train"), "validation": str(text_data / "validation")},
+           "output": str(tmp_path / "pipeline-model"),
+           "coordinates": [{"name": "deep", "type": "detext", "doc_text": ["title"], "wide_bag": "global",
+                            "steps": 40, "eval_every": 20, "batch_size": 64},
+                           {"name": "per_user", "type": "random_effect", "entity": "user_id",
+                            "feature_bag": "per_user_id"}],
+           "pipeline": {"fixed_effect_workers": 2, "partition_groups": 2, "parallelism": 2}}
+    metrics = run_local(yaml.safe_dump(raw), workdir=str(tmp_path / "root"))
+    expected = train(validate_config(raw | {"output": str(tmp_path / "train-model")}))
+    for got, want in zip(metrics["coordinates"], expected.coordinates, strict=True):
+        assert got["validation"]["auc"] == pytest.approx(want["validation"]["auc"], abs=1e-3)
+    job = json.loads(next((tmp_path / "root").glob("*/detext/model/job.json")).read_text())
+    assert job["workers"] == 2
+
+
+def test_detext_as_an_mpijob_on_a_fake_cluster(text_data, tmp_path):
+    """backend: kubernetes renders an MPIJob whose launcher runs horovodrun; the fake operator
+    runs that command here."""
+    _require_horovod()
+    import gdmix.stages.coordinates as coordinates
+    from gdmix.stages.backends import Launch
+    from gdmix.stages.context import prepared_config, run_config
+    from test_stage_backends import RunningOperator, _options
+
+    raw = yaml.safe_load(_job_config(text_data, tmp_path).read_text())
+    raw["pipeline"] = {"backend": "kubernetes", "fixed_effect_workers": 2}
+    config = run_config(yaml.safe_dump(raw)).model_dump(mode="json")
+    config["data"] = raw["data"]
+    config = validate_config(config)
+    from gdmix.dataset import build_index_maps
+    from gdmix.io.contract import ContractColumns, read_contract_table
+
+    table = read_contract_table(str(text_data / "train"), ContractColumns(bags=("global",)))
+    build_index_maps(table, ["global"])["global"].save(str(tmp_path / "prepared" / "index_maps" / "global"))
+    config = config.model_copy(update={"prep": config.prep.model_copy(update={"output": str(tmp_path / "prepared")})})
+    operator = RunningOperator()
+    original = coordinates.run_workers
+    coordinates.run_workers = lambda *a, **k: original(*a, **k, job_options=_options(operator))
+    try:
+        summary = coordinates.train_fixed_effect(config, "deep", str(tmp_path / "deep"), None, None,
+                                                 Launch.from_config(config, image="localhost/gdmix-detext:1"),
+                                                 log=lambda m: None)
+    finally:
+        coordinates.run_workers = original
+    job = operator.created[0]
+    assert job["kind"] == "MPIJob" and job["spec"]["mpiReplicaSpecs"]["Worker"]["replicas"] == 2
+    assert summary["workers"] == 2 and summary["backend"] == "horovod" and operator.deleted

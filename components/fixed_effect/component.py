@@ -1,4 +1,4 @@
-"""Launcher of a fixed-effect coordinate: N local workers, or a TFJob of N workers."""
+"""Launcher of a logistic-regression fixed effect: N local workers, or a TFJob of N workers."""
 
 from typing import List
 
@@ -15,15 +15,10 @@ def fixed_effect(config: str, coordinate: str, prepared: Input[Dataset], model: 
     """Offsets from ``scores`` (the score table), warm start from ``previous`` (the last pass)."""
     import dataclasses
 
-    from gdmix.stages.backends import Launch
-    from gdmix.stages.context import stage_config
-    from gdmix.stages.coordinates import train_fixed_effect
+    from gdmix.stages.coordinates import fixed_effect_task
     from gdmix.stages.locations import claim_location, read_location
 
-    settings = stage_config(config, overrides, read_location(prepared))
-    launch = Launch.from_config(settings, workload_image, dataclasses.asdict(task_config) if task_config else None)
-    summary = train_fixed_effect(settings, coordinate, claim_location(model, data_root),
-                                 read_location(scores) if scores else None,
-                                 read_location(previous) if previous else None, launch)
-    model.metadata.update({"coordinate": coordinate, "workers": summary["workers"],
-                           "iterations": summary["solver"].get("iterations")})
+    model.metadata.update(fixed_effect_task(
+        config, overrides, coordinate, read_location(prepared), claim_location(model, data_root),
+        read_location(scores) if scores else None, read_location(previous) if previous else None,
+        workload_image, dataclasses.asdict(task_config) if task_config else None))

@@ -22,9 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from gdmix.config import GdmixConfig, RandomEffectConfig, RawInputConfig
+from gdmix.config import DetextConfig, GdmixConfig, RandomEffectConfig, RawInputConfig
 from gdmix.errors import ConfigError
 from gdmix.io import fs
+from gdmix.models.coordinates import make_coordinate
 from gdmix.prep.avro import avro_to_parquet
 from gdmix.prep.features import (
     build_index_map, check_contract, contract_frame, drop_rare_features, feature_counts, split_validation,
@@ -41,7 +42,10 @@ def run_prep(config: GdmixConfig, log=print) -> dict:
         raise ConfigError("the configuration has no 'prep' section")
     started = time.perf_counter()
     random_effects = [c for c in config.coordinates if isinstance(c, RandomEffectConfig)]
-    entities = sorted({c.entity for c in random_effects})
+    # entity ids, and the columns models read as they are (DeText's texts, dense features, list ids)
+    carried = {c.entity for c in random_effects} | set(prep.columns)
+    carried |= {name for c in config.coordinates if isinstance(c, DetextConfig) for name in make_coordinate(c).columns}
+    entities = sorted(carried)
     spark = spark_session(prep.spark, "gdmix-prep")
     try:
         with tempfile.TemporaryDirectory(prefix="gdmix-prep-") as work:

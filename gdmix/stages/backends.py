@@ -20,6 +20,10 @@ from gdmix.errors import GdmixError
 from gdmix.io import fs
 
 
+# an MPIJob worker: sshd in the foreground as the image's user (docker/detext/Dockerfile sets it up)
+SSHD = ["/usr/sbin/sshd", "-De", "-f", "/home/gdmix/.sshd_config"]
+
+
 @dataclass(frozen=True)
 class Launch:
     """Where and how a stage's job runs (from the config's ``pipeline`` section and the task)."""
@@ -46,21 +50,34 @@ def write_job_config(config: GdmixConfig, job_dir: str) -> str:
 
 
 def run_workers(gdmix_args: list[str], workers: int, launch: Launch, name: str, log=print,
-                job_options: dict | None = None) -> None:
-    """``gdmix <args>`` on ``workers`` workers; raises when the job fails. ``job_options``:
-    extra arguments of :func:`gdmix.kube.run_job` (API clients, polling; for tests)."""
-    if launch.backend == "local":
-        from gdmix.distributed.launcher import launch_local
+                job_options: dict | None = None, horovod: bool = False) -> None:
+    """``gdmix <args>`` on ``workers`` workers; raises when the job fails.
 
-        status = launch_local([sys.executable, "-m", "gdmix", *gdmix_args], workers)
+    TF collective workers (``TF_CONFIG``): local processes or a TFJob. ``horovod``: Horovod
+    ranks started by ``horovodrun``: locally, or by an MPIJob's launcher. ``job_options``:
+    extra arguments of :func:`gdmix.kube.run_job` (API clients, polling; for tests).
+    """
+    command = ["python", "-m", "gdmix", *gdmix_args]
+    if launch.backend == "local":
+        from gdmix.distributed.launcher import launch_horovod, launch_local
+
+        argv = [sys.executable, *command[1:]]
+        status = launch_horovod(argv, workers) if horovod else launch_local(argv, workers)
         if status != 0:
             raise GdmixError(f"{name}: {workers} local worker(s) failed (status {status}); see their logs above")
         return
-    from gdmix.kube import PodSettings, tfjob, with_task_config
+    from gdmix.kube import PodSettings, mpijob, tfjob, with_task_config
 
-    pod = with_task_config(PodSettings(image=launch.image, command=["python", "-m", "gdmix", *gdmix_args],
-                                       secret_env=_secrets(launch)), launch.task_config)
-    _run(tfjob(job_name(name), launch.namespace, pod, workers), launch, log, job_options)
+    def pod(run: list[str]):
+        return with_task_config(PodSettings(image=launch.image, command=run, secret_env=_secrets(launch)),
+                                launch.task_config)
+
+    if horovod:
+        launcher = pod(["horovodrun", "-np", str(workers), "--hostfile", "/etc/mpi/hostfile", *command])
+        manifest = mpijob(job_name(name), launch.namespace, launcher, pod(SSHD), workers)
+    else:
+        manifest = tfjob(job_name(name), launch.namespace, pod(command), workers)
+    _run(manifest, launch, log, job_options)
 
 
 def run_spark_prep(config: GdmixConfig, config_uri: str, launch: Launch, name: str, log=print,

@@ -9,12 +9,13 @@ writing into the same coordinate output.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
 import pyarrow as pa
 
-from gdmix.config import FixedEffectConfig, GdmixConfig, RandomEffectConfig
+from gdmix.config import DetextConfig, FixedEffectConfig, GdmixConfig, RandomEffectConfig
 from gdmix.errors import ConfigError, DataError
 from gdmix.io import fs
 from gdmix.io.uid_join import lookup
@@ -40,10 +41,14 @@ def partition_groups(partitions: int, groups: int) -> list[str]:
 
 def train_fixed_effect(config: GdmixConfig, name: str, output: str, scores: str | None, previous: str | None,
                        launch: Launch, log=print) -> dict:
-    """The fixed effect on the prepared data, offsets from the score table, warm start from ``previous``."""
-    coordinate_spec(config, name, FixedEffectConfig)
+    """A fixed effect (logistic regression or DeText) on the prepared data, offsets from the
+    score table, warm start from ``previous``."""
+    spec = next((c for c in config.coordinates if c.name == name), None)
+    if not isinstance(spec, (FixedEffectConfig, DetextConfig)):
+        raise ConfigError(f"'{name}' is not a fixed-effect or detext coordinate of this configuration")
     job_dir = output.rstrip("/") + ".job"
-    args = ["fixed-effect", write_job_config(config, job_dir), "--coordinate", name, "--output", output,
+    command = "detext" if isinstance(spec, DetextConfig) else "fixed-effect"
+    args = [command, write_job_config(config, job_dir), "--coordinate", name, "--output", output,
             "--index-maps", config.prep.output]
     if scores:
         offsets = fs.join(job_dir, "offsets")
@@ -52,10 +57,30 @@ def train_fixed_effect(config: GdmixConfig, name: str, output: str, scores: str 
     if previous:
         args += ["--warm-start", previous]
     try:
-        run_workers(args, config.pipeline.fixed_effect_workers, launch, f"{name}-fixed-effect", log)
+        run_workers(args, config.pipeline.fixed_effect_workers, launch, f"{name}-{command}", log,
+                    horovod=isinstance(spec, DetextConfig) and uses_horovod(spec, launch))
     finally:
         fs.remove(job_dir)
     return json.loads(fs.read_text(fs.join(output, "job.json")))
+
+
+def fixed_effect_task(config_text: str, overrides: list[str], name: str, prepared: str, output: str,
+                      scores: str | None, previous: str | None, image: str, task_config: dict | None) -> dict:
+    """A fixed-effect (or DeText) pipeline step; returns the model artifact's metadata."""
+    from gdmix.stages.context import stage_config
+
+    config = stage_config(config_text, overrides, prepared)
+    summary = train_fixed_effect(config, name, output, scores, previous, Launch.from_config(config, image, task_config))
+    return {"coordinate": name, "workers": summary["workers"], "backend": summary.get("backend", "tf"),
+            "iterations": summary["solver"].get("iterations")}
+
+
+def uses_horovod(spec: DetextConfig, launch: Launch) -> bool:
+    """``distribution: auto`` means Horovod in a cluster (an MPIJob) and locally when it is
+    installed, else TF collective workers."""
+    if spec.distribution != "auto":
+        return spec.distribution == "horovod"
+    return launch.backend == "kubernetes" or importlib.util.find_spec("horovod") is not None
 
 
 def plan_random_effect(config: GdmixConfig, name: str, output: str, scores: str | None) -> list[str]:
@@ -100,8 +125,8 @@ def train_partition_group(config: GdmixConfig, name: str, output: str, partition
 def check_complete(config: GdmixConfig, name: str, output: str) -> dict:
     """The coordinate's completion record: ``job.json`` (fixed effect) or ``done/<name>.json``."""
     spec = next(c for c in config.coordinates if c.name == name)
-    marker = fs.join(output, "job.json") if isinstance(spec, FixedEffectConfig) else fs.join(output, "done",
-                                                                                               f"{name}.json")
+    marker = fs.join(output, "done", f"{name}.json") if isinstance(spec, RandomEffectConfig) \
+        else fs.join(output, "job.json")
     if not fs.exists(marker):
         raise DataError(f"coordinate '{name}' did not finish: {marker} is missing", path=output)
     return json.loads(fs.read_text(marker))
