@@ -316,7 +316,7 @@ def test_detext_as_an_mpijob_on_a_fake_cluster(text_data, tmp_path):
     _require_horovod()
     import gdmix.stages.coordinates as coordinates
     from gdmix.stages.backends import Launch
-    from gdmix.stages.context import prepared_config, run_config
+    from gdmix.stages.context import run_config
     from test_stage_backends import RunningOperator, _options
 
     raw = yaml.safe_load(_job_config(text_data, tmp_path).read_text())
