@@ -11,7 +11,7 @@ import platform
 import sys
 from pathlib import Path
 
-from bench import fixed_effect, fixed_effect_scale, movielens, photon, random_effect, scale
+from bench import detext, fixed_effect, fixed_effect_scale, movielens, photon, pipeline, random_effect, scale
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BENCHMARKS = {
@@ -21,6 +21,8 @@ BENCHMARKS = {
     "movielens": movielens.run,
     "photon": photon.run,
     "scale": scale.run,
+    "detext": detext.run,
+    "pipeline": pipeline.run,
 }
 
 

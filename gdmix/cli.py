@@ -52,29 +52,15 @@ def _parser() -> argparse.ArgumentParser:
     _add_set(train)
     train.set_defaults(handler=_train)
 
-    fixed = commands.add_parser(
-        "fixed-effect", help="train one fixed-effect coordinate as a job (one worker of TF_CONFIG, or N local)")
-    fixed.add_argument("config", help="YAML configuration file")
-    fixed.add_argument("--coordinate", required=True, help="name of the fixed-effect coordinate")
-    fixed.add_argument("--output", required=True, help="where the model and scores are committed")
-    fixed.add_argument("--offsets", help="Parquet with uid, offset: the other coordinates' scores")
-    fixed.add_argument("--index-maps", help="a model directory whose index_maps/ to use")
-    fixed.add_argument("--warm-start", help="a model directory to start from")
-    fixed.add_argument("--workers", type=int, help="launch N local workers on 127.0.0.1")
+    fixed = _job_parser(commands, "fixed-effect",
+                        "train one fixed-effect coordinate as a job (one worker of TF_CONFIG, or N local)")
     fixed.add_argument("--checkpoint-every", type=int, default=50, help="iterations between checkpoints")
     fixed.add_argument("--timeout", type=float, default=600.0, help="seconds a collective may wait")
     _add_set(fixed)
     fixed.set_defaults(handler=_fixed_effect)
 
-    detext = commands.add_parser(
-        "detext", help="train a DeText coordinate as a job (one worker of TF_CONFIG / horovodrun, or N local)")
-    detext.add_argument("config", help="YAML configuration file")
-    detext.add_argument("--coordinate", required=True, help="name of the detext coordinate")
-    detext.add_argument("--output", required=True, help="where the model and scores are committed")
-    detext.add_argument("--offsets", help="Parquet with uid, offset: the other coordinates' scores")
-    detext.add_argument("--index-maps", help="a model directory whose index_maps/ to use")
-    detext.add_argument("--warm-start", help="a model directory to start from")
-    detext.add_argument("--workers", type=int, help="launch N local workers")
+    detext = _job_parser(commands, "detext",
+                         "train a DeText coordinate as a job (one worker of TF_CONFIG / horovodrun, or N local)")
     detext.add_argument("--launcher", choices=("tf", "horovod"), default="tf",
                         help="with --workers: TF collective workers (TF_CONFIG) or horovodrun")
     _add_set(detext)
@@ -170,6 +156,19 @@ def _parser() -> argparse.ArgumentParser:
     _add_set(demo)
     demo.set_defaults(handler=_demo)
     return parser
+
+
+def _job_parser(commands, name: str, help_text: str) -> argparse.ArgumentParser:
+    """The arguments every coordinate job shares (the pipeline's launchers pass them)."""
+    job = commands.add_parser(name, help=help_text)
+    job.add_argument("config", help="YAML configuration file (a local path or a URI)")
+    job.add_argument("--coordinate", required=True, help="name of the coordinate")
+    job.add_argument("--output", required=True, help="where the model and scores are committed")
+    job.add_argument("--offsets", help="Parquet with uid, offset: the other coordinates' scores")
+    job.add_argument("--index-maps", help="a model directory whose index_maps/ to use")
+    job.add_argument("--warm-start", help="a model directory to start from")
+    job.add_argument("--workers", type=int, help="launch N local workers on 127.0.0.1")
+    return job
 
 
 def _log(message: str) -> None:

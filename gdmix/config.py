@@ -290,6 +290,16 @@ class GdmixConfig(StrictModel):
     prep: PrepConfig | None = None
     pipeline: PipelineConfig = PipelineConfig()
 
+    def coordinate(self, name: str, *kinds: type) -> CoordinateConfig:
+        """The coordinate called ``name``, which must be one of ``kinds`` (any kind if none given)."""
+        found = next((c for c in self.coordinates if c.name == name), None)
+        if found is None:
+            raise ConfigError(f"no coordinate named '{name}' (have: {', '.join(c.name for c in self.coordinates)})")
+        if kinds and not isinstance(found, kinds):
+            wanted = " or ".join(k.model_fields["type"].annotation.__args__[0] for k in kinds)
+            raise ConfigError(f"coordinate '{name}' is a {found.type}, not {wanted}")
+        return found
+
     @model_validator(mode="after")
     def _unique_names(self) -> "GdmixConfig":
         names = [c.name for c in self.coordinates]

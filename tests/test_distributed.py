@@ -239,4 +239,4 @@ def test_missing_offsets_are_an_error_not_a_dropped_row(dataset, tmp_path):
     pq.write_table(pa.table({"uid": uids[1:], "offset": np.zeros(len(uids) - 1)}), tmp_path / "offsets" / "part-0.parquet")
     done = _run_job(tmp_path, _config(dataset, "unused"), tmp_path / "out", 2, "--offsets", str(tmp_path / "offsets"))
     assert done.returncode != 0
-    assert f"no offset for uid {uids[0]} (1 training rows have none)" in done.stderr
+    assert f"no offset for uid {uids[0]} (1 row has none)" in done.stderr

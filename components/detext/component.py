@@ -14,12 +14,7 @@ def detext(config: str, coordinate: str, prepared: Input[Dataset], model: Output
            task_config: dsl.TaskConfig, scores: Input[Dataset] = None, previous: Input[Model] = None,
            overrides: List[str] = [], data_root: str = "", workload_image: str = ""):
     """Offsets from ``scores`` let later passes re-fit the deep model on the random effects' residuals."""
-    import dataclasses
+    from gdmix.stages.coordinates import fixed_effect_step
 
-    from gdmix.stages.coordinates import fixed_effect_task
-    from gdmix.stages.locations import claim_location, read_location
-
-    model.metadata.update(fixed_effect_task(
-        config, overrides, coordinate, read_location(prepared), claim_location(model, data_root),
-        read_location(scores) if scores else None, read_location(previous) if previous else None,
-        workload_image, dataclasses.asdict(task_config) if task_config else None))
+    fixed_effect_step(config, overrides, coordinate, prepared, model, scores, previous, data_root, workload_image,
+                      task_config)

@@ -19,8 +19,8 @@ def lookup(keys: np.ndarray, values: np.ndarray, wanted: np.ndarray, source: str
     position = np.minimum(np.searchsorted(keys, wanted), max(len(keys) - 1, 0))
     missing = np.flatnonzero(keys[position] != wanted) if len(keys) else np.arange(len(wanted))
     if missing.size:
-        raise DataError(f"no {what} for uid {int(wanted[missing[0]])} ({missing.size} rows have none)",
-                        path=source, column="uid")
+        count = "1 row has none" if missing.size == 1 else f"{missing.size} rows have none"
+        raise DataError(f"no {what} for uid {int(wanted[missing[0]])} ({count})", path=source, column="uid")
     return values[position]
 
 

@@ -20,7 +20,6 @@ from gdmix.dataset import build_index_maps, to_dataset
 from gdmix.distributed.cluster import worker_info
 from gdmix.distributed.collective import agree, barrier, connect
 from gdmix.distributed.horovod import HorovodCollective, launched_by_horovod
-from gdmix.errors import ConfigError
 from gdmix.features.index_map import IndexMap
 from gdmix.io import fs
 from gdmix.io.contract import ContractColumns, read_contract_table
@@ -36,7 +35,7 @@ def run_detext_job(config: GdmixConfig, coordinate: str, output: str, *, offsets
                    log=print) -> dict:
     collective = HorovodCollective() if launched_by_horovod() else connect(worker_info(), timeout_seconds)
     rank, size = collective.rank, collective.size
-    spec = _detext_config(config, coordinate)
+    spec = config.coordinate(coordinate, DetextConfig)
     handle = DetextCoordinate(spec)
     who = f"worker {rank}/{size}"
 
@@ -88,12 +87,3 @@ def run_detext_job(config: GdmixConfig, coordinate: str, output: str, *, offsets
     barrier(collective)
     log(f"{who}: done in {report.seconds:.1f}s ({report.examples_per_second:,.0f} examples/s)")
     return summary | {"chief": rank == 0}
-
-
-def _detext_config(config: GdmixConfig, name: str) -> DetextConfig:
-    for coordinate in config.coordinates:
-        if coordinate.name == name:
-            if not isinstance(coordinate, DetextConfig):
-                raise ConfigError(f"'{name}' is a {coordinate.type} coordinate, not detext")
-            return coordinate
-    raise ConfigError(f"no coordinate named '{name}' (have: {', '.join(c.name for c in config.coordinates)})")

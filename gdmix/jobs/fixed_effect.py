@@ -33,7 +33,7 @@ from gdmix.dataset import Dataset, build_index_maps, to_dataset
 from gdmix.distributed.cluster import worker_info
 from gdmix.distributed.collective import agree, barrier, connect
 from gdmix.distributed.exchange import Exchange
-from gdmix.errors import ConfigError, DataError
+from gdmix.errors import DataError
 from gdmix.features.index_map import IndexMap
 from gdmix.io import fs
 from gdmix.io.checkpoint import Checkpoint
@@ -62,7 +62,7 @@ def run_fixed_effect_job(
     started = time.perf_counter()
     info = worker_info()
     collective = connect(info, timeout_seconds)  # before any other TensorFlow work
-    spec = _fixed_effect_config(config, coordinate)
+    spec = config.coordinate(coordinate, FixedEffectConfig)
     workdir = _working_directory(output, config, coordinate, offsets, index_maps, warm_start)
     exchange = Exchange(fs.join(workdir, "exchange"), collective)
     who = f"worker {info.index}/{info.count}"
@@ -129,15 +129,6 @@ def _fault_injection(worker: int):
             os._exit(42)
 
     return maybe_die
-
-
-def _fixed_effect_config(config: GdmixConfig, name: str) -> FixedEffectConfig:
-    for coordinate in config.coordinates:
-        if coordinate.name == name:
-            if not isinstance(coordinate, FixedEffectConfig):
-                raise ConfigError(f"coordinate '{name}' is a {coordinate.type}, not a fixed effect")
-            return coordinate
-    raise ConfigError(f"no coordinate named '{name}' (have: {', '.join(c.name for c in config.coordinates)})")
 
 
 def _working_directory(output: str, config: GdmixConfig, *identity) -> str:

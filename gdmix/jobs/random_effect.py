@@ -101,10 +101,7 @@ def _write_summary(output: str, coordinate: str, partitions: int) -> None:
 def _coordinate(config: GdmixConfig, name: str) -> tuple[RandomEffectConfig, str]:
     if config.prep is None:
         raise ConfigError("partitioned training reads the partitions of 'gdmix prep': the config needs 'prep'")
-    spec = next((c for c in config.coordinates if c.name == name), None)
-    if not isinstance(spec, RandomEffectConfig):
-        raise ConfigError(f"'{name}' is not a random-effect coordinate of this configuration")
-    return spec, config.prep.output
+    return config.coordinate(name, RandomEffectConfig), config.prep.output
 
 
 def _marker(output: str, coordinate: str, partition: int) -> str:

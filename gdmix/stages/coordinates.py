@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from gdmix.config import DetextConfig, FixedEffectConfig, GdmixConfig, RandomEffectConfig
-from gdmix.errors import ConfigError, DataError
+from gdmix.errors import DataError
 from gdmix.io import fs
 from gdmix.io.uid_join import lookup
 from gdmix.jobs.random_effect import train_partitions
@@ -24,13 +24,6 @@ from gdmix.stages.backends import Launch, run_workers, write_job_config
 from gdmix.stages.score_table import SPLITS, ScoreTable
 
 PLAN_FILE = "plan.json"
-
-
-def coordinate_spec(config: GdmixConfig, name: str, kind: type):
-    spec = next((c for c in config.coordinates if c.name == name), None)
-    if not isinstance(spec, kind):
-        raise ConfigError(f"'{name}' is not a {kind.__name__.removesuffix('Config')} coordinate of this configuration")
-    return spec
 
 
 def partition_groups(partitions: int, groups: int) -> list[str]:
@@ -43,9 +36,7 @@ def train_fixed_effect(config: GdmixConfig, name: str, output: str, scores: str 
                        launch: Launch, log=print) -> dict:
     """A fixed effect (logistic regression or DeText) on the prepared data, offsets from the
     score table, warm start from ``previous``."""
-    spec = next((c for c in config.coordinates if c.name == name), None)
-    if not isinstance(spec, (FixedEffectConfig, DetextConfig)):
-        raise ConfigError(f"'{name}' is not a fixed-effect or detext coordinate of this configuration")
+    spec = config.coordinate(name, FixedEffectConfig, DetextConfig)
     job_dir = output.rstrip("/") + ".job"
     command = "detext" if isinstance(spec, DetextConfig) else "fixed-effect"
     args = [command, write_job_config(config, job_dir), "--coordinate", name, "--output", output,
@@ -64,15 +55,23 @@ def train_fixed_effect(config: GdmixConfig, name: str, output: str, scores: str 
     return json.loads(fs.read_text(fs.join(output, "job.json")))
 
 
-def fixed_effect_task(config_text: str, overrides: list[str], name: str, prepared: str, output: str,
-                      scores: str | None, previous: str | None, image: str, task_config: dict | None) -> dict:
-    """A fixed-effect (or DeText) pipeline step; returns the model artifact's metadata."""
-    from gdmix.stages.context import stage_config
+def fixed_effect_step(config_text: str, overrides: list[str], name: str, prepared, model, scores, previous,
+                      data_root: str, image: str, task_config) -> None:
+    """A fixed-effect (or DeText) pipeline step on its artifacts (anything with ``uri`` and
+    ``metadata``); ``task_config`` is KFP's TaskConfig passthrough (a dataclass), or None."""
+    import dataclasses
 
-    config = stage_config(config_text, overrides, prepared)
-    summary = train_fixed_effect(config, name, output, scores, previous, Launch.from_config(config, image, task_config))
-    return {"coordinate": name, "workers": summary["workers"], "backend": summary.get("backend", "tf"),
-            "iterations": summary["solver"].get("iterations")}
+    from gdmix.stages.context import stage_config
+    from gdmix.stages.locations import claim_location, read_location
+
+    config = stage_config(config_text, overrides, read_location(prepared))
+    passthrough = dataclasses.asdict(task_config) if dataclasses.is_dataclass(task_config) else task_config
+    summary = train_fixed_effect(config, name, claim_location(model, data_root),
+                                 read_location(scores) if scores else None,
+                                 read_location(previous) if previous else None,
+                                 Launch.from_config(config, image, passthrough))
+    model.metadata.update({"coordinate": name, "workers": summary["workers"],
+                           "backend": summary.get("backend", "tf"), "iterations": summary["solver"].get("iterations")})
 
 
 def uses_horovod(spec: DetextConfig, launch: Launch) -> bool:
@@ -85,7 +84,7 @@ def uses_horovod(spec: DetextConfig, launch: Launch) -> bool:
 
 def plan_random_effect(config: GdmixConfig, name: str, output: str, scores: str | None) -> list[str]:
     """Start the coordinate's output: its offsets beside every partition; returns the partition groups."""
-    spec = coordinate_spec(config, name, RandomEffectConfig)
+    spec = config.coordinate(name, RandomEffectConfig)
     root = fs.join(config.prep.output, "partitions", name)
     manifest = json.loads(fs.read_text(fs.join(root, "manifest.json")))
     fs.remove(output)
@@ -124,7 +123,7 @@ def train_partition_group(config: GdmixConfig, name: str, output: str, partition
 
 def check_complete(config: GdmixConfig, name: str, output: str) -> dict:
     """The coordinate's completion record: ``job.json`` (fixed effect) or ``done/<name>.json``."""
-    spec = next(c for c in config.coordinates if c.name == name)
+    spec = config.coordinate(name)
     marker = fs.join(output, "done", f"{name}.json") if isinstance(spec, RandomEffectConfig) \
         else fs.join(output, "job.json")
     if not fs.exists(marker):
