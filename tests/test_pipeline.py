@@ -157,3 +157,40 @@ def test_score_table_never_drops_rows(synthetic_dir, tmp_path):
                      str(short / "train"))
     with pytest.raises(DataError, match="no score for uid"):
         table.update("per_user", str(short), "model-uri")
+
+
+def test_submit_compiles_and_creates_a_run(synthetic_dir, tmp_path, monkeypatch):
+    """gdmix pipeline submit against a stand-in kfp.Client: the compiled package and the run's
+    arguments are what a Kubeflow Pipelines API receives; --wait fails on a failed run."""
+    import kfp
+
+    calls = {}
+
+    class Run:
+        run_id = "run-1"
+
+    class FakeClient:
+        def __init__(self, host):
+            calls["host"] = host
+
+        def create_run_from_pipeline_package(self, package, arguments, experiment_name, enable_caching):
+            calls["spec"] = yaml.safe_load(Path(package).read_text().split("\n---\n")[0])
+            calls.update(arguments=arguments, experiment=experiment_name)
+            return Run()
+
+        def wait_for_run_completion(self, run_id, timeout):
+            return type("Finished", (), {"state": calls.get("state", "SUCCEEDED")})()
+
+    monkeypatch.setattr(kfp, "Client", FakeClient)
+    from gdmix import cli
+
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(_pipeline_config(synthetic_dir, "s3://bucket/model")))
+    assert cli.main(["pipeline", "submit", str(config), "--host", "http://127.0.0.1:8888", "--wait",
+                     "--set", "coordinates.per_user.l2=3", "--data-root", "s3://bucket/runs"]) == 0
+    assert calls["host"] == "http://127.0.0.1:8888" and calls["experiment"] == "gdmix"
+    assert calls["arguments"]["overrides"] == ["coordinates.per_user.l2=3"]
+    assert calls["arguments"]["data_root"] == "s3://bucket/runs"
+    assert calls["spec"]["pipelineInfo"]["name"] == "gdmix-global-per-user-per-item"
+    calls["state"] = "FAILED"
+    assert cli.main(["pipeline", "submit", str(config), "--host", "http://127.0.0.1:8888", "--wait"]) == 1
