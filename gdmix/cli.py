@@ -136,6 +136,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--data-root", default="", help="object-store prefix for the stages' data (e.g. s3://b/runs)")
     run.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess",
                      help="tasks as local processes (default) or in their containers (needs Docker)")
+    run.add_argument("--verbose", action="store_true", help="show kfp.local's full output (else: a log file)")
     _add_set(run)
     run.set_defaults(handler=_pipeline_run)
     submit = pipeline_commands.add_parser("submit", help="submit a run to a Kubeflow Pipelines API")
@@ -300,15 +301,20 @@ def _pipeline_compile(args) -> int:
 
 def _pipeline_run(args) -> int:
     return _run_pipeline_locally(Path(args.config).read_text(), args.overrides, args.workdir, args.data_root,
-                                 args.runner)
+                                 args.runner, args.verbose)
 
 
 def _run_pipeline_locally(config_text: str, overrides: list[str], workdir: str | None, data_root: str = "",
-                          runner: str = "subprocess") -> int:
+                          runner: str = "subprocess", verbose: bool = False) -> int:
+    import tempfile
+
     from gdmix.report import print_summary
     from pipelines.run import run_local
 
-    metrics = run_local(config_text, overrides, workdir=workdir, data_root=data_root, runner=runner)
+    workdir = workdir or tempfile.mkdtemp(prefix="gdmix-pipeline-")
+    log_file = None if verbose else str(Path(workdir) / "pipeline.log")
+    metrics = run_local(config_text, overrides, workdir=workdir, data_root=data_root, runner=runner,
+                        log_file=log_file)
     print_summary(metrics["coordinates"])
     print(f"outputs written to {metrics['output']}")
     return 0
