@@ -59,7 +59,7 @@ def build_pipeline(config_text: str):
         common = {"config": config, "overrides": overrides}
         prep = _secured(shape, prepare(train_data=train_data, validation_data=validation_data, data_root=data_root,
                                        workload_image=image("spark"), shape=json.dumps(shape_of(compiled)),
-                                       **common), "spark").set_display_name("prepare data")
+                                       **common), shape.launcher_role("spark")).set_display_name("prepare data")
         prepared = prep.outputs["prepared"]
         table, latest = None, {}
         for pass_number in range(1, shape.passes + 1):
@@ -72,7 +72,7 @@ def build_pipeline(config_text: str):
                     role = "detext" if deep else "trainer"
                     task = _secured(shape, (detext if deep else fixed_effect)(
                         coordinate=coordinate.name, prepared=prepared, data_root=data_root,
-                        workload_image=image(role), **optional, **previous, **common), role)
+                        workload_image=image(role), **optional, **previous, **common), shape.launcher_role(role))
                     task.set_display_name(f"{label}: {'DeText' if deep else 'fixed effect'}")
                     model, collected = task.outputs["model"], {}
                 else:
@@ -111,6 +111,7 @@ class _Shape:
 
     def __init__(self, config: GdmixConfig):
         self.passes = config.passes
+        self.backend = config.pipeline.backend
         self.coordinates = list(config.coordinates)
         self.parallelism = config.pipeline.parallelism
         self.secret = config.pipeline.object_store_secret
@@ -118,6 +119,12 @@ class _Shape:
         self.has_validation = bool(config.prep.validation_input or config.prep.split)
         self.groups = {c.name: partition_groups(c.partitions or config.prep.partitions, config.pipeline.partition_groups)
                        for c in config.coordinates if isinstance(c, RandomEffectConfig)}
+
+
+    def launcher_role(self, workload: str) -> str:
+        """A launcher step's image: in a cluster it only creates jobs (the light launcher image);
+        with local backends it runs the work itself."""
+        return "launcher" if self.backend == "kubernetes" else workload
 
 
 def _secured(shape: _Shape, task, role: str = "trainer"):

@@ -194,3 +194,17 @@ def test_submit_compiles_and_creates_a_run(synthetic_dir, tmp_path, monkeypatch)
     assert calls["spec"]["pipelineInfo"]["name"] == "gdmix-global-per-user-per-item"
     calls["state"] = "FAILED"
     assert cli.main(["pipeline", "submit", str(config), "--host", "http://127.0.0.1:8888", "--wait"]) == 1
+
+
+def test_a_cluster_pipeline_runs_its_launchers_in_the_launcher_image(synthetic_dir, tmp_path):
+    raw = _pipeline_config(synthetic_dir, str(tmp_path / "model"), backend="kubernetes")
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    compiled = structure(compile_pipeline(config, tmp_path / "pipeline.yaml"))
+    executors = compiled["pipeline"]["deploymentSpec"]["executors"]
+    by_name = {name: e["container"]["image"] for name, e in executors.items()}
+    assert by_name["exec-prepare"].endswith("/gdmix-launcher:0.1.0")
+    assert by_name["exec-fixed-effect"].endswith("/gdmix-launcher:0.1.0")
+    assert by_name["exec-random-effect"].endswith("/gdmix-trainer:0.1.0")  # partition trainers do the work
+    text = (tmp_path / "pipeline.yaml").read_text()
+    assert "gdmix-spark:0.1.0" in text and "gdmix-trainer:0.1.0" in text  # the workloads' images

@@ -36,6 +36,7 @@ def shape_of(config: GdmixConfig) -> dict:
                         for c in config.coordinates],
         "pipeline.partition_groups": config.pipeline.partition_groups,
         "pipeline.parallelism": config.pipeline.parallelism,
+        "pipeline.backend": config.pipeline.backend,  # it chooses the launchers' images
         "prep.partitions": config.prep.partitions if config.prep else None,
     }
 
