@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
+# py4j logs at INFO from __del__ at interpreter exit, after pytest closed the streams
+logging.getLogger("py4j").setLevel(logging.WARNING)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
