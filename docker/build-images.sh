@@ -10,7 +10,7 @@
 # it is present or can be pulled, else a local Debian bookworm base (python3 3.11) made with
 # debootstrap and `docker import`ed as localhost/gdmix-base:bookworm (cached: the image is reused,
 # and the rootfs tarball is kept in $GDMIX_IMAGE_CACHE); (3) `docker build --network host` of each
-# docker/<role>/Dockerfile with --build-arg BASE_IMAGE=... .
+# docker/Dockerfile --target <role> with --build-arg BASE_IMAGE=... .
 #
 # Environment:
 #   IMAGES              roles to build (spark trainer detext launcher)
@@ -58,7 +58,7 @@ command -v docker >/dev/null 2>&1 || die "no docker CLI (run docker/start-docker
 docker version --format '{{.Server.Version}}' >/dev/null 2>&1 \
     || die "no Docker daemon answers${DOCKER_HOST:+ on $DOCKER_HOST}; start one with: eval \"\$(docker/start-dockerd.sh)\""
 for role in $IMAGES; do
-    [[ -f $REPO/docker/$role/Dockerfile ]] || die "unknown image '$role' (no docker/$role/Dockerfile)"
+    [[ " spark trainer detext launcher " == *" $role "* ]] || die "unknown image '$role' (spark trainer detext launcher)"
 done
 
 tag_of() { PYTHONPATH="$REPO" "$PYTHON" -c 'import sys; from gdmix.images import image; print(image(sys.argv[1]))' "$1"; }
@@ -213,9 +213,11 @@ for role in spark trainer detext launcher; do
 done
 for role in "${ordered[@]}"; do
     tag="$(tag_of "$role")"
-    args=(--network host --force-rm -f "$REPO/docker/$role/Dockerfile" -t "$tag"
-        --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "GDMIX_VERSION=$VERSION"
-        --build-arg "VCS_REF=$VCS_REF")
+    args=(--network host --force-rm -f "$REPO/docker/Dockerfile" --target "$role" -t "$tag"
+        --build-arg "BASE_IMAGE=$BASE_IMAGE"
+        --label "org.opencontainers.image.title=gdmix-$role" --label "org.opencontainers.image.version=$VERSION"
+        --label "org.opencontainers.image.revision=$VCS_REF" --label "org.opencontainers.image.licenses=BSD-2-Clause"
+        --label "org.opencontainers.image.base.name=$BASE_IMAGE" --label "io.gdmix.role=$role")
     if [[ $role == detext ]]; then
         args+=(--build-arg "HOROVOD_WHEEL=$HOROVOD_WHEEL")
         if [[ -n $HOROVOD_WHEEL ]]; then

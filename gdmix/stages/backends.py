@@ -20,7 +20,7 @@ from gdmix.errors import GdmixError
 from gdmix.io import fs
 
 
-# an MPIJob worker: sshd in the foreground as the image's user (docker/detext/Dockerfile sets it up)
+# an MPIJob worker: sshd in the foreground as the image's user (the detext target of docker/Dockerfile sets it up)
 SSHD = ["/usr/sbin/sshd", "-De", "-f", "/home/gdmix/.sshd_config"]
 
 
