@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_curve as sk_roc_curve
 
+from oracles import SCORED_CASES, scored_labels
+
 from gdmix import metrics
 from gdmix.evaluation import (
     EvaluationReport,
@@ -21,29 +23,7 @@ from gdmix.evaluation import (
 )
 
 
-def _data(seed: int, n: int, distinct: int | None, weighted: bool, zero_frac: float = 0.0):
-    rng = np.random.default_rng(seed)
-    labels = (rng.random(n) < 0.3).astype(np.float64)
-    logits = rng.normal(size=n) + labels
-    if distinct is not None:
-        logits = np.round(logits * distinct / 6.0) / distinct  # heavy ties
-    weights = None
-    if weighted:
-        weights = rng.uniform(0.1, 3.0, size=n)
-        weights[rng.random(n) < zero_frac] = 0.0
-    return labels, logits, weights
-
-
-CASES = [
-    (0, 500, None, False, 0.0),
-    (1, 1000, 3, False, 0.0),
-    (2, 1000, 1, False, 0.0),
-    (3, 800, None, True, 0.0),
-    (4, 800, 5, True, 0.0),
-    (5, 800, 2, True, 0.3),
-    (6, 60, 1, True, 0.5),
-    (7, 3000, 20, True, 0.1),
-]
+_data, CASES = scored_labels, SCORED_CASES
 
 
 # --------------------------------------------------------------------------------------------

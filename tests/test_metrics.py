@@ -14,6 +14,8 @@ from scipy.special import expit
 from sklearn.metrics import average_precision_score, log_loss, ndcg_score, roc_auc_score
 
 import gdmix.metrics as metrics_module
+from oracles import SCORED_CASES, scored_labels
+
 from gdmix.metrics import (
     auc,
     average_precision,
@@ -29,31 +31,7 @@ from gdmix.metrics import (
 )
 
 
-def _data(seed: int, n: int, distinct: int | None, weighted: bool, zero_frac: float = 0.0):
-    """Random labels correlated with scores; ``distinct`` rounds scores to force heavy ties."""
-    rng = np.random.default_rng(seed)
-    labels = (rng.random(n) < 0.3).astype(np.float64)
-    scores = rng.normal(size=n) + labels
-    if distinct is not None:
-        scores = np.round(scores * distinct / 6.0) / distinct  # few distinct values
-    weights = None
-    if weighted:
-        weights = rng.uniform(0.1, 3.0, size=n)
-        weights[rng.random(n) < zero_frac] = 0.0
-    return labels, scores, weights
-
-
-CASES = [
-    # (seed, n, distinct scores, weighted, fraction of zero weights)
-    (0, 500, None, False, 0.0),
-    (1, 1000, 3, False, 0.0),
-    (2, 1000, 1, False, 0.0),
-    (3, 800, None, True, 0.0),
-    (4, 800, 5, True, 0.0),
-    (5, 800, 2, True, 0.3),
-    (6, 50, 1, True, 0.5),
-    (7, 3000, 20, True, 0.1),
-]
+_data, CASES = scored_labels, SCORED_CASES
 
 
 @pytest.mark.parametrize("case", CASES)
