@@ -61,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
 
     detext = _job_parser(commands, "detext",
                          "train a DeText coordinate as a job (one worker of TF_CONFIG / horovodrun, or N local)")
+    detext.add_argument("--validation-offsets", help="the same for the validation rows (best-step selection)")
     detext.add_argument("--launcher", choices=("tf", "horovod"), default="tf",
                         help="with --workers: TF collective workers (TF_CONFIG) or horovodrun")
     _add_set(detext)
@@ -233,7 +234,7 @@ def _detext(args) -> int:
 
     config = load_config(args.config, args.overrides)
     summary = run_detext_job(config, args.coordinate, args.output, offsets=args.offsets,
-                             index_maps=args.index_maps, warm_start=args.warm_start, log=_log)
+                             validation_offsets=args.validation_offsets, index_maps=args.index_maps, warm_start=args.warm_start, log=_log)
     if summary.get("chief", True):
         print(to_json({k: v for k, v in summary.items() if k != "chief"}), end="", flush=True)
     return 0

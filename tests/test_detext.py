@@ -296,9 +296,9 @@ def test_pipeline_with_a_detext_fixed_effect_matches_gdmix_train(text_data, tmp_
     from pipelines.run import run_local
 
     raw = {"data": {"train": str(text_data / "train"), "validation": str(text_data / "validation")},
-           "output": str(tmp_path / "pipeline-model"),
+           "output": str(tmp_path / "pipeline-model"), "passes": 2,  # pass 2: DeText on the residuals
            "coordinates": [{"name": "deep", "type": "detext", "doc_text": ["title"], "wide_bag": "global",
-                            "steps": 40, "eval_every": 20, "batch_size": 64},
+                            "steps": 40, "eval_every": 10, "batch_size": 64},
                            {"name": "per_user", "type": "random_effect", "entity": "user_id",
                             "feature_bag": "per_user_id"}],
            "pipeline": {"fixed_effect_workers": 2, "partition_groups": 2, "parallelism": 2}}
@@ -306,8 +306,10 @@ def test_pipeline_with_a_detext_fixed_effect_matches_gdmix_train(text_data, tmp_
     expected = train(validate_config(raw | {"output": str(tmp_path / "train-model")}))
     for got, want in zip(metrics["coordinates"], expected.coordinates, strict=True):
         assert got["validation"]["auc"] == pytest.approx(want["validation"]["auc"], abs=1e-3)
-    job = json.loads(next((tmp_path / "root").glob("*/detext/model/job.json")).read_text())
-    assert job["workers"] == 2
+    jobs = [json.loads(p.read_text()) for p in (tmp_path / "root").glob("*/detext*/model/job.json")]
+    assert len(jobs) == 2 and all(job["workers"] == 2 for job in jobs)
+    expected_steps = [c["solver"]["best_step"] for c in expected.coordinates if c["type"] == "detext"]
+    assert sorted(job["solver"]["best_step"] for job in jobs) == sorted(expected_steps)
 
 
 def test_detext_as_an_mpijob_on_a_fake_cluster(text_data, tmp_path):

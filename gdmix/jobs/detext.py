@@ -31,7 +31,7 @@ JOB_FILE = "job.json"
 
 
 def run_detext_job(config: GdmixConfig, coordinate: str, output: str, *, offsets: str | None = None,
-                   index_maps: str | None = None, warm_start: str | None = None, timeout_seconds: float = 600.0,
+                   validation_offsets: str | None = None, index_maps: str | None = None, warm_start: str | None = None, timeout_seconds: float = 600.0,
                    log=print) -> dict:
     collective = HorovodCollective() if launched_by_horovod() else connect(worker_info(), timeout_seconds)
     rank, size = collective.rank, collective.size
@@ -50,7 +50,10 @@ def run_detext_job(config: GdmixConfig, coordinate: str, output: str, *, offsets
             maps[spec.wide_bag] = (IndexMap.load(index_map_uri(index_maps, spec.wide_bag)) if index_maps
                                    else build_index_maps(tables["train"], [spec.wide_bag])[spec.wide_bag])
         data = {split: to_dataset(table, maps, [], handle.columns) for split, table in tables.items()}
-        base = {split: d.offset + (read_offsets(offsets, d.uid) if offsets and split == "train" else 0.0)
+        # the other coordinates' scores: on the training rows to fit, on the validation rows to
+        # pick the best step on the same total score that coordinate descent evaluates
+        given = {"train": offsets, "validation": validation_offsets}
+        base = {split: d.offset + (read_offsets(given[split], d.uid) if given[split] else 0.0)
                 for split, d in data.items()}
         return data, maps, base
 

@@ -42,9 +42,13 @@ def train_fixed_effect(config: GdmixConfig, name: str, output: str, scores: str 
     args = [command, write_job_config(config, job_dir), "--coordinate", name, "--output", output,
             "--index-maps", config.prep.output]
     if scores:
+        table = ScoreTable.load(scores)
         offsets = fs.join(job_dir, "offsets")
-        fs.write_parquet(ScoreTable.load(scores).offsets(name), offsets)
+        fs.write_parquet(table.offsets(name), offsets)
         args += ["--offsets", offsets]
+        if isinstance(spec, DetextConfig) and "validation" in table.splits:
+            fs.write_parquet(table.offsets(name, "validation"), fs.join(job_dir, "validation-offsets"))
+            args += ["--validation-offsets", fs.join(job_dir, "validation-offsets")]
     if previous:
         args += ["--warm-start", previous]
     try:
