@@ -129,6 +129,13 @@ def _parser() -> argparse.ArgumentParser:
     compile_ = pipeline_commands.add_parser("compile", help="compile a config's pipeline to KFP v2 YAML")
     compile_.add_argument("config")
     compile_.add_argument("-o", "--output", required=True, help="the YAML file to write")
+    compile_.add_argument("--backend", choices=("local", "kubernetes"),
+                          help="how distributed steps run (pipeline.backend): in the step's pod, or as "
+                               "TFJob / MPIJob / SparkApplication")
+    compile_.add_argument("--name", help="the pipeline's name in KFP (pipeline.name)")
+    compile_.add_argument("--registry", help="image registry of the steps (default $GDMIX_IMAGE_REGISTRY or localhost)")
+    compile_.add_argument("--tag", help="image tag of the steps (default $GDMIX_IMAGE_TAG or the gdmix version)")
+    _add_set(compile_)
     compile_.set_defaults(handler=_pipeline_compile)
     run = pipeline_commands.add_parser("run", help="run the pipeline here with kfp.local")
     run.add_argument("config")
@@ -148,6 +155,15 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--train-data", default="", help="override the training data URI")
     submit.add_argument("--validation-data", default="", help="override the validation data URI")
     submit.add_argument("--wait", action="store_true", help="wait for the run and fail if it fails")
+    submit.add_argument("--namespace", help="multi-user Kubeflow: the profile namespace to run in")
+    submit.add_argument("--token", help="bearer token for the KFP API (default: $KFP_TOKEN)")
+    submit.add_argument("--token-path", help="file holding a bearer token, re-read per request "
+                                             "(in a cluster: $KF_PIPELINES_SA_TOKEN_PATH)")
+    submit.add_argument("--cookies", help="session cookie(s) of an authenticated browser, e.g. "
+                                          "'authservice_session=...' (default: $KFP_COOKIES)")
+    submit.add_argument("--ssl-ca-cert", help="CA bundle of an HTTPS KFP endpoint")
+    submit.add_argument("--ui-host", help="where the KFP UI is, for the run's link (default: --host)")
+    submit.add_argument("--version-name", help="name of the uploaded pipeline version (default: name and time)")
     _add_set(submit)
     submit.set_defaults(handler=_pipeline_submit)
 
@@ -294,9 +310,19 @@ def _launch_copies(args) -> int:
 
 
 def _pipeline_compile(args) -> int:
+    import os
+
     from pipelines.gdmix_pipeline import compile_pipeline
 
-    print(compile_pipeline(args.config, args.output))
+    for variable, value in (("GDMIX_IMAGE_REGISTRY", args.registry), ("GDMIX_IMAGE_TAG", args.tag)):
+        if value:
+            os.environ[variable] = value  # read by gdmix.images.image() while the pipeline is built
+    overrides = list(args.overrides)
+    if args.backend:
+        overrides.append(f"pipeline.backend={args.backend}")
+    if args.name:
+        overrides.append(f"pipeline.name={args.name}")
+    print(compile_pipeline(args.config, args.output, overrides))
     return 0
 
 
@@ -322,11 +348,17 @@ def _run_pipeline_locally(config_text: str, overrides: list[str], workdir: str |
 
 
 def _pipeline_submit(args) -> int:
-    from pipelines.run import submit
+    import os
 
+    from pipelines.run import KfpAuth, submit
+
+    auth = KfpAuth(namespace=args.namespace, existing_token=args.token or os.environ.get("KFP_TOKEN"),
+                   token_path=args.token_path, cookies=args.cookies or os.environ.get("KFP_COOKIES"),
+                   ssl_ca_cert=args.ssl_ca_cert, ui_host=args.ui_host)
     result = submit(Path(args.config).read_text(), args.host, args.overrides, experiment=args.experiment,
                     data_root=args.data_root, train_data=args.train_data, validation_data=args.validation_data,
-                    wait=args.wait)
+                    wait=args.wait, auth=auth, version=args.version_name,
+                    log=lambda line: print(line, file=sys.stderr))
     print(to_json(result), end="")
     return 0
 

@@ -255,13 +255,18 @@ class PipelineConfig(StrictModel):
 
     ``backend: local`` runs every stage inside its own task: N fixed-effect workers as local
     processes with ``TF_CONFIG`` on 127.0.0.1, Spark ``local[*]``. ``backend: kubernetes``
-    makes the fixed effect a TFJob and data prep a SparkApplication, created by the step's
-    launcher in ``namespace``. Random effects always run as ``partition_groups`` parallel tasks
-    per coordinate, at most ``parallelism`` at a time.
+    makes the fixed effect a TFJob (DeText an MPIJob or TFJob) and data prep a
+    SparkApplication, created by the step's launcher in ``namespace``: by default the namespace
+    the launcher's own pod runs in (KFP standalone: ``kubeflow``; multi-user Kubeflow: the
+    profile's namespace), where its service account's RoleBinding lets it create jobs. Random
+    effects always run as ``partition_groups`` parallel tasks per coordinate, at most
+    ``parallelism`` at a time. ``name`` is the pipeline's name in KFP (default ``gdmix-`` and the
+    coordinates' names): pipelines uploaded to one KFP need distinct names.
     """
 
+    name: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9]{0,98}[a-z0-9])?$")
     backend: Literal["local", "kubernetes"] = "local"
-    namespace: str = "gdmix"
+    namespace: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
     fixed_effect_workers: int = Field(1, ge=1)
     partition_groups: int = Field(4, ge=1)
     parallelism: int = Field(4, ge=1)

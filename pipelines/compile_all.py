@@ -16,9 +16,23 @@ from kfp import compiler
 ROOT = Path(__file__).resolve().parent.parent
 COMPONENTS = ("prepare", "fixed_effect", "detext", "random_effect_plan", "random_effect", "update_scores", "evaluate",
               "export_model", "score")
-EXAMPLES = {"movielens-100k-lr": ROOT / "gdmix" / "examples" / "movielens-100k" / "lr.yaml",
-            "movielens-100k-lr-tuned": ROOT / "gdmix" / "examples" / "movielens-100k" / "lr-tuned.yaml",
-            "movielens-100k-detext": ROOT / "gdmix" / "examples" / "movielens-100k" / "detext.yaml"}
+_MOVIELENS = ROOT / "gdmix" / "examples" / "movielens-100k"
+#: the cluster examples launch their jobs into namespace gdmix, as manifests/standalone sets it up
+#: (multi-user Kubeflow: run with --set pipeline.namespace=<profile>)
+_CLUSTER = ["pipeline.backend=kubernetes", "pipeline.namespace=gdmix"]
+#: compiled example -> (config, overrides it is compiled with). Each has its own pipeline name
+#: (pipelines uploaded to one KFP must not share one); the ``-kubernetes`` ones launch their
+#: distributed steps as TFJob / MPIJob / SparkApplication (``pipeline.backend: kubernetes``).
+EXAMPLES = {
+    name: (_MOVIELENS / f"{config}.yaml", [f"pipeline.name=gdmix-{name}", *extra])
+    for name, config, extra in (
+        ("movielens-100k-lr", "lr", []),
+        ("movielens-100k-lr-tuned", "lr-tuned", []),
+        ("movielens-100k-detext", "detext", []),
+        ("movielens-100k-lr-kubernetes", "lr", _CLUSTER),
+        ("movielens-100k-detext-kubernetes", "detext", _CLUSTER),
+    )
+}
 
 
 def component(stage: str):
@@ -35,8 +49,8 @@ def compile_all(root: Path = ROOT) -> list[Path]:
         target.parent.mkdir(parents=True, exist_ok=True)
         compiler.Compiler().compile(component(stage), str(target))
         written.append(target)
-    for name, config in EXAMPLES.items():
-        written.append(compile_pipeline(config, root / "pipelines" / "compiled" / f"{name}.yaml"))
+    for name, (config, overrides) in EXAMPLES.items():
+        written.append(compile_pipeline(config, root / "pipelines" / "compiled" / f"{name}.yaml", overrides))
     return written
 
 

@@ -20,6 +20,7 @@ from typing import List
 import yaml
 from kfp import compiler, dsl, kubernetes
 
+from components._shared import for_backend
 from components.detext.component import detext
 from components.evaluate.component import evaluate
 from components.export_model.component import export_model
@@ -29,10 +30,13 @@ from components.random_effect.component import random_effect
 from components.random_effect_plan.component import random_effect_plan
 from components.score.component import score
 from components.update_scores.component import update_scores
-from gdmix.config import DetextConfig, FixedEffectConfig, GdmixConfig, RandomEffectConfig, load_config_text
+from gdmix.config import (
+    DetextConfig, FixedEffectConfig, GdmixConfig, RandomEffectConfig, apply_override, load_config_text,
+)
 from gdmix.images import image
 from gdmix.stages.context import run_config, shape_of
 from gdmix.stages.coordinates import partition_groups
+from gdmix.stages.locations import SECRET_NAME_ENV  # names the Secret in every step (see _secured)
 
 # what the object-store Secret's keys become in every step's environment
 SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
@@ -41,14 +45,24 @@ RANDOM_EFFECT_RETRIES = 2  # a retried trainer skips the partitions it already c
 
 
 def pipeline_name(config: GdmixConfig) -> str:
+    """``pipeline.name``, else ``gdmix-`` and the coordinates' names."""
+    if config.pipeline.name:
+        return config.pipeline.name
     names = "-".join(c.name for c in config.coordinates)
     return f"gdmix-{names}"[:100].replace("_", "-").lower()
 
 
-def build_pipeline(config_text: str):
-    """The pipeline function (a ``@dsl.pipeline``) for this configuration."""
+def build_pipeline(config_text: str, overrides: list[str] | None = None):
+    """The pipeline function (a ``@dsl.pipeline``) for this configuration.
+
+    ``overrides`` change what the pipeline is compiled for (e.g. ``pipeline.backend=kubernetes``):
+    they are written into the default configuration text, so every run keeps that shape and a
+    run's own ``overrides`` parameter stays free.
+    """
+    config_text = with_overrides(config_text, overrides)
     compiled = run_config(config_text)
     shape = _Shape(compiled)
+    prepare_step, fixed_effect_step, detext_step = (for_backend(c, shape.backend) for c in (prepare, fixed_effect, detext))
     # one line: KFP writes parameter defaults into the compiled file's header comment verbatim,
     # and a multi-line default would break that file (JSON is YAML, so stages read it as is)
     default_config = json.dumps(yaml.safe_load(config_text), separators=(",", ":"))
@@ -57,7 +71,7 @@ def build_pipeline(config_text: str):
     def gdmix_pipeline(config: str = default_config, overrides: List[str] = [], train_data: str = "",
                        validation_data: str = "", data_root: str = "") -> dsl.Model:
         common = {"config": config, "overrides": overrides}
-        prep = _secured(shape, prepare(train_data=train_data, validation_data=validation_data, data_root=data_root,
+        prep = _secured(shape, prepare_step(train_data=train_data, validation_data=validation_data, data_root=data_root,
                                        workload_image=image("spark"), shape=json.dumps(shape_of(compiled)),
                                        **common), shape.launcher_role("spark")).set_display_name("prepare data")
         prepared = prep.outputs["prepared"]
@@ -70,7 +84,7 @@ def build_pipeline(config_text: str):
                     previous = {"previous": latest[coordinate.name]} if coordinate.name in latest else {}
                     deep = isinstance(coordinate, DetextConfig)
                     role = "detext" if deep else "trainer"
-                    task = _secured(shape, (detext if deep else fixed_effect)(
+                    task = _secured(shape, (detext_step if deep else fixed_effect_step)(
                         coordinate=coordinate.name, prepared=prepared, data_root=data_root,
                         workload_image=image(role), **optional, **previous, **common), shape.launcher_role(role))
                     task.set_display_name(f"{label}: {'DeText' if deep else 'fixed effect'}")
@@ -130,20 +144,38 @@ class _Shape:
 def _secured(shape: _Shape, task, role: str = "trainer"):
     """The task's image (``GDMIX_IMAGE_REGISTRY`` / ``_TAG`` as they are now, not when the
     component modules were imported) and the object-store credentials from the Kubernetes
-    Secret (by reference, never inlined)."""
+    Secret (by reference, never inlined).
+
+    The Secret is required (``optional=False``): without it the kubelet refuses to start the
+    step and names the Secret, instead of a step that starts and fails later on an anonymous
+    object-store request. The Secret's name also travels as ``GDMIX_OBJECT_STORE_SECRET`` so
+    a step whose credentials are empty can say which Secret to fix.
+    """
     task.container_spec.image = image(role)
     if shape.secret:
-        kubernetes.use_secret_as_env(task, shape.secret, SECRET_KEYS, optional=True)
+        kubernetes.use_secret_as_env(task, shape.secret, SECRET_KEYS, optional=False)
+        task.set_env_variable(SECRET_NAME_ENV, shape.secret)
     return task
 
 
-def compile_pipeline(config_path, output) -> Path:
-    """Compile the pipeline of a configuration file to ``output`` (YAML)."""
+def with_overrides(config_text: str, overrides: list[str] | None) -> str:
+    """The configuration text with ``dotted.key=value`` overrides written into it (YAML)."""
+    if not overrides:
+        return config_text
+    raw = yaml.safe_load(config_text)
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return yaml.safe_dump(raw, sort_keys=False)
+
+
+def compile_pipeline(config_path, output, overrides: list[str] | None = None) -> Path:
+    """Compile the pipeline of a configuration file to ``output`` (YAML), with ``overrides``
+    (``dotted.key=value``) applied to what it is compiled for."""
     text = Path(config_path).read_text()
-    load_config_text(text, source=str(config_path))  # validate before building
+    load_config_text(text, list(overrides or ()), source=str(config_path))  # validate before building
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(text), str(output))
+    compiler.Compiler().compile(build_pipeline(text, overrides), str(output))
     return output
 
 

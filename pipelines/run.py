@@ -15,7 +15,10 @@ import os
 import re
 import sys
 import tempfile
+import time
+import uuid
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from gdmix.artifacts import METRICS_FILE
@@ -23,7 +26,7 @@ from gdmix.config import load_config_text
 from gdmix.errors import GdmixError
 from gdmix.io import fs
 from gdmix.stages.locations import read_location
-from pipelines.gdmix_pipeline import build_pipeline, compile_pipeline
+from pipelines.gdmix_pipeline import build_pipeline, compile_pipeline, pipeline_name
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -116,25 +119,118 @@ def _copy_tree(source: str, target: str) -> None:
                 fs.write_bytes(fs.unstrip(target_fs, f"{staging_path}/{relative}"), handle.read())
 
 
+@dataclass(frozen=True)
+class KfpAuth:
+    """How ``gdmix pipeline submit`` authenticates to a KFP API (``kfp.Client``'s options).
+
+    ``namespace``: the profile namespace of multi-user Kubeflow (pipelines, experiments and runs
+    are created there; ``None`` for standalone KFP). ``existing_token``: a bearer token (e.g.
+    ``kubectl create token ...``); ``token_path``: a file holding one, re-read on every request
+    (a projected service-account token, what ``KF_PIPELINES_SA_TOKEN_PATH`` names inside a
+    cluster; kfp.Client also reads that variable itself); ``cookies``: the session cookie of an
+    authenticated browser (``authservice_session=...``) behind Dex/oauth2-proxy;
+    ``ssl_ca_cert``: the CA of an HTTPS endpoint; ``ui_host``: where the UI is, for run links.
+    """
+
+    namespace: str | None = None
+    existing_token: str | None = None
+    token_path: str | None = None
+    cookies: str | None = None
+    ssl_ca_cert: str | None = None
+    ui_host: str | None = None
+
+    def client(self, host: str):
+        import kfp
+        from kfp.client.set_volume_credentials import ServiceAccountTokenVolumeCredentials
+
+        credentials = ServiceAccountTokenVolumeCredentials(self.token_path) if self.token_path else None
+        return kfp.Client(host=host, namespace=self.namespace or "kubeflow", existing_token=self.existing_token,
+                          cookies=self.cookies, ssl_ca_cert=self.ssl_ca_cert, credentials=credentials,
+                          ui_host=self.ui_host)
+
+
 def submit(config_text: str, host: str, overrides: list[str] | None = None, *, experiment: str = "gdmix",
            data_root: str = "", train_data: str = "", validation_data: str = "", wait: bool = False,
-           timeout_seconds: float = 24 * 3600) -> dict:
-    """Compile and submit a run to a Kubeflow Pipelines API at ``host`` (``kfp.Client``)."""
-    import kfp
+           timeout_seconds: float = 24 * 3600, auth: KfpAuth = KfpAuth(), version: str | None = None,
+           log=print) -> dict:
+    """Compile the configuration (``overrides`` written into it) and run it on the KFP API at ``host``.
 
+    The package is uploaded as a *version* of the pipeline named by ``pipeline.name`` (the
+    pipeline is created on its first upload), so every submission is listed in the UI under
+    one pipeline and can be rerun from there; the run is created from that version in
+    ``experiment``. Returns the run's id, the pipeline and version ids and the run's UI link.
+    """
+    config = load_config_text(config_text, list(overrides or ()), source="pipeline config")
+    name = pipeline_name(config)
+    # kfp.Client prints its own links on stdout: keep stdout for our result (gdmix prints JSON)
+    from kfp_server_api.exceptions import ApiException
+
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            client = auth.client(host)
+            return _submit(client, config_text, name, host, overrides, experiment, data_root, train_data,
+                           validation_data, wait, timeout_seconds, auth, version, log)
+    except ApiException as exc:
+        hint = {401: "; authenticate with --token, --token-path or --cookies",
+                403: f"; the identity may not use namespace '{auth.namespace or '(none)'}': check --namespace"}
+        raise GdmixError(f"the KFP API at {host} refused the submission: HTTP {exc.status} {exc.reason or ''}"
+                         f"{hint.get(exc.status, '')}") from None
+
+
+def _submit(client, config_text, name, host, overrides, experiment, data_root, train_data, validation_data, wait,
+            timeout_seconds, auth, version, log) -> dict:
     with tempfile.TemporaryDirectory(prefix="gdmix-submit-") as tmp:
         config_path = Path(tmp) / "config.yaml"
         config_path.write_text(config_text)
-        package = compile_pipeline(config_path, Path(tmp) / "pipeline.yaml")
-        client = kfp.Client(host=host)
-        arguments = {"overrides": list(overrides or ()), "data_root": data_root, "train_data": train_data,
-                     "validation_data": validation_data}
-        run = client.create_run_from_pipeline_package(str(package), arguments=arguments,
-                                                      experiment_name=experiment, enable_caching=False)
-    result = {"run_id": run.run_id, "host": host, "experiment": experiment}
+        package = str(compile_pipeline(config_path, Path(tmp) / "pipeline.yaml", list(overrides or ())))
+        pipeline_id, version_id = _upload(client, package, name, version, auth.namespace)
+    experiment_id = _experiment(client, experiment, auth.namespace)
+    arguments = {"data_root": data_root, "train_data": train_data, "validation_data": validation_data}
+    run = client.run_pipeline(experiment_id, f"{name} {time.strftime('%Y-%m-%d %H:%M:%S')}", params=arguments,
+                              pipeline_id=pipeline_id, version_id=version_id, enable_caching=False)
+    link = f"{_ui_prefix(auth.ui_host or host)}/#/runs/details/{run.run_id}"
+    log(f"run {run.run_id} of pipeline {name}: {link}")
+    result = {"run_id": run.run_id, "host": host, "experiment": experiment, "pipeline_id": pipeline_id,
+              "version_id": version_id, "link": link}
+    if auth.namespace:
+        result["namespace"] = auth.namespace
     if wait:
         finished = client.wait_for_run_completion(run.run_id, timeout=int(timeout_seconds))
         result["state"] = str(getattr(finished, "state", None))
         if result["state"] != "SUCCEEDED":
-            raise GdmixError(f"run {run.run_id} ended {result['state']}")
+            raise GdmixError(f"run {run.run_id} ended {result['state']}: {link}")
     return result
+
+
+def _upload(client, package: str, name: str, version: str | None, namespace: str | None) -> tuple[str, str]:
+    """(pipeline id, version id): a new version of pipeline ``name``, created on first upload."""
+    version = version or f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    found = client.list_pipelines(filter=_name_filter(name), namespace=namespace, page_size=1).pipelines or []
+    if found:
+        pipeline_id = found[0].pipeline_id
+        uploaded = client.upload_pipeline_version(package, pipeline_version_name=version, pipeline_id=pipeline_id)
+        return pipeline_id, uploaded.pipeline_version_id
+    # the first upload creates the pipeline with this package as its first version
+    pipeline_id = client.upload_pipeline(package, pipeline_name=name, namespace=namespace,
+                                         description="GDMix: fixed and random effects by coordinate descent").pipeline_id
+    versions = client.list_pipeline_versions(pipeline_id, page_size=1, sort_by="created_at desc").pipeline_versions
+    if not versions:
+        raise GdmixError(f"KFP created pipeline {name} ({pipeline_id}) without a version")
+    return pipeline_id, versions[0].pipeline_version_id
+
+
+def _experiment(client, name: str, namespace: str | None) -> str:
+    found = client.list_experiments(filter=_name_filter(name), namespace=namespace, page_size=1).experiments or []
+    if found:
+        return found[0].experiment_id
+    return client.create_experiment(name, namespace=namespace).experiment_id
+
+
+def _name_filter(name: str) -> str:
+    """A KFP API list filter: display_name equals ``name``."""
+    return json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": name}]})
+
+
+def _ui_prefix(host: str) -> str:
+    host = host.rstrip("/")
+    return host if host.startswith(("http://", "https://")) else "http://" + host

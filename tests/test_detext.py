@@ -322,7 +322,7 @@ def test_detext_as_an_mpijob_on_a_fake_cluster(text_data, tmp_path):
     from test_stage_backends import RunningOperator, _options
 
     raw = yaml.safe_load(_job_config(text_data, tmp_path).read_text())
-    raw["pipeline"] = {"backend": "kubernetes", "fixed_effect_workers": 2}
+    raw["pipeline"] = {"backend": "kubernetes", "namespace": "gdmix", "fixed_effect_workers": 2}
     config = run_config(yaml.safe_dump(raw)).model_dump(mode="json")
     config["data"] = raw["data"]
     config = validate_config(config)

@@ -403,3 +403,19 @@ def test_the_fakes_reject_calls_the_real_client_would_reject():
         check_call(CustomObjectsApi, "delete_namespaced_custom_object", *args, propagationPolicy="Background")
     with pytest.raises(TypeError):
         check_call(CoreV1Api, "list_namespaced_pod")
+
+
+def test_a_pod_that_can_never_start_fails_the_job_at_once():
+    """A missing Secret (or key) keeps a container in CreateContainerConfigError forever: the
+    launcher fails with the kubelet's message instead of waiting for its timeout."""
+    from kubernetes.client import V1ContainerState, V1ContainerStateWaiting, V1ContainerStatus
+
+    stuck = pod("x-worker-0", phase="Pending")
+    stuck.status.container_statuses = [V1ContainerStatus(
+        name="tensorflow", image="i", image_id="", ready=False, restart_count=0,
+        state=V1ContainerState(waiting=V1ContainerStateWaiting(
+            reason="CreateContainerConfigError", message='secret "gdmix-object-store" not found')))]
+    custom, core = FakeCustomObjects([RUNNING]), FakeCoreV1([[stuck]])
+    with pytest.raises(JobFailed, match='PodCannotStart.*x-worker-0/tensorflow.*secret "gdmix-object-store" not found'):
+        run_job(tf_manifest(), custom_api=custom, core_api=core, poll_seconds=0, timeout_seconds=60, log=lambda _: None)
+    assert custom.deleted

@@ -23,6 +23,7 @@ from pipelines.gdmix_pipeline import compile_pipeline, structure
 from pipelines.run import run_local
 
 from conftest import synthetic_config
+from fake_kfp_api import FakeKfpApi
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -159,41 +160,54 @@ def test_score_table_never_drops_rows(synthetic_dir, tmp_path):
         table.update("per_user", str(short), "model-uri")
 
 
-def test_submit_compiles_and_creates_a_run(synthetic_dir, tmp_path, monkeypatch):
-    """gdmix pipeline submit against a stand-in kfp.Client: the compiled package and the run's
-    arguments are what a Kubeflow Pipelines API receives; --wait fails on a failed run."""
-    import kfp
-
-    calls = {}
-
-    class Run:
-        run_id = "run-1"
-
-    class FakeClient:
-        def __init__(self, host):
-            calls["host"] = host
-
-        def create_run_from_pipeline_package(self, package, arguments, experiment_name, enable_caching):
-            calls["spec"] = yaml.safe_load(Path(package).read_text().split("\n---\n")[0])
-            calls.update(arguments=arguments, experiment=experiment_name)
-            return Run()
-
-        def wait_for_run_completion(self, run_id, timeout):
-            return type("Finished", (), {"state": calls.get("state", "SUCCEEDED")})()
-
-    monkeypatch.setattr(kfp, "Client", FakeClient)
+def test_submit_uploads_a_version_and_runs_it(synthetic_dir, tmp_path, capsys):
+    """gdmix pipeline submit with the real kfp.Client against a KFP API on 127.0.0.1: the
+    package is uploaded as a version of its pipeline (created once), the run is created from
+    that version with the data parameters, the compile-time overrides are in the package, the
+    run's UI link is printed, and --wait fails on a failed run."""
     from gdmix import cli
 
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(_pipeline_config(synthetic_dir, "s3://bucket/model")))
-    assert cli.main(["pipeline", "submit", str(config), "--host", "http://127.0.0.1:8888", "--wait",
-                     "--set", "coordinates.per_user.l2=3", "--data-root", "s3://bucket/runs"]) == 0
-    assert calls["host"] == "http://127.0.0.1:8888" and calls["experiment"] == "gdmix"
-    assert calls["arguments"]["overrides"] == ["coordinates.per_user.l2=3"]
-    assert calls["arguments"]["data_root"] == "s3://bucket/runs"
-    assert calls["spec"]["pipelineInfo"]["name"] == "gdmix-global-per-user-per-item"
-    calls["state"] = "FAILED"
-    assert cli.main(["pipeline", "submit", str(config), "--host", "http://127.0.0.1:8888", "--wait"]) == 1
+    with FakeKfpApi() as api:
+        argv = ["pipeline", "submit", str(config), "--host", api.host, "--wait", "--data-root", "s3://bucket/runs",
+                "--set", "coordinates.per_user.l2=3", "--set", "pipeline.backend=kubernetes"]
+        assert cli.main(argv) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert cli.main(argv[:5]) == 0  # a second submission: a new version of the same pipeline
+        api.final_state = "FAILED"
+        assert cli.main(argv[:6]) == 1
+    assert len(api.pipelines) == 1 and len(api.versions) == 3 and len(api.experiments) == 1
+    run = api.runs[result["run_id"]]
+    assert run["pipeline_version_reference"] == {"pipeline_id": result["pipeline_id"],
+                                                 "pipeline_version_id": result["version_id"]}
+    assert run["runtime_config"]["parameters"]["data_root"] == "s3://bucket/runs"
+    spec = api.versions[result["version_id"]]["pipeline_spec"]
+    assert spec["pipelineInfo"]["name"] == "gdmix-global-per-user-per-item"
+    default = yaml.safe_load(spec["root"]["inputDefinitions"]["parameters"]["config"]["defaultValue"])
+    assert default["pipeline"]["backend"] == "kubernetes" and default["coordinates"][1]["l2"] == 3
+    assert result["link"] == f"{api.host}/#/runs/details/{result['run_id']}"
+
+
+def test_submit_to_multi_user_kubeflow_with_a_token(synthetic_dir, tmp_path, monkeypatch):
+    """Multi-user Kubeflow: everything is created in the profile namespace, every request carries
+    the bearer token (given, or re-read from a token file), and a missing token is refused."""
+    from gdmix import cli
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # kfp.Client keeps a context file under ~/.config
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(_pipeline_config(synthetic_dir, "s3://bucket/model")))
+    token_file = tmp_path / "token"
+    token_file.write_text("secret-token\n")
+    with FakeKfpApi(token="secret-token", multi_user=True) as api:
+        base = ["pipeline", "submit", str(config), "--host", api.host, "--namespace", "team-a"]
+        assert cli.main(base + ["--token", "secret-token", "--ui-host", "https://kubeflow.example.com/pipeline"]) == 0
+        assert cli.main(base + ["--token-path", str(token_file)]) == 0
+        assert cli.main(base) == 1  # no credentials: the API refuses
+    assert {p["namespace"] for p in api.pipelines.values()} == {"team-a"}
+    assert {e["namespace"] for e in api.experiments.values()} == {"team-a"}
+    served = [r for r in api.requests if r["path"] != "/apis/v2beta1/healthz"]
+    assert sum(r["authorization"] == "Bearer secret-token" for r in served) >= 8
 
 
 def test_a_cluster_pipeline_runs_its_launchers_in_the_launcher_image(synthetic_dir, tmp_path):

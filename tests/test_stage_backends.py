@@ -70,7 +70,8 @@ def _options(operator):
 
 def test_prep_and_fixed_effect_as_kubernetes_jobs(synthetic_dir, tmp_path):
     raw = synthetic_config(synthetic_dir, str(tmp_path / "out"))
-    raw["pipeline"] = {"backend": "kubernetes", "fixed_effect_workers": 2, "object_store_secret": "s3-creds"}
+    raw["pipeline"] = {"backend": "kubernetes", "namespace": "gdmix", "fixed_effect_workers": 2,
+                       "object_store_secret": "s3-creds"}
     derived = with_optional_columns(run_config(yaml.safe_dump(raw))).model_dump(mode="json")
     derived["prep"]["output"] = str(tmp_path / "prepared")
     config = validate_config(derived)
@@ -103,7 +104,7 @@ def test_prep_and_fixed_effect_as_kubernetes_jobs(synthetic_dir, tmp_path):
 
 def test_a_failed_kubernetes_job_fails_the_stage(synthetic_dir, tmp_path):
     raw = synthetic_config(synthetic_dir, str(tmp_path / "out"))
-    raw["pipeline"] = {"backend": "kubernetes"}
+    raw["pipeline"] = {"backend": "kubernetes", "namespace": "gdmix"}
     config = prepared_config(run_config(yaml.safe_dump(raw)), str(tmp_path / "missing-prepared"))
     launch = Launch.from_config(config, image="img")
     import gdmix.stages.coordinates as coordinates

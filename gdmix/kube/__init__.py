@@ -7,7 +7,7 @@ follows it to its end while streaming its pods' logs, and deletes it. The rest o
 nothing of Kubernetes: only the launcher components import this package.
 """
 
-from gdmix.kube.jobs import JobConflict, JobError, JobFailed, JobTimeout, job_outcome, run_job
+from gdmix.kube.jobs import JobConflict, JobError, JobFailed, JobTimeout, job_outcome, own_namespace, run_job
 from gdmix.kube.manifests import (
     PodSettings,
     module_file_uri,
@@ -17,7 +17,7 @@ from gdmix.kube.manifests import (
     spark_application,
     tfjob,
 )
-from gdmix.kube.task_config import apply_overrides, pod_overrides, with_task_config
+from gdmix.kube.task_config import SparkPassthrough, apply_overrides, pod_overrides, spark_pod_overrides, with_task_config
 
 __all__ = [
     "JobConflict",
@@ -28,12 +28,15 @@ __all__ = [
     "apply_overrides",
     "job_outcome",
     "module_file_uri",
+    "own_namespace",
     "mpijob",
     "pod_overrides",
     "pod_template",
     "resource_name",
     "run_job",
     "spark_application",
+    "spark_pod_overrides",
+    "SparkPassthrough",
     "tfjob",
     "with_task_config",
 ]

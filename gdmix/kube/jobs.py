@@ -86,6 +86,37 @@ SPARK_FAILED_STATES = ("FAILED", "SUBMISSION_FAILED")
 #: Consecutive transient API errors (5xx, 429, connection) tolerated while polling.
 MAX_TRANSIENT_ERRORS = 5
 
+#: Where the kubelet writes a pod's own namespace (with its service-account token).
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+#: Reasons a container waits that no amount of waiting fixes: a missing Secret, ConfigMap or
+#: key (the object-store credentials), an image that cannot be pulled or named. The job fails
+#: at once with the kubelet's message instead of hanging until the launcher's timeout.
+UNRECOVERABLE_WAITING = ("CreateContainerConfigError", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
+
+
+def own_namespace(path: str | None = None) -> str:
+    """The namespace this process's pod runs in; outside a pod, the kubeconfig context's namespace.
+
+    A launcher creates its jobs there by default: it is where KFP runs the step (standalone:
+    ``kubeflow``; multi-user: the profile namespace) and where its service account is bound.
+    """
+    try:
+        with open(path or SERVICE_ACCOUNT_NAMESPACE) as handle:
+            namespace = handle.read().strip()
+        if namespace:
+            return namespace
+    except OSError:
+        pass
+    from kubernetes import config
+
+    try:
+        _, active = config.list_kube_config_contexts()
+    except (config.ConfigException, OSError) as exc:
+        raise JobError(f"cannot tell which namespace to launch jobs in: not in a pod ({path or SERVICE_ACCOUNT_NAMESPACE} is missing) and no "
+                       f"kubeconfig ({exc}); set pipeline.namespace") from None
+    return (active or {}).get("context", {}).get("namespace") or "default"
+
 
 def job_kind(manifest: Mapping[str, Any]) -> JobKind:
     """The :class:`JobKind` of a rendered manifest (its kind and apiVersion must match)."""
@@ -145,15 +176,19 @@ class _LogFollower:
         self.printed: dict[str, int] = {}
         self.warned: set[str] = set()
 
-    def poll(self, final: bool = False) -> None:
+    def poll(self, final: bool = False) -> list[str]:
+        """Print new log lines; returns why any pod can never start (see :data:`UNRECOVERABLE_WAITING`)."""
         try:
             pods = self.core_api.list_namespaced_pod(self.namespace, label_selector=self.selector).items
         except Exception as exc:  # noqa: BLE001 - showing logs must never fail the job
             detail = _api_detail(exc) if isinstance(exc, ApiException) else str(exc)
             self._warn("list", f"cannot list the job's pods ({detail}); their logs are not shown")
-            return
+            return []
+        stuck = []
         for pod in sorted(pods, key=lambda p: p.metadata.name):
             self._follow(pod, final)
+            stuck += _unrecoverable(pod)
+        return stuck
 
     def _follow(self, pod: Any, final: bool) -> None:
         name = pod.metadata.name
@@ -185,6 +220,17 @@ class _LogFollower:
         if key not in self.warned:
             self.warned.add(key)
             self.log(f"warning: {message}")
+
+
+def _unrecoverable(pod: Any) -> list[str]:
+    """``pod/container: reason: message`` for each container stuck in :data:`UNRECOVERABLE_WAITING`."""
+    statuses = (getattr(pod.status, "container_statuses", None) if pod.status is not None else None) or []
+    found = []
+    for status in statuses:
+        waiting = getattr(getattr(status, "state", None), "waiting", None)
+        if waiting is not None and waiting.reason in UNRECOVERABLE_WAITING:
+            found.append(f"{pod.metadata.name}/{status.name}: {waiting.reason}: {waiting.message or ''}".rstrip(": "))
+    return found
 
 
 def _apis(custom_api: Any, core_api: Any) -> tuple[Any, Any]:
@@ -277,7 +323,8 @@ def _create(custom_api: Any, where: dict, manifest: Mapping[str, Any], label: st
         if exc.status == 403:
             raise JobError(
                 f"not allowed to create {label} ({_api_detail(exc)}); the launcher's service account needs "
-                f"the gdmix-launcher Role of manifests/base in namespace {where['namespace']}"
+                f"the gdmix-launcher Role in namespace {where['namespace']} (manifests/standalone binds it to KFP's "
+                f"pipeline-runner, manifests/multi-user to a profile's default-editor)"
             ) from None
         if exc.status == 404:
             raise JobError(
@@ -316,7 +363,9 @@ def _wait(
             log(f"warning: reading {label} failed ({exc}); retrying")
             obj = None
         outcome = job_outcome(kind.kind, obj) if obj is not None else None
-        logs.poll(final=outcome is not None)
+        stuck = logs.poll(final=outcome is not None)
+        if outcome is None and stuck:
+            raise JobFailed(kind.kind, where["namespace"], name, "PodCannotStart", "; ".join(stuck))
         if outcome is not None:
             verdict, reason, message = outcome
             if verdict == "Failed":

@@ -404,6 +404,7 @@ def spark_application(
     secret_env: Iterable[str] = (),
     service_account: str = "gdmix-spark",
     *,
+    volumes: Iterable[Mapping[str, Any]] = (),
     labels: Mapping[str, str] | None = None,
     spark_version: str = SPARK_VERSION,
     image_pull_policy: str = "IfNotPresent",
@@ -445,6 +446,9 @@ def spark_application(
     }
     if conf:
         spec["sparkConf"] = conf
+    volumes = [copy.deepcopy(dict(v)) for v in volumes]
+    if volumes:  # mounted per pod by the driver/executor dicts' volumeMounts
+        spec["volumes"] = volumes
     if time_to_live_seconds is not None:
         spec["timeToLiveSeconds"] = time_to_live_seconds
     return {

@@ -156,3 +156,42 @@ def apply_overrides(pod: PodSettings, overrides: Mapping[str, Any]) -> PodSettin
 def with_task_config(pod: PodSettings, task_config: Any) -> PodSettings:
     """Shorthand: ``apply_overrides(pod, pod_overrides(task_config))``."""
     return apply_overrides(pod, pod_overrides(task_config))
+
+
+@dataclasses.dataclass(frozen=True)
+class SparkPassthrough:
+    """A TaskConfig as SparkApplication fields: ``pod`` for both ``driver`` and ``executor``
+    (SparkPodSpec: env, tolerations, nodeSelector, affinity, volumeMounts, coreRequest,
+    coreLimit, gpu), ``volumes`` for ``spec.volumes``."""
+
+    pod: dict[str, Any]
+    volumes: list[dict[str, Any]]
+
+
+def spark_pod_overrides(task_config: Any) -> SparkPassthrough:
+    """What a task's :func:`pod_overrides` mean for a SparkApplication's driver and executors.
+
+    CPU requests and limits become ``coreRequest`` / ``coreLimit`` and an accelerator limit
+    ``gpu``; memory is not taken from the task, because a Spark pod's memory is its JVM heap
+    plus overhead, which ``prep.spark.driver_memory`` / ``executor_memory`` set.
+    """
+    overrides = pod_overrides(task_config)
+    pod: dict[str, Any] = {}
+    env = [{"name": k, "value": v} for k, v in overrides.get("env", {}).items()] + overrides.get("extra_env", [])
+    if env:
+        pod["env"] = env
+    for source, target in (("tolerations", "tolerations"), ("node_selector", "nodeSelector"),
+                           ("affinity", "affinity"), ("volume_mounts", "volumeMounts")):
+        if source in overrides:
+            pod[target] = overrides[source]
+    resources = overrides.get("resources", {})
+    if "cpu" in resources.get("requests", {}):
+        pod["coreRequest"] = str(resources["requests"]["cpu"])
+    if "cpu" in resources.get("limits", {}):
+        pod["coreLimit"] = str(resources["limits"]["cpu"])
+    accelerators = {k: v for k, v in resources.get("limits", {}).items() if k not in ("cpu", "memory")}
+    if len(accelerators) > 1:
+        raise ValueError(f"a Spark pod takes one kind of accelerator, the task asks for {sorted(accelerators)}")
+    for name, quantity in accelerators.items():
+        pod["gpu"] = {"name": name, "quantity": int(quantity)}
+    return SparkPassthrough(pod=pod, volumes=overrides.get("volumes", []))

@@ -29,7 +29,7 @@ class Launch:
     """Where and how a stage's job runs (from the config's ``pipeline`` section and the task)."""
 
     backend: str = "local"
-    namespace: str = "gdmix"
+    namespace: str | None = None  # None: the namespace the launcher's own pod runs in
     image: str = ""
     secret: str | None = None
     timeout_seconds: float = 24 * 3600
@@ -40,6 +40,15 @@ class Launch:
         pipeline = config.pipeline
         return cls(pipeline.backend, pipeline.namespace, image, pipeline.object_store_secret,
                    pipeline.job_timeout_seconds, task_config)
+
+    def job_namespace(self) -> str:
+        """Where the jobs go: ``pipeline.namespace``, else the launcher pod's own namespace (KFP
+        standalone: ``kubeflow``; multi-user: the profile's), where its account may create them."""
+        if self.namespace:
+            return self.namespace
+        from gdmix.kube import own_namespace
+
+        return own_namespace()
 
 
 def write_job_config(config: GdmixConfig, job_dir: str) -> str:
@@ -74,9 +83,9 @@ def run_workers(gdmix_args: list[str], workers: int, launch: Launch, name: str, 
 
     if horovod:
         launcher = pod(["horovodrun", "-np", str(workers), "--hostfile", "/etc/mpi/hostfile", *command])
-        manifest = mpijob(job_name(name), launch.namespace, launcher, pod(SSHD), workers)
+        manifest = mpijob(job_name(name), launch.job_namespace(), launcher, pod(SSHD), workers)
     else:
-        manifest = tfjob(job_name(name), launch.namespace, pod(command), workers)
+        manifest = tfjob(job_name(name), launch.job_namespace(), pod(command), workers)
     _run(manifest, launch, log, job_options)
 
 
@@ -88,14 +97,16 @@ def run_spark_prep(config: GdmixConfig, config_uri: str, launch: Launch, name: s
 
         run_prep(config, log=log)
         return
-    from gdmix.kube import module_file_uri, spark_application
+    from gdmix.kube import module_file_uri, spark_application, spark_pod_overrides
 
     spark = config.prep.spark
+    passed = spark_pod_overrides(launch.task_config)
     manifest = spark_application(
-        job_name(name), launch.namespace, launch.image, module_file_uri(),
+        job_name(name), launch.job_namespace(), launch.image, module_file_uri(),
         [config_uri, "--set", "prep.spark.master=null"],
-        driver={"memory": spark.driver_memory}, executor={"memory": spark.executor_memory},
-        instances=spark.executor_instances, spark_conf=dict(spark.conf), secret_env=_secrets(launch))
+        driver={"memory": spark.driver_memory, **passed.pod}, executor={"memory": spark.executor_memory, **passed.pod},
+        instances=spark.executor_instances, spark_conf=dict(spark.conf), secret_env=_secrets(launch),
+        volumes=passed.volumes)
     _run(manifest, launch, log, job_options)
 
 

@@ -11,11 +11,16 @@ the artifact's metadata, and consumers read it from there.
 from __future__ import annotations
 
 import hashlib
+import os
 import posixpath
 
+from gdmix.errors import GdmixError
 from gdmix.io import fs
 
 METADATA_KEY = "location"
+#: set on every step of a pipeline compiled with ``pipeline.object_store_secret``: the Secret's name
+SECRET_NAME_ENV = "GDMIX_OBJECT_STORE_SECRET"
+CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 
 def output_location(artifact_uri: str, data_root: str | None = None) -> str:
@@ -42,11 +47,32 @@ def normalize(uri: str) -> str:
 
 def read_location(artifact) -> str:
     """Where an input artifact's data is (any object with ``uri`` and ``metadata``, e.g. a KFP artifact)."""
-    return input_location(artifact.uri, getattr(artifact, "metadata", None))
+    return require_credentials(input_location(artifact.uri, getattr(artifact, "metadata", None)))
 
 
 def claim_location(artifact, data_root: str | None = None) -> str:
     """Choose where an output artifact's data goes and record it in the artifact's metadata."""
-    location = output_location(artifact.uri, data_root)
+    location = require_credentials(output_location(artifact.uri, data_root))
     artifact.metadata[METADATA_KEY] = location
     return location
+
+
+def require_credentials(uri: str, environ=os.environ) -> str:
+    """``uri``, after checking that a pipeline step that must reach the object store can.
+
+    In a pipeline compiled with an object-store Secret every step gets the Secret's keys as
+    environment variables. An empty or absent key (a Secret created with blank values, or a
+    step that did not get it) would otherwise surface much later as an anonymous request
+    refused by the store; this names the Secret to fix instead.
+    """
+    secret = environ.get(SECRET_NAME_ENV)
+    if not secret or not uri.startswith("s3://"):
+        return uri
+    missing = [key for key in CREDENTIAL_KEYS if not environ.get(key)]
+    if missing:
+        raise GdmixError(
+            f"no object-store credentials for {uri}: {', '.join(missing)} empty or unset. They come from the "
+            f"Kubernetes Secret '{secret}' (keys {', '.join(CREDENTIAL_KEYS)}, AWS_ENDPOINT_URL), which must exist "
+            f"with non-empty values in the namespace this step runs in (KFP standalone: 'kubeflow'; multi-user "
+            f"Kubeflow: the profile's namespace); see manifests/object-store")
+    return uri

@@ -2,15 +2,18 @@
 # Create (or reuse) a local kind cluster that runs gdmix's pipeline end to end:
 #
 #   1. the kind cluster (manifests/kind/cluster.yaml, pinned node image);
-#   2. manifests/kind: namespace "gdmix" (PSA restricted) and its least-privilege RBAC;
-#   3. Kubeflow Pipelines standalone (namespace "kubeflow");
+#   2. manifests/kind (= manifests/standalone): namespace "gdmix" (PSA restricted; labelled so that
+#      KFP's SeaweedFS NetworkPolicy admits it), its least-privilege RBAC, and the launcher Role
+#      bound to "pipeline-runner", the account KFP standalone runs step pods as (in "kubeflow");
+#   3. Kubeflow Pipelines standalone (namespace "kubeflow", object store SeaweedFS);
 #   4. the training operator v1, restricted to TFJob (its bundled MPIJob v1 CRD is left out, because
 #      mpi-operator's MPIJob v2beta1 CRD has the same name);
 #   5. mpi-operator (MPIJob kubeflow.org/v2beta1);
 #   6. the Spark operator (helm), watching namespace "gdmix" and using gdmix's own Spark RBAC;
-#   7. the object-store Secret "gdmix-object-store": from manifests/object-store/object-store.env
-#      when present, else pointing at the MinIO that KFP standalone runs (its credentials are read
-#      from the cluster, never written to disk);
+#   7. the object-store Secret "gdmix-object-store" in "kubeflow" (KFP's step pods read it) and in
+#      "gdmix" (the TFJob/MPIJob/Spark pods read it): from manifests/object-store/object-store.env
+#      (or $GDMIX_OBJECT_STORE_ENV) when present, else pointing at the SeaweedFS S3 service that KFP
+#      runs, with KFP's own credentials (read from the cluster, never written to disk);
 #   8. the gdmix images <registry>/gdmix-{spark,trainer,detext,launcher}:<tag>, loaded with
 #      `kind load docker-image` (build them first; nothing is pulled for them).
 #
@@ -23,8 +26,8 @@ set -euo pipefail
 
 # --- pinned versions -----------------------------------------------------------------------------
 KIND_NODE_IMAGE="${KIND_NODE_IMAGE:-kindest/node:v1.33.1}"          # Kubernetes 1.33 (PSA labels pin v1.33)
-KFP_VERSION="${KFP_VERSION:-2.17.3}"                                # backend matching kfp / kfp-server-api 2.17.3
-TRAINING_OPERATOR_VERSION="${TRAINING_OPERATOR_VERSION:-v1.9.3}"    # TFJob kubeflow.org/v1
+KFP_VERSION="${KFP_VERSION:-2.17.0}"                                # backend release (tag) of the kfp 2.17 SDK
+TRAINING_OPERATOR_VERSION="${TRAINING_OPERATOR_VERSION:-v1.9.0}"    # TFJob kubeflow.org/v1
 MPI_OPERATOR_VERSION="${MPI_OPERATOR_VERSION:-v0.7.0}"              # MPIJob kubeflow.org/v2beta1
 SPARK_OPERATOR_CHART_VERSION="${SPARK_OPERATOR_CHART_VERSION:-2.4.0}"  # SparkApplication v1beta2 (= kubeflow-spark-api 2.4.0)
 SPARK_OPERATOR_CHART_REPO="${SPARK_OPERATOR_CHART_REPO:-https://kubeflow.github.io/spark-operator}"
@@ -55,7 +58,7 @@ else
 fi
 
 # --- 2. gdmix namespace and RBAC -----------------------------------------------------------------
-say "applying manifests/kind (namespace $NAMESPACE, RBAC)"
+say "applying manifests/kind (namespace $NAMESPACE, RBAC, KFP standalone's launcher binding)"
 "${KUBECTL[@]}" apply -k "$ROOT/manifests/kind"
 
 # --- 3. Kubeflow Pipelines standalone ------------------------------------------------------------
@@ -94,7 +97,7 @@ say "installing mpi-operator $MPI_OPERATOR_VERSION"
     -f "https://raw.githubusercontent.com/kubeflow/mpi-operator/$MPI_OPERATOR_VERSION/deploy/v2beta1/mpi-operator.yaml"
 
 # --- 6. Spark operator ---------------------------------------------------------------------------
-# gdmix brings its own Spark service account and Role (manifests/base/spark-rbac.yaml), so the
+# gdmix brings its own Spark service account and Role (manifests/rbac/spark-rbac.yaml), so the
 # chart creates none; its webhook must stay enabled: it applies the driver/executor security
 # contexts and envFrom of a SparkApplication to the pods, which the restricted namespace requires.
 say "installing the Spark operator chart $SPARK_OPERATOR_CHART_VERSION"
@@ -113,23 +116,42 @@ say "waiting for Kubeflow Pipelines and the operators (up to $WAIT)"
 "${KUBECTL[@]}" -n mpi-operator wait --for=condition=Available deployment --all --timeout="$WAIT"
 
 # --- 7. object-store credentials -----------------------------------------------------------------
-ENV_FILE="$ROOT/manifests/object-store/object-store.env"
-if [[ -f $ENV_FILE ]]; then
-    say "creating Secret gdmix-object-store from $ENV_FILE"
-    "${KUBECTL[@]}" apply -k "$ROOT/manifests/object-store"
-else
-    say "no $ENV_FILE: pointing Secret gdmix-object-store at KFP's in-cluster MinIO"
-    secret_value() {
-        "${KUBECTL[@]}" -n kubeflow get secret mlpipeline-minio-artifact -o "jsonpath={.data.$1}" | base64 -d
-    }
-    access_key="$(secret_value accesskey)"
-    secret_key="$(secret_value secretkey)"
-    [[ -n $access_key && -n $secret_key ]] || die "could not read KFP's MinIO credentials (secret kubeflow/mlpipeline-minio-artifact)"
-    "${KUBECTL[@]}" -n "$NAMESPACE" create secret generic gdmix-object-store \
-        --from-literal=AWS_ACCESS_KEY_ID="$access_key" \
-        --from-literal=AWS_SECRET_ACCESS_KEY="$secret_key" \
-        --from-literal=AWS_ENDPOINT_URL="http://minio-service.kubeflow.svc.cluster.local:9000" \
+# One Secret per namespace that runs gdmix pods: KFP standalone runs the pipeline's step pods in
+# "kubeflow" (kfp.kubernetes.use_secret_as_env, optional: a missing Secret would go unnoticed until
+# the first object-store access), the launched jobs' pods in "$NAMESPACE" (envFrom).
+SECRET_NAME="gdmix-object-store"
+SECRET_NAMESPACES=(kubeflow "$NAMESPACE")
+# KFP 2.17's object store: SeaweedFS, Service kubeflow/seaweedfs, S3 on port 8333; its credentials
+# are Secret kubeflow/mlpipeline-minio-artifact, keys accesskey and secretkey.
+KFP_S3_ENDPOINT="http://seaweedfs.kubeflow.svc.cluster.local:8333"
+KFP_S3_SECRET="mlpipeline-minio-artifact"
+ENV_FILE="${GDMIX_OBJECT_STORE_ENV:-$ROOT/manifests/object-store/object-store.env}"
+
+apply_object_store_secret() {  # $1: namespace, $2: file of KEY=VALUE lines
+    "${KUBECTL[@]}" -n "$1" create secret generic "$SECRET_NAME" --from-env-file="$2" \
         --dry-run=client -o yaml | "${KUBECTL[@]}" apply -f -
+}
+
+if [[ -f $ENV_FILE ]]; then
+    for ns in "${SECRET_NAMESPACES[@]}"; do
+        say "creating Secret $ns/$SECRET_NAME from $ENV_FILE"
+        apply_object_store_secret "$ns" "$ENV_FILE"
+    done
+else
+    say "no $ENV_FILE: pointing Secret $SECRET_NAME at KFP's SeaweedFS ($KFP_S3_ENDPOINT)"
+    kfp_secret_value() {
+        "${KUBECTL[@]}" -n kubeflow get secret "$KFP_S3_SECRET" -o "jsonpath={.data.$1}" | base64 -d
+    }
+    access_key="$(kfp_secret_value accesskey)"
+    secret_key="$(kfp_secret_value secretkey)"
+    [[ -n $access_key && -n $secret_key ]] || die "could not read KFP's object-store credentials (secret kubeflow/$KFP_S3_SECRET)"
+    for ns in "${SECRET_NAMESPACES[@]}"; do
+        say "creating Secret $ns/$SECRET_NAME"
+        # the values go through a pipe (process substitution), never a file or a command line
+        apply_object_store_secret "$ns" <(printf 'AWS_ACCESS_KEY_ID=%s\nAWS_SECRET_ACCESS_KEY=%s\nAWS_ENDPOINT_URL=%s\n' \
+            "$access_key" "$secret_key" "$KFP_S3_ENDPOINT")
+    done
+    unset access_key secret_key
 fi
 
 # --- 8. gdmix images -----------------------------------------------------------------------------
