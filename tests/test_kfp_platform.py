@@ -181,3 +181,19 @@ def test_compiled_pipelines_have_distinct_names_and_cluster_variants():
         images = {e["container"]["image"] for k, e in pipeline["deploymentSpec"]["executors"].items() if k in LAUNCHERS}
         role = "launcher" if backend == "kubernetes" else None
         assert role is None or images == {f"localhost/gdmix-{role}:0.1.0"}
+
+
+def test_job_pods_opt_out_of_istio_sidecars():
+    """Multi-user Kubeflow injects Istio sidecars into profile namespaces; a sidecar never exits,
+    so a finished worker's pod would keep its job running. Every launched pod opts out."""
+    from gdmix.kube import manifests as m
+
+    pod = m.PodSettings(image="i:1", command=["python"])
+    tf = m.tfjob("j", "ns", pod, 2)
+    mpi = m.mpijob("k", "ns", pod, pod, 2)
+    spark = m.spark_application("s", "ns", "i:1", "local:///x.py", [], {}, {}, 1)
+    templates = [tf["spec"]["tfReplicaSpecs"]["Worker"]["template"],
+                 *(r["template"] for r in mpi["spec"]["mpiReplicaSpecs"].values())]
+    for labels in [t["metadata"]["labels"] for t in templates] + [spark["spec"]["driver"]["labels"],
+                                                                   spark["spec"]["executor"]["labels"]]:
+        assert labels["sidecar.istio.io/inject"] == "false"

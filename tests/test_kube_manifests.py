@@ -78,7 +78,7 @@ def test_pod_template_is_restricted_and_takes_credentials_by_reference():
     )
     template = m.pod_template(pod, "tensorflow", labels={"app": "gdmix"})
     spec = template["spec"]
-    assert template["metadata"] == {"labels": {"app": "gdmix"}}
+    assert template["metadata"] == {"labels": {"sidecar.istio.io/inject": "false", "app": "gdmix"}}
     assert spec["automountServiceAccountToken"] is False
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["securityContext"]["runAsUser"] == 1000

@@ -46,6 +46,11 @@ PREP_SUBMIT_MODULE = "gdmix.prep.submit"
 #: belongs to root; our pods run as uid 1000, so the keys go to that user's home.
 DEFAULT_SSH_AUTH_MOUNT_PATH = "/home/gdmix/.ssh"
 
+#: Label on every pod gdmix launches: no Istio sidecar. Multi-user Kubeflow injects one into
+#: profile namespaces; a sidecar keeps a finished TFJob worker's pod running (the job never
+#: completes), intercepts MPI's ssh and the TF collective ports, and is no use to batch pods.
+NO_SIDECAR = {"sidecar.istio.io/inject": "false"}
+
 #: Seconds a finished job object is kept by its operator when nobody deleted it (the launcher
 #: deletes it at once; this only cleans up after a launcher pod that was killed).
 DEFAULT_TTL_SECONDS = 3600
@@ -215,8 +220,7 @@ def pod_template(
     if pod.affinity:
         spec["affinity"] = copy.deepcopy(pod.affinity)
     template: dict[str, Any] = {"spec": spec}
-    if labels:
-        template["metadata"] = {"labels": dict(labels)}
+    template["metadata"] = {"labels": {**NO_SIDECAR, **dict(labels or {})}}
     return template
 
 
@@ -386,8 +390,7 @@ def _spark_pod(
     secrets = list(secret_env)
     if secrets:
         spec["envFrom"] = [{"secretRef": {"name": s}} for s in secrets]
-    if labels:
-        spec["labels"] = dict(labels)
+    spec["labels"] = {**NO_SIDECAR, **dict(labels or {})}
     return spec
 
 
