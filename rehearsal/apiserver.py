@@ -11,6 +11,11 @@ Served (JSON, as kubernetes-client 30.1.0 sends and parses it):
   ``.../pods/<name>/log[?container=...]``: the pods the fake operators made (one container
   each, run by Docker); the log is the container's output.
 - ``GET /api/v1/namespaces/<ns>/secrets/<name>``: the Secrets the cluster was given.
+- What Spark's driver calls (fabric8 kubernetes-client 7.x): pods create (through the
+  kubelet's admission webhooks), delete, deletecollection (label / field selectors), patch
+  (labels, annotations), watch (websocket, RFC 6455, or chunked HTTP: ADDED / MODIFIED /
+  DELETED events); configmaps and services create / get / list / delete / deletecollection.
+  Other core resources: authorized (403 per the Role), then 404.
 - ``GET /version``.
 
 Every request needs ``Authorization: Bearer <token>`` (401 otherwise). Tokens belong to the
@@ -21,15 +26,19 @@ otherwise); :attr:`ApiServer.admin_token` may do anything.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 import ipaddress
 import json
 import re
 import secrets
 import ssl
+import struct
 import subprocess
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -262,6 +271,46 @@ class PodSource:
     def pod_log(self, namespace: str, name: str, container: str | None) -> str:
         raise ApiError(404, "NotFound", f'pods "{name}" not found')
 
+    def create_pod(self, namespace: str, body: dict) -> dict:
+        raise ApiError(405, "MethodNotAllowed", "pod creation is not served")
+
+    def delete_pod(self, namespace: str, name: str) -> dict:
+        raise ApiError(404, "NotFound", f'pods "{name}" not found', {"name": name, "kind": "pods"})
+
+    def patch_pod(self, namespace: str, name: str, patch: Any, content_type: str) -> dict:
+        raise ApiError(404, "NotFound", f'pods "{name}" not found', {"name": name, "kind": "pods"})
+
+
+@dataclass
+class WatchRequest:
+    """``GET ...?watch=true``: answered as a stream of watch events (see ``ApiServer.watch_events``)."""
+
+    namespace: str
+    selector: str
+    field_selector: str
+    resource_version: str
+    timeout: float
+
+
+def _load(body: bytes) -> Any:
+    try:
+        return json.loads(body or b"{}")
+    except ValueError as exc:
+        raise ApiError(400, "BadRequest", f"the body of the request could not be decoded: {exc}") from None
+
+
+def field_selector_matches(selector: str, obj: Mapping[str, Any]) -> bool:
+    """``metadata.name=x`` / ``metadata.namespace=x`` / ``status.phase!=x`` terms."""
+    for term in filter(None, (t.strip() for t in (selector or "").split(","))):
+        negate = "!=" in term
+        key, value = re.split(r"!=|==?", term, maxsplit=1)
+        current: Any = obj
+        for part in key.strip().split("."):
+            current = current.get(part) if isinstance(current, Mapping) else None
+        if (str(current) == value.strip()) == negate:
+            return False
+    return True
+
 
 class Store:
     """Custom objects and Secrets, thread-safe. Controllers read and patch status through it."""
@@ -272,11 +321,70 @@ class Store:
         self.objects: dict[tuple[str, str, str, str], dict] = {}  # (group, plural, ns, name)
         self.secrets: dict[tuple[str, str], dict] = {}
         self.deleted: list[dict] = []  # deleted objects whose dependents the GC still has to remove
+        self.core: dict[tuple[str, str, str], dict] = {}  # (resource, ns, name): configmaps, services
         self.rv = 0
+        self.changed = threading.Condition(self.lock)  # notified on every new resourceVersion (watches)
 
     def _next_rv(self) -> str:
-        self.rv += 1
-        return str(self.rv)
+        with self.lock:
+            self.rv += 1
+            self.changed.notify_all()
+            return str(self.rv)
+
+    def next_rv(self) -> str:
+        """A new resourceVersion (the kubelet's pod changes take one too); wakes the watches."""
+        return self._next_rv()
+
+    # --- core/v1 objects kept as given (configmaps, services) ---
+    def core_create(self, resource: str, kind: str, namespace: str, body: dict) -> dict:
+        if namespace not in self.namespaces:
+            raise ApiError(404, "NotFound", f'namespaces "{namespace}" not found', {"name": namespace, "kind": "namespaces"})
+        obj = json.loads(json.dumps(body))
+        meta = obj.setdefault("metadata", {})
+        if meta.get("namespace") not in (None, namespace):
+            raise ApiError(400, "BadRequest", "the namespace of the provided object does not match the namespace "
+                                              "sent on the request")
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + secrets.token_hex(3)[:5]
+        name = meta.get("name")
+        if not name:
+            raise ApiError(422, "Invalid", f'{kind} "" is invalid: metadata.name: Required value: name or '
+                                           f'generateName is required')
+        obj.update(apiVersion="v1", kind=kind)
+        with self.lock:
+            if (resource, namespace, name) in self.core:
+                raise ApiError(409, "AlreadyExists", f'{resource} "{name}" already exists',
+                               {"name": name, "kind": resource})
+            meta.update(namespace=namespace, uid=str(uuid.uuid4()), creationTimestamp=now(),
+                        resourceVersion=self._next_rv())
+            self.core[(resource, namespace, name)] = obj
+            return json.loads(json.dumps(obj))
+
+    def core_get(self, resource: str, namespace: str, name: str) -> dict:
+        with self.lock:
+            obj = self.core.get((resource, namespace, name))
+            if obj is None:
+                raise ApiError(404, "NotFound", f'{resource} "{name}" not found', {"name": name, "kind": resource})
+            return json.loads(json.dumps(obj))
+
+    def core_list(self, resource: str, namespace: str, selector: str = "") -> list[dict]:
+        with self.lock:
+            return [json.loads(json.dumps(o)) for (r, ns, _), o in sorted(self.core.items())
+                    if r == resource and ns == namespace
+                    and selector_matches(selector, o["metadata"].get("labels") or {})]
+
+    def core_delete(self, resource: str, namespace: str, name: str) -> dict:
+        with self.lock:
+            obj = self.core.pop((resource, namespace, name), None)
+            if obj is None:
+                raise ApiError(404, "NotFound", f'{resource} "{name}" not found', {"name": name, "kind": resource})
+            self._next_rv()
+            return obj
+
+    def core_owned_by(self, uid: str) -> list[tuple[str, str, str]]:
+        with self.lock:
+            return [k for k, o in self.core.items()
+                    if any(r.get("uid") == uid for r in o["metadata"].get("ownerReferences") or [])]
 
     def add_secret(self, namespace: str, name: str, string_data: Mapping[str, str], type_: str = "Opaque") -> dict:
         import base64
@@ -387,8 +495,11 @@ class ApiServer:
         self.by_token = {i.token: i for i in [*identities.values(), self.admin]}
         self.log = log
         self.requests: list[tuple[str, str, str, int]] = []  # (user, method, path, code): an audit log
+        self.watches: list[tuple[str, str, str]] = []  # (user, path, transport: "websocket" | "http")
+        self._stopping = threading.Event()
         self._servers: list[ThreadingHTTPServer] = []
         self.ports: dict[str, int] = {}
+        self.service_ports: dict[str, int] = {}  # address -> 443 where that could be bound too
         self.ca_crt: Path | None = None
 
     @property
@@ -418,15 +529,32 @@ class ApiServer:
                 server = ThreadingHTTPServer((address, port), handler)
             except OSError:
                 server = ThreadingHTTPServer((address, 0), handler)
-            server.daemon_threads = True
-            server.socket = context.wrap_socket(server.socket, server_side=True)
+            self._serve_on(server, context, address)
             self.ports[address] = server.server_address[1]
             port = port or server.server_address[1]
-            threading.Thread(target=server.serve_forever, name=f"fake-apiserver-{address}", daemon=True).start()
-            self._servers.append(server)
+            if address != "127.0.0.1":
+                # the `kubernetes` Service's port: in-cluster clients that use the URL
+                # https://kubernetes.default.svc (Spark's driver: spark.kubernetes.driver.master)
+                # reach the API server on 443 (kubernetes.default.svc resolves to this address)
+                try:
+                    self._serve_on(ThreadingHTTPServer((address, 443), handler), context, f"{address}:443")
+                    self.service_ports[address] = 443
+                except OSError as exc:
+                    if self.log:
+                        self.log(f"apiserver: cannot listen on {address}:443 ({exc}); clients that use "
+                                 f"https://kubernetes.default.svc will not reach this API server")
         return self
 
+    def _serve_on(self, server: ThreadingHTTPServer, context: ssl.SSLContext, name: str) -> None:
+        server.daemon_threads = True
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        threading.Thread(target=server.serve_forever, name=f"fake-apiserver-{name}", daemon=True).start()
+        self._servers.append(server)
+
     def stop(self) -> None:
+        self._stopping.set()
+        with self.store.changed:
+            self.store.changed.notify_all()
         for server in self._servers:
             server.shutdown()
             server.server_close()
@@ -466,16 +594,29 @@ class ApiServer:
                                         "details": {"name": name, "group": group, "kind": plural,
                                                     "uid": obj["metadata"]["uid"]}})
             raise ApiError(405, "MethodNotAllowed", f"{method} is not supported here by the rehearsal API server")
-        m = re.fullmatch(r"/api/v1/namespaces/([^/]+)/(pods|secrets)(?:/([^/]+))?(?:/(log))?", path)
+        m = re.fullmatch(r"/api/v1/namespaces/([^/]+)/([^/]+)(?:/([^/]+))?(?:/([^/]+))?", path)
+        if m and m.group(2) not in ("pods", "secrets", "configmaps", "services"):
+            # authorization first (403 for whom the Role does not allow it), then not served
+            ns, resource, name, sub = m.groups()
+            self._authorize(ident, self._verb(method, name, query), "", f"{resource}/{sub}" if sub else resource,
+                            ns, name)
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        m = re.fullmatch(r"/api/v1/namespaces/([^/]+)/(pods|secrets|configmaps|services)(?:/([^/]+))?(?:/(log))?", path)
         if m:
             ns, resource, name, sub = m.groups()
             verb = self._verb(method, name, query)
             self._authorize(ident, verb, "", f"{resource}/{sub}" if sub else resource, ns, name)
             if ns not in self.store.namespaces:
                 raise ApiError(404, "NotFound", f'namespaces "{ns}" not found')
-            if method != "GET":
-                raise ApiError(405, "MethodNotAllowed", f"{method} {resource} is not served by the rehearsal API server")
+            selector = query.get("labelSelector", "")
+            if verb == "watch":
+                if resource != "pods":
+                    raise ApiError(405, "MethodNotAllowed", f"watch {resource} is not served by the rehearsal API server")
+                return WatchRequest(ns, selector, query.get("fieldSelector", ""), query.get("resourceVersion", ""),
+                                    float(query.get("timeoutSeconds") or 0))
             if resource == "secrets":
+                if method != "GET":
+                    raise ApiError(405, "MethodNotAllowed", f"{method} secrets is not served by the rehearsal API server")
                 if name is None:
                     items = [s for (sns, _), s in sorted(self.store.secrets.items()) if sns == ns]
                     return self._json(200, {"apiVersion": "v1", "kind": "SecretList", "metadata": {}, "items": items})
@@ -483,18 +624,88 @@ class ApiServer:
                 if secret is None:
                     raise ApiError(404, "NotFound", f'secrets "{name}" not found', {"name": name, "kind": "secrets"})
                 return self._json(200, secret)
-            if name is None:
-                selector = query.get("labelSelector", "")
+            if resource in ("configmaps", "services"):
+                kind = {"configmaps": "ConfigMap", "services": "Service"}[resource]
+                if method == "POST" and name is None:
+                    return self._json(201, self.store.core_create(resource, kind, ns, _load(body)))
+                if method == "GET" and name is None:
+                    return self._json(200, {"apiVersion": "v1", "kind": f"{kind}List",
+                                            "metadata": {"resourceVersion": str(self.store.rv)},
+                                            "items": self.store.core_list(resource, ns, selector)})
+                if method == "GET":
+                    return self._json(200, self.store.core_get(resource, ns, name))
+                if method == "DELETE" and name is not None:
+                    return self._json(200, self.store.core_delete(resource, ns, name))
+                if method == "DELETE":
+                    deleted = [self.store.core_delete(resource, ns, o["metadata"]["name"])
+                               for o in self.store.core_list(resource, ns, selector)]
+                    return self._json(200, {"apiVersion": "v1", "kind": f"{kind}List", "metadata": {},
+                                            "items": deleted})
+                raise ApiError(405, "MethodNotAllowed", f"{method} {resource} is not served by the rehearsal API server")
+            # pods
+            if method == "POST" and name is None:
+                return self._json(201, self.pods.create_pod(ns, _load(body)))
+            if method == "GET" and name is None:
                 items = [p for p in self.pods.list_pods(ns)
-                         if selector_matches(selector, p["metadata"].get("labels") or {})]
-                return self._json(200, {"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items})
+                         if selector_matches(selector, p["metadata"].get("labels") or {})
+                         and field_selector_matches(query.get("fieldSelector", ""), p)]
+                return self._json(200, {"apiVersion": "v1", "kind": "PodList",
+                                        "metadata": {"resourceVersion": str(self.store.rv)}, "items": items})
+            if method == "DELETE" and name is None:
+                deleted = [self.pods.delete_pod(ns, p["metadata"]["name"]) for p in self.pods.list_pods(ns)
+                           if selector_matches(selector, p["metadata"].get("labels") or {})
+                           and field_selector_matches(query.get("fieldSelector", ""), p)]
+                return self._json(200, {"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": deleted})
             if sub == "log":
+                if method != "GET":
+                    raise ApiError(405, "MethodNotAllowed", f"{method} pods/log is not served")
                 return 200, "text/plain", self.pods.pod_log(ns, name, query.get("container")).encode()
+            if method == "DELETE":
+                return self._json(200, self.pods.delete_pod(ns, name))
+            if method == "PATCH":
+                return self._json(200, self.pods.patch_pod(ns, name, _load(body), headers.get("Content-Type", "")))
+            if method != "GET":
+                raise ApiError(405, "MethodNotAllowed", f"{method} pods is not served by the rehearsal API server")
             pod = self.pods.get_pod(ns, name)
             if pod is None:
                 raise ApiError(404, "NotFound", f'pods "{name}" not found', {"name": name, "kind": "pods"})
             return self._json(200, pod)
         raise ApiError(404, "NotFound", "the server could not find the requested resource")
+
+    def watch_events(self, req: WatchRequest, alive: Callable[[], bool]) -> Iterable[dict]:
+        """The events of a pod watch: ADDED for the pods that match (all of them at first, as a
+        watch without resourceVersion does; those newer than ``resourceVersion`` otherwise),
+        MODIFIED when a pod's resourceVersion changes, DELETED (the last state, with a
+        deletionTimestamp) when it is gone; until ``timeoutSeconds``, the client leaves or the
+        server stops."""
+        since = int(req.resource_version) if req.resource_version.isdigit() else 0
+        deadline = time.monotonic() + req.timeout if req.timeout else None
+        known: dict[str, dict] = {}
+        first = True
+        while alive() and not self._stopping.is_set():
+            with self.store.changed:
+                seen_rv = self.store.rv
+            current = {p["metadata"]["name"]: p for p in self.pods.list_pods(req.namespace)
+                       if selector_matches(req.selector, p["metadata"].get("labels") or {})
+                       and field_selector_matches(req.field_selector, p)}
+            for name, pod in current.items():
+                rv = pod["metadata"].get("resourceVersion", "0")
+                if name not in known:
+                    if not (first and since and int(rv) <= since):
+                        yield {"type": "ADDED", "object": pod}
+                elif known[name]["metadata"].get("resourceVersion") != rv:
+                    yield {"type": "MODIFIED", "object": pod}
+            for name in sorted(set(known) - set(current)):
+                gone = json.loads(json.dumps(known[name]))
+                gone["metadata"].setdefault("deletionTimestamp", now())
+                gone["metadata"]["resourceVersion"] = str(self.store.rv)
+                yield {"type": "DELETED", "object": gone}
+            known, first = current, False
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            with self.store.changed:
+                if self.store.rv == seen_rv and not self._stopping.is_set():
+                    self.store.changed.wait(timeout=1.0)
 
     @staticmethod
     def _verb(method: str, name: str | None, query: Mapping[str, str]) -> str:
@@ -529,7 +740,12 @@ def _handler_class(server: ApiServer) -> type:
             body = self.rfile.read(length) if length else b""
             ident = server.identity(self.headers.get("Authorization"))
             try:
-                code, ctype, payload = server.handle(self.command, self.path, self.headers, body)
+                result = server.handle(self.command, self.path, self.headers, body)
+                if isinstance(result, WatchRequest):
+                    server.requests.append((ident.user if ident else "-", self.command, self.path, 200))
+                    self._watch(result, ident.user if ident else "-")
+                    return
+                code, ctype, payload = result
             except ApiError as exc:
                 code, ctype, payload = exc.code, "application/json", json.dumps(exc.status()).encode()
             except Exception as exc:  # noqa: BLE001 - a bug in the fake must show as a 500, not a hang
@@ -545,6 +761,98 @@ def _handler_class(server: ApiServer) -> type:
             self.wfile.write(payload)
 
         do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = _serve
+
+        def _watch(self, req: WatchRequest, user: str) -> None:
+            self.close_connection = True
+            if (self.headers.get("Upgrade") or "").lower() == "websocket":
+                server.watches.append((user, self.path, "websocket"))
+                if server.log:
+                    server.log(f"apiserver: {user} WATCH (websocket) {self.path}")
+                self._watch_websocket(req)
+            else:
+                server.watches.append((user, self.path, "http"))
+                if server.log:
+                    server.log(f"apiserver: {user} WATCH (http) {self.path}")
+                self._watch_chunked(req)
+
+        def _watch_chunked(self, req: WatchRequest) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            try:
+                for event in server.watch_events(req, lambda: True):
+                    data = json.dumps(event).encode() + b"\n"
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                    self.wfile.flush()
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+            except OSError:
+                pass  # the client went away
+
+        def _watch_websocket(self, req: WatchRequest) -> None:
+            """RFC 6455, server side: each watch event is one text message; ping -> pong,
+            close -> close; the server's frames are not masked."""
+            key = self.headers.get("Sec-WebSocket-Key", "")
+            accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode())
+                                      .digest()).decode()
+            self.send_response(101, "Switching Protocols")
+            self.send_header("Upgrade", "websocket")
+            self.send_header("Connection", "Upgrade")
+            self.send_header("Sec-WebSocket-Accept", accept)
+            self.end_headers()
+            self.wfile.flush()
+            lock, closed = threading.Lock(), threading.Event()
+
+            def send(opcode: int, data: bytes) -> None:
+                n = len(data)
+                head = bytes([0x80 | opcode])
+                head += bytes([n]) if n < 126 else (bytes([126]) + struct.pack(">H", n) if n < 65536
+                                                    else bytes([127]) + struct.pack(">Q", n))
+                with lock:
+                    self.wfile.write(head + data)
+                    self.wfile.flush()
+
+            def reader() -> None:
+                try:
+                    while not closed.is_set():
+                        head = self.rfile.read(2)
+                        if len(head) < 2:
+                            break
+                        opcode, n = head[0] & 0x0F, head[1] & 0x7F
+                        if n == 126:
+                            n = struct.unpack(">H", self.rfile.read(2))[0]
+                        elif n == 127:
+                            n = struct.unpack(">Q", self.rfile.read(8))[0]
+                        mask = self.rfile.read(4) if head[1] & 0x80 else b""
+                        data = self.rfile.read(n)
+                        if mask:
+                            data = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+                        if opcode == 0x8:
+                            try:
+                                send(0x8, data[:2])
+                            except OSError:
+                                pass
+                            break
+                        if opcode == 0x9:
+                            send(0xA, data)
+                except (OSError, ValueError, struct.error):
+                    pass
+                finally:
+                    closed.set()
+                    with server.store.changed:
+                        server.store.changed.notify_all()
+
+            threading.Thread(target=reader, daemon=True, name="fake-apiserver-ws-reader").start()
+            try:
+                for event in server.watch_events(req, lambda: not closed.is_set()):
+                    send(0x1, json.dumps(event).encode())
+                if not closed.is_set():
+                    send(0x8, struct.pack(">H", 1000))
+            except OSError:
+                pass
+            finally:
+                closed.set()
 
         def log_message(self, *args: Any) -> None:
             pass

@@ -28,7 +28,7 @@ from typing import Any
 
 from rehearsal.apiserver import SA_MOUNT, ApiServer, Identity, Store, load_crds, load_rbac, write_service_account
 from rehearsal.dockerenv import DEFAULT_NETWORK, LABEL, docker_client, ensure_network, run_container
-from rehearsal.operators import CONTROLLERS, Kubelet
+from rehearsal.operators import CONTROLLERS, Kubelet, spark_pod_webhook
 
 #: the account KFP standalone runs step pods (hence launchers) as
 LAUNCHER_ACCOUNT = ("kubeflow", "pipeline-runner")
@@ -78,6 +78,7 @@ class FakeCluster:
                                                            self.apiserver.ca_crt, key[0])
                                 for key, ident in self.identities.items()}
         self.controllers = {c.kind: c(self.kubelet, self.store) for c in CONTROLLERS}
+        self.kubelet.admission.append(spark_pod_webhook(self.store))  # spark-operator's pod webhook
         self._thread = threading.Thread(target=self._loop, name=f"fake-operators-{self.id}", daemon=True)
         self._thread.start()
         return self
@@ -115,10 +116,23 @@ class FakeCluster:
             self._stop.wait(self.tick)
 
     def reconcile_once(self) -> None:
-        # garbage collection: the dependents (pods) of deleted objects go
-        for obj in self.store.take_deleted():
-            for pod in self.kubelet.owned(obj["metadata"]["uid"]):
+        # garbage collection: the dependents (pods, ConfigMaps, Services: ownerReferences) of
+        # deleted objects go, and what those owned in turn (a deleted driver pod's executors)
+        uids = [obj["metadata"]["uid"] for obj in self.store.take_deleted()]
+        while True:
+            uids += self.kubelet.deleted_uids
+            self.kubelet.deleted_uids = []
+            if not uids:
+                break
+            uid = uids.pop()
+            for pod in self.kubelet.owned(uid):
                 self.kubelet.delete(pod)
+            for resource, ns, name in self.store.core_owned_by(uid):
+                try:
+                    gone = self.store.core_delete(resource, ns, name)
+                except Exception:  # noqa: BLE001 - deleted meanwhile
+                    continue
+                uids.append(gone["metadata"]["uid"])
         self.kubelet.sync()
         for obj in self.store.list():
             controller = self.controllers.get(obj["kind"])
@@ -187,6 +201,10 @@ class FakeCluster:
 
     def objects(self) -> list[dict]:
         return self.store.list()
+
+    def core_objects(self, resource: str, namespace: str | None = None) -> list[dict]:
+        """ConfigMaps / Services (``resource``) in the fake API server's store."""
+        return [o for ns in ([namespace] if namespace else self.namespaces) for o in self.store.core_list(resource, ns)]
 
     def pods(self, namespace: str | None = None) -> list[dict]:
         return [p for ns in ([namespace] if namespace else self.namespaces) for p in self.kubelet.list_pods(ns)]

@@ -33,6 +33,7 @@ import shutil
 import string
 import threading
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,31 +68,51 @@ class Pod:
     exit_code: int | None = None
     ip: str = ""
     deleted: bool = False
+    #: metadata.ownerReferences as created (API-created pods); owner_uid is the controller's
+    owner_refs: list[dict] = field(default_factory=list)
+    rv: str = "0"
+    started: str = ""
+    finished: str = ""
+    host_ip: str = ""
 
     @property
     def container_name(self) -> str:
         return self.spec["containers"][0]["name"]
+
+    @property
+    def owner_uids(self) -> set[str]:
+        return {self.owner_uid, *(r.get("uid") for r in self.owner_refs)} - {"", None}
 
     def manifest(self) -> dict:
         c = self.spec["containers"][0]
         if self.phase == "Pending":
             state = {"waiting": {"reason": self.waiting_reason, "message": self.message}}
         elif self.phase == "Running":
-            state = {"running": {"startedAt": self.created}}
+            state = {"running": {"startedAt": self.started or self.created}}
         else:
-            state = {"terminated": {"exitCode": self.exit_code,
+            state = {"terminated": {"exitCode": self.exit_code, "startedAt": self.started or self.created,
+                                    "finishedAt": self.finished or now(),
                                     "reason": "Completed" if self.exit_code == 0 else "Error"}}
-        return {
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": self.name, "namespace": self.namespace, "labels": dict(self.labels),
-                         "annotations": dict(self.annotations), "uid": self.uid, "creationTimestamp": self.created},
-            "spec": self.spec,
-            "status": {"phase": self.phase, "podIP": self.ip or None, "startTime": self.created,
-                       "conditions": [{"type": "Ready", "status": "True" if self.phase == "Running" else "False"}],
-                       "containerStatuses": [{"name": c["name"], "image": c.get("image", ""), "imageID": "",
-                                              "ready": self.phase == "Running", "restartCount": 0,
-                                              "state": state}]},
-        }
+        meta = {"name": self.name, "namespace": self.namespace, "labels": dict(self.labels),
+                "annotations": dict(self.annotations), "uid": self.uid, "creationTimestamp": self.created,
+                "resourceVersion": self.rv}
+        if self.owner_refs:
+            meta["ownerReferences"] = copy.deepcopy(self.owner_refs)
+        status = {"phase": self.phase, "startTime": self.created,
+                  "conditions": [{"type": "PodScheduled", "status": "True"},
+                                 {"type": "Initialized", "status": "True"},
+                                 {"type": "ContainersReady", "status": "True" if self.phase == "Running" else "False"},
+                                 {"type": "Ready", "status": "True" if self.phase == "Running" else "False"}],
+                  "containerStatuses": [{"name": c["name"], "image": c.get("image", ""), "imageID": "",
+                                         "ready": self.phase == "Running", "restartCount": 0,
+                                         "started": self.phase == "Running", "state": state}]}
+        if self.host_ip:
+            status["hostIP"] = self.host_ip
+        if self.ip:
+            status["podIP"], status["podIPs"] = self.ip, [{"ip": self.ip}]
+        spec = dict(self.spec)
+        spec.setdefault("nodeName", "rehearsal-node")
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec, "status": status}
 
 
 class Kubelet(PodSource):
@@ -108,6 +129,9 @@ class Kubelet(PodSource):
         self.lock = threading.RLock()
         self.pods: dict[tuple[str, str], Pod] = {}
         self.volume_files: dict[tuple[str, str], dict[str, tuple[bytes, int]]] = {}  # configmaps the operators make
+        #: admission webhooks: f(namespace, pod manifest) -> pod manifest, for pods created through the API
+        self.admission: list[Any] = []
+        self.deleted_uids: list[str] = []  # uids of deleted pods: the GC removes what they own
 
     # --- PodSource ---
     def list_pods(self, namespace: str) -> list[dict]:
@@ -134,21 +158,89 @@ class Kubelet(PodSource):
         except Exception as exc:  # noqa: BLE001 - container removed meanwhile
             raise ApiError(404, "NotFound", f'pods "{name}" not found ({exc})') from None
 
+    def create_pod(self, namespace: str, body: dict) -> dict:
+        """``POST /api/v1/namespaces/<ns>/pods`` (Spark's driver creating executors): admission
+        (the registered webhooks), then the pod runs like the operators' pods."""
+        body = copy.deepcopy(body)
+        meta = body.setdefault("metadata", {})
+        if meta.get("namespace") not in (None, namespace):
+            raise ApiError(400, "BadRequest", "the namespace of the provided object does not match the namespace "
+                                              "sent on the request")
+        if namespace not in self.store.namespaces:
+            raise ApiError(404, "NotFound", f'namespaces "{namespace}" not found')
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
+        if not meta.get("name"):
+            raise ApiError(422, "Invalid", 'Pod "" is invalid: metadata.name: Required value: name or generateName '
+                                           'is required')
+        for webhook in self.admission:
+            body = webhook(namespace, body)
+        meta = body["metadata"]
+        spec = body.get("spec") or {}
+        if not spec.get("containers"):
+            raise ApiError(422, "Invalid", f'Pod "{meta["name"]}" is invalid: spec.containers: Required value')
+        refs = list(meta.get("ownerReferences") or [])
+        controller = next((r["uid"] for r in refs if r.get("controller")), refs[0]["uid"] if refs else "")
+        pod = Pod(namespace, meta["name"], dict(meta.get("labels") or {}), spec, controller,
+                  annotations=dict(meta.get("annotations") or {}), owner_refs=refs)
+        self.create(pod)
+        return pod.manifest()
+
+    def delete_pod(self, namespace: str, name: str) -> dict:
+        with self.lock:
+            pod = self.pods.get((namespace, name))
+        if pod is None or pod.deleted:
+            raise ApiError(404, "NotFound", f'pods "{name}" not found', {"name": name, "kind": "pods"})
+        manifest = pod.manifest()
+        manifest["metadata"]["deletionTimestamp"] = now()
+        manifest["metadata"]["deletionGracePeriodSeconds"] = 0
+        self.delete(pod)
+        return manifest
+
+    def patch_pod(self, namespace: str, name: str, patch: Any, content_type: str) -> dict:
+        """Metadata patches (labels, annotations): JSON patch, merge or strategic merge patch."""
+        with self.lock:
+            pod = self.pods.get((namespace, name))
+        if pod is None or pod.deleted:
+            raise ApiError(404, "NotFound", f'pods "{name}" not found', {"name": name, "kind": "pods"})
+        manifest = pod.manifest()
+        if "json-patch" in content_type:
+            patched = _json_patch(manifest, patch)
+        else:
+            patched = _merge_patch(manifest, patch)
+        if patched["spec"] != manifest["spec"]:
+            raise ApiError(422, "Invalid", f'Pod "{name}" is invalid: spec: Forbidden: pod updates may not change '
+                                           f"fields other than the rehearsal's metadata")
+        pod.labels = dict(patched["metadata"].get("labels") or {})
+        pod.annotations = dict(patched["metadata"].get("annotations") or {})
+        self.touch(pod)
+        return pod.manifest()
+
     # --- lifecycle ---
+    def touch(self, pod: Pod) -> None:
+        """A new resourceVersion for ``pod`` (its manifest changed): watches send MODIFIED."""
+        pod.rv = self.store.next_rv()
+
     def create(self, pod: Pod) -> Pod:
         with self.lock:
             if (pod.namespace, pod.name) in self.pods and not self.pods[(pod.namespace, pod.name)].deleted:
-                raise ApiError(409, "AlreadyExists", f'pods "{pod.name}" already exists')
+                raise ApiError(409, "AlreadyExists", f'pods "{pod.name}" already exists',
+                               {"name": pod.name, "kind": "pods"})
             self.pods[(pod.namespace, pod.name)] = pod
+            pod.host_ip = pod.host_ip or self.api_host
+            self.touch(pod)
         self._try_start(pod)
+        self.touch(pod)
         return pod
 
     def owned(self, owner_uid: str) -> list[Pod]:
         with self.lock:
-            return [p for p in self.pods.values() if p.owner_uid == owner_uid and not p.deleted]
+            return [p for p in self.pods.values() if owner_uid in p.owner_uids and not p.deleted]
 
     def delete(self, pod: Pod) -> None:
         """Delete a pod: its container is removed (the log goes with it)."""
+        if not pod.deleted:
+            self.deleted_uids.append(pod.uid)
         pod.deleted = True
         if pod.container is not None:
             try:
@@ -158,6 +250,7 @@ class Kubelet(PodSource):
         with self.lock:
             if self.pods.get((pod.namespace, pod.name)) is pod:
                 del self.pods[(pod.namespace, pod.name)]
+        self.store.next_rv()  # wakes the watches: the pod is gone
         shutil.rmtree(self.workdir / "pods" / pod.uid, ignore_errors=True)
 
     def stop(self, pod: Pod) -> None:
@@ -176,10 +269,12 @@ class Kubelet(PodSource):
                 continue
             if pod.phase in ("Succeeded", "Failed"):
                 continue
+            before = pod.phase
             try:
                 pod.container.reload()
             except Exception:  # noqa: BLE001 - removed behind our back: the pod failed
                 pod.phase, pod.exit_code = "Failed", 137
+                self.touch(pod)
                 continue
             status = pod.container.status
             if status == "running":
@@ -187,7 +282,10 @@ class Kubelet(PodSource):
             elif status in ("exited", "dead"):
                 code = pod.container.attrs["State"].get("ExitCode", 1)
                 pod.exit_code = code
+                pod.finished = pod.container.attrs["State"].get("FinishedAt", "")[:19] + "Z"
                 pod.phase = "Succeeded" if code == 0 else "Failed"
+            if pod.phase != before:
+                self.touch(pod)
 
     # --- container config ---
     def _try_start(self, pod: Pod) -> None:
@@ -207,7 +305,7 @@ class Kubelet(PodSource):
         except Exception as exc:  # noqa: BLE001 - image missing, bad config: the pod fails to start
             pod.waiting_reason, pod.message = "CreateContainerError", str(exc)
             return
-        pod.phase, pod.waiting_reason = "Running", ""
+        pod.phase, pod.waiting_reason, pod.started = "Running", "", now()
         try:
             pod.ip = container_ip(pod.container, self.network)
         except Exception:  # noqa: BLE001 - exited already
@@ -270,6 +368,27 @@ class Kubelet(PodSource):
             kwargs["command"] = list(c.get("args") or [])
         elif c.get("args"):
             kwargs["command"] = list(c["args"])
+        pod_ip_vars = [item["name"] for item in c.get("env") or []
+                       if ((item.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
+                       in ("status.podIP", "status.podIPs")]
+        if pod_ip_vars and not pod.ip:
+            # A kubelet knows the pod IP before the container starts; Docker assigns it at start
+            # (no fixed addresses on an auto-subnet network). So the container starts under a
+            # shell that sets those variables to its own address (/etc/hosts: Docker's line for
+            # the hostname) and then execs the pod's command: the image's entrypoint and cmd
+            # unless the pod sets command / args, as the runtime would run them.
+            config = (self.docker.images.get(c["image"]).attrs.get("Config") or {})
+            entry = list(c["command"]) if c.get("command") else list(config.get("Entrypoint") or [])
+            args = list(c["args"]) if c.get("args") else ([] if c.get("command") else list(config.get("Cmd") or []))
+            if not entry + args:
+                raise _ConfigError("no command to run (neither the pod nor the image gives one)")
+            exports = " ".join(f'{name}="$ip"' for name in pod_ip_vars)
+            script = ('h=$(cat /etc/hostname); ip=; '
+                      'while read -r a rest; do for n in $rest; do [ "$n" = "$h" ] && ip=$a; done; done < /etc/hosts; '
+                      '[ -n "$ip" ] || { echo "rehearsal kubelet: no address for $h in /etc/hosts" >&2; exit 126; }; '
+                      f'export {exports}; exec "$@"')
+            kwargs["entrypoint"] = ["/bin/sh", "-c", script, "pod-ip"]
+            kwargs["command"] = entry + args
         if user is not None:
             kwargs["user"] = f"{user}:{group}" if group is not None else str(user)
         if c.get("workingDir"):
@@ -329,7 +448,16 @@ class Kubelet(PodSource):
                 else:
                     files = self.volume_files.get((pod.namespace, key))
                     if files is None:
-                        raise _ConfigError(f'configmap "{key}" not found')
+                        try:
+                            cm = self.store.core_get("configmaps", pod.namespace, key)
+                        except ApiError:
+                            if src.get("optional"):
+                                cm = {}
+                            else:
+                                raise _ConfigError(f'configmap "{key}" not found') from None
+                        files = {k: (v.encode(), src.get("defaultMode", 0o644)) for k, v in (cm.get("data") or {}).items()}
+                        files.update({k: (base64.b64decode(v), src.get("defaultMode", 0o644))
+                                      for k, v in (cm.get("binaryData") or {}).items()})
                 items = src.get("items")
                 host.mkdir(parents=True, exist_ok=True)
                 chosen = ([(i["key"], i["path"], i.get("mode")) for i in items] if items
@@ -364,6 +492,47 @@ class Kubelet(PodSource):
 
 class _ConfigError(Exception):
     pass
+
+
+def _merge_patch(obj: Any, patch: Any) -> Any:
+    """RFC 7386 merge patch (a strategic merge patch of metadata amounts to the same)."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = copy.deepcopy(obj) if isinstance(obj, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = _merge_patch(out.get(k), v)
+    return out
+
+
+def _json_patch(obj: dict, ops: list[dict]) -> dict:
+    """RFC 6902 JSON patch: add / replace / remove / test on object paths."""
+    out = copy.deepcopy(obj)
+    for op in ops if isinstance(ops, list) else []:
+        parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+        parent: Any = out
+        for part in parts[:-1]:
+            parent = parent[int(part)] if isinstance(parent, list) else parent.setdefault(part, {})
+        last = parts[-1]
+        if op["op"] in ("add", "replace"):
+            if isinstance(parent, list):
+                parent.insert(len(parent) if last == "-" else int(last), op["value"])
+            else:
+                parent[last] = op["value"]
+        elif op["op"] == "remove":
+            if isinstance(parent, list):
+                parent.pop(int(last))
+            else:
+                parent.pop(last, None)
+        elif op["op"] == "test":
+            current = parent[int(last)] if isinstance(parent, list) else parent.get(last)
+            if current != op.get("value"):
+                raise ApiError(422, "Invalid", f"the test of JSON patch path {op['path']} failed")
+        else:
+            raise ApiError(422, "Invalid", f"JSON patch op {op['op']} is not served by the rehearsal")
+    return out
 
 
 # --- conditions (training-operator / mpi-operator semantics) ----------------------------------
@@ -679,67 +848,214 @@ class MPIJobController:
 # --- SparkApplication ------------------------------------------------------------------------
 
 
+def java_properties(props: Mapping[str, str], comment: str) -> str:
+    """``java.util.Properties.store`` output (escaped keys and values; no date line)."""
+    def esc(text: str, key: bool) -> str:
+        out = []
+        for i, ch in enumerate(text):
+            if ch == "\\":
+                out.append("\\\\")
+            elif ch in ":=#!" or (ch == " " and (key or i == 0)):
+                out.append("\\" + ch)
+            elif ch == "\n":
+                out.append("\\n")
+            else:
+                out.append(ch)
+        return "".join(out)
+    return f"#{comment}\n" + "".join(f"{esc(k, True)}={esc(str(v), False)}\n" for k, v in props.items())
+
+
+SPARK_OPERATOR_GROUP = "sparkoperator.k8s.io"
+
+
+def spark_pod_webhook(store: Store):
+    """spark-operator v2.4.0's pod mutating webhook (internal/webhook/sparkpod_defaulter.go) for
+    the pods labelled ``sparkoperator.k8s.io/launched-by-spark-operator=true``: the
+    SparkApplication of the ``sparkoperator.k8s.io/app-name`` label, then for the driver
+    (``spark-role=driver``, container ``spark-kubernetes-driver``) or executor
+    (``spark-role=executor``, container ``spark-kubernetes-executor`` or ``executor``): owner
+    reference (driver), env, envFrom, volumes of the role's volumeMounts (not spark-local-dir-*),
+    configMaps, ports, nodeSelector, affinity, tolerations, GPU, memoryLimit, security contexts."""
+
+    def mutate(namespace: str, pod: dict) -> dict:
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        if labels.get(f"{SPARK_OPERATOR_GROUP}/launched-by-spark-operator") != "true":
+            return pod
+        app_name = labels.get(f"{SPARK_OPERATOR_GROUP}/app-name")
+        if not app_name:
+            return pod
+        app = next((o for o in store.list() if o["kind"] == "SparkApplication"
+                    and o["metadata"]["namespace"] == namespace and o["metadata"]["name"] == app_name), None)
+        if app is None:
+            raise ApiError(500, "InternalError", f'Internal error occurred: admission webhook '
+                           f'"mutate-pod.sparkoperator.k8s.io" denied the request: failed to get SparkApplication '
+                           f'{namespace}/{app_name}: sparkapplications.sparkoperator.k8s.io "{app_name}" not found')
+        role = labels.get("spark-role")
+        if role not in ("driver", "executor"):
+            return pod
+        spec_app = app["spec"]
+        rs = spec_app.get(role) or {}
+        names = ("spark-kubernetes-driver",) if role == "driver" else ("executor", "spark-kubernetes-executor")
+        spec = pod.setdefault("spec", {})
+        c = next((c for c in spec.get("containers") or [] if c.get("name") in names), None)
+        if c is None:
+            raise ApiError(500, "InternalError", f"failed to mutate Spark pod: {role} container not found")
+        if role == "driver":
+            ref = {"apiVersion": app["apiVersion"], "kind": "SparkApplication", "name": app_name,
+                   "uid": app["metadata"]["uid"], "controller": True}
+            refs = pod["metadata"].setdefault("ownerReferences", [])
+            if ref not in refs:
+                refs.append(ref)
+        if rs.get("env"):
+            c.setdefault("env", []).extend(copy.deepcopy(rs["env"]))
+        if rs.get("envFrom"):
+            c.setdefault("envFrom", []).extend(copy.deepcopy(rs["envFrom"]))
+        volumes = {v["name"]: v for v in spec_app.get("volumes") or []}
+        added = set()
+        for m in rs.get("volumeMounts") or []:
+            if m["name"].startswith("spark-local-dir-") or m["name"] not in volumes:
+                continue
+            if m["name"] not in added:
+                spec.setdefault("volumes", []).append(copy.deepcopy(volumes[m["name"]]))
+                added.add(m["name"])
+            c.setdefault("volumeMounts", []).append(copy.deepcopy(m))
+        for cm in rs.get("configMaps") or []:
+            vol = (cm["name"] + "-vol")[:63]
+            spec.setdefault("volumes", []).append({"name": vol, "configMap": {"name": cm["name"]}})
+            c.setdefault("volumeMounts", []).append({"name": vol, "mountPath": cm["path"]})
+        for port in rs.get("ports") or []:
+            c.setdefault("ports", []).append({"name": port.get("name"), "containerPort": port["containerPort"],
+                                              "protocol": port.get("protocol", "TCP")})
+        for key in ("nodeSelector",):
+            if rs.get(key) or spec_app.get(key):
+                spec.setdefault(key, {}).update({**(spec_app.get(key) or {}), **(rs.get(key) or {})})
+        if rs.get("affinity"):
+            spec["affinity"] = copy.deepcopy(rs["affinity"])
+        if rs.get("tolerations"):
+            spec.setdefault("tolerations", []).extend(copy.deepcopy(rs["tolerations"]))
+        if (rs.get("gpu") or {}).get("name") and (rs.get("gpu") or {}).get("quantity", 0) > 0:
+            c.setdefault("resources", {}).setdefault("limits", {})[rs["gpu"]["name"]] = str(rs["gpu"]["quantity"])
+        if rs.get("memoryLimit"):
+            c.setdefault("resources", {}).setdefault("limits", {})["memory"] = rs["memoryLimit"]
+        if rs.get("securityContext"):
+            c["securityContext"] = copy.deepcopy(rs["securityContext"])
+        if rs.get("podSecurityContext"):
+            spec["securityContext"] = copy.deepcopy(rs["podSecurityContext"])
+        return pod
+
+    return mutate
+
+
+def _spark_unique_id() -> str:
+    """KubernetesUtils.uniqueID: 3 random bytes in hex + the clock's milliseconds in hex (40 bits)."""
+    return os.urandom(3).hex() + format(int(time.time() * 1000) & 0xFFFFFFFFFF, "x")
+
+
 class SparkApplicationController:
-    """spark-operator v2.4.0: what its spark-submit (cluster mode) and Spark's K8s backend make.
+    """spark-operator v2.4.0 + the ``spark-submit --deploy-mode cluster`` it runs (Spark 4.x).
 
-    Emulated in one step: the operator's ``spark-submit --deploy-mode cluster`` would create
-    the driver pod; here the controller creates it directly, with the arguments Spark's
-    ``DriverCommandFeatureStep`` gives a Python driver (``driver --properties-file
-    /opt/spark/conf/spark.properties --class org.apache.spark.deploy.PythonRunner <main file>
-    <arguments>``), the properties spark-submit would write (``spark.master=k8s://https://
-    kubernetes.default.svc:443``, ``spark.submit.deployMode=cluster``, the operator's
-    ``--conf`` list and ``sparkConf``) in a configMap volume, ``SPARK_DRIVER_BIND_ADDRESS``
-    (status.podIP) and the webhook's ``envFrom`` / security contexts.
-
-    Executors are created by the driver itself (Spark's Kubernetes scheduler backend) through
-    the API server; the fake API server does not serve pod creation, so an application whose
-    driver starts a SparkContext with that master cannot get executors here (see README).
+    On a new SparkApplication: a submission id, the operator's ``--conf`` list
+    (internal/controller/sparkapplication/submission.go) and what spark-submit's
+    KubernetesClientApplication adds (BasicDriverFeatureStep, DriverServiceFeatureStep,
+    PodTemplateConfigMapStep, LocalDirsFeatureStep, DriverCommandFeatureStep) become: the
+    ConfigMap ``spark-drv-<id>-conf-map`` (``spark.properties``), the executor pod template's
+    ConfigMap ``<prefix>-podspec-configmap`` (the operator's template: container
+    ``spark-kubernetes-executor`` and a non-controller owner reference to the application), the
+    driver Service ``<prefix>-driver-svc`` (a network alias of the driver container) and the
+    driver pod ``<app>-driver`` (args ``driver --properties-file /opt/spark/conf/spark.properties
+    --class org.apache.spark.deploy.PythonRunner <main> <arguments>``), mutated by the operator's
+    pod webhook (:func:`spark_pod_webhook`). The driver then creates its executor pods itself
+    through the fake API server, as its service account (RBAC of the repository's Role).
+    applicationState from the driver pod: SUBMITTED, RUNNING, COMPLETED / FAILED.
     """
 
     kind = "SparkApplication"
     PROPERTIES = "/opt/spark/conf/spark.properties"
+    TEMPLATE_DIR, TEMPLATE_FILE = "/opt/spark/pod-template", "pod-spec-template.yml"
 
-    def __init__(self, kubelet: Kubelet, store: Store, api_master: str = "k8s://https://kubernetes.default.svc:443") -> None:
-        self.kubelet, self.store, self.api_master = kubelet, store, api_master
+    def __init__(self, kubelet: Kubelet, store: Store, api_master: str | None = None) -> None:
+        self.kubelet, self.store = kubelet, store
+        # util.GetMasterURL: the operator pod's KUBERNETES_SERVICE_HOST/PORT
+        self.api_master = api_master or f"k8s://https://{kubelet.api_host}:{kubelet.api_port}"
+        self.webhook = spark_pod_webhook(store)
 
-    def properties(self, app: dict, app_id: str) -> dict[str, str]:
+    def properties(self, app: dict, app_id: str, submission_id: str = "", prefix: str = "",
+                   service: str = "") -> dict[str, str]:
         spec, name, ns = app["spec"], app["metadata"]["name"], app["metadata"]["namespace"]
         driver, executor = spec.get("driver") or {}, spec.get("executor") or {}
-        props = {
+        prefix = prefix or f"{name}-{_spark_unique_id()}"
+        service = service or f"{prefix}-driver-svc"
+        props: dict[str, str] = {
+            # spark-submit itself
             "spark.master": self.api_master,
             "spark.submit.deployMode": "cluster",
             "spark.app.name": name,
-            "spark.app.id": app_id,
             "spark.app.submitTime": str(int(time.time() * 1000)),
             "spark.kubernetes.namespace": ns,
-            "spark.kubernetes.driver.pod.name": f"{name}-driver",
-            "spark.kubernetes.container.image": spec.get("image", ""),
-            "spark.kubernetes.submission.waitAppCompletion": "false",
-            "spark.kubernetes.driver.label.sparkoperator.k8s.io/app-name": name,
-            "spark.kubernetes.driver.label.sparkoperator.k8s.io/launched-by-spark-operator": "true",
-            "spark.kubernetes.executor.label.sparkoperator.k8s.io/app-name": name,
-            "spark.kubernetes.executor.label.sparkoperator.k8s.io/launched-by-spark-operator": "true",
-            "spark.kubernetes.resource.type": "python",
-            "spark.kubernetes.pyspark.pythonVersion": str(spec.get("pythonVersion", "3")),
-            "spark.kubernetes.authenticate.driver.serviceAccountName": driver.get("serviceAccount", "default"),
-            "spark.driver.host": f"{name}-driver-svc.{ns}.svc",
-            "spark.driver.port": "7078",
-            "spark.driver.blockManager.port": "7079",
         }
+        # the operator's --conf list, in its order
+        image = spec.get("image") or ""
+        if image:
+            props["spark.kubernetes.container.image"] = image
         if spec.get("imagePullPolicy"):
             props["spark.kubernetes.container.image.pullPolicy"] = spec["imagePullPolicy"]
+        if spec.get("pythonVersion"):
+            props["spark.kubernetes.pyspark.pythonVersion"] = str(spec["pythonVersion"])
+        if spec.get("memoryOverheadFactor"):
+            props["spark.kubernetes.memoryOverheadFactor"] = str(spec["memoryOverheadFactor"])
+        props["spark.kubernetes.submission.waitAppCompletion"] = "false"
+        props.update({str(k): str(v) for k, v in (spec.get("sparkConf") or {}).items()
+                      if k != "spark.kubernetes.driver.pod.name"})
+        props.update({f"spark.hadoop.{k}": str(v) for k, v in (spec.get("hadoopConf") or {}).items()})
+        props["spark.kubernetes.driver.podTemplateFile"] = f"/tmp/spark/{submission_id}/driver-pod-template.yaml"
+        props["spark.kubernetes.driver.podTemplateContainerName"] = "spark-kubernetes-driver"
+        props["spark.kubernetes.driver.pod.name"] = f"{name}-driver"
         for role, s in (("driver", driver), ("executor", executor)):
+            label = f"spark.kubernetes.{role}.label."
+            props[label + f"{SPARK_OPERATOR_GROUP}/app-name"] = name
+            props[label + f"{SPARK_OPERATOR_GROUP}/launched-by-spark-operator"] = "true"
+            if not s.get("template"):
+                props[label + f"{SPARK_OPERATOR_GROUP}/mutated-by-spark-operator"] = "true"
+            props[label + f"{SPARK_OPERATOR_GROUP}/submission-id"] = submission_id
+            if role == "executor" and "instances" in s:
+                props["spark.executor.instances"] = str(s["instances"])
+            props[f"spark.kubernetes.{role}.container.image"] = s.get("image") or image
             if "cores" in s:
-                props[f"spark.{role}.cores"] = str(s["cores"])
+                props[f"spark.{role}.cores"] = str(int(s["cores"]))
+            if "coreRequest" in s:
+                props[f"spark.kubernetes.{role}.request.cores"] = str(s["coreRequest"])
             if "coreLimit" in s:
                 props[f"spark.kubernetes.{role}.limit.cores"] = str(s["coreLimit"])
             if "memory" in s:
                 props[f"spark.{role}.memory"] = str(s["memory"])
             if "memoryOverhead" in s:
                 props[f"spark.{role}.memoryOverhead"] = str(s["memoryOverhead"])
-        if "instances" in executor:
-            props["spark.executor.instances"] = str(executor["instances"])
-        props.update({str(k): str(v) for k, v in (spec.get("sparkConf") or {}).items()})
+            if s.get("serviceAccount"):
+                props[f"spark.kubernetes.authenticate.{role}.serviceAccountName"] = s["serviceAccount"]
+            if role == "executor" and "deleteOnTermination" in s:
+                props["spark.kubernetes.executor.deleteOnTermination"] = str(s["deleteOnTermination"]).lower()
+            if s.get("javaOptions"):
+                props[f"spark.{role}.extraJavaOptions"] = s["javaOptions"]
+            for k, v in {**(app["metadata"].get("labels") or {}), **(s.get("labels") or {})}.items():
+                props[label + k] = str(v)
+            for k, v in (s.get("annotations") or {}).items():
+                props[f"spark.kubernetes.{role}.annotation.{k}"] = str(v)
+            for k, v in (s.get("envVars") or {}).items():
+                props[(f"spark.kubernetes.driverEnv.{k}" if role == "driver" else f"spark.executorEnv.{k}")] = str(v)
+        props["spark.kubernetes.executor.podTemplateFile"] = f"/tmp/spark/{submission_id}/executor-pod-template.yaml"
+        props["spark.kubernetes.executor.podTemplateContainerName"] = "spark-kubernetes-executor"
+        # what KubernetesClientApplication's feature steps add for the driver
+        props.update({
+            "spark.kubernetes.driver.pod.name": f"{name}-driver",
+            "spark.app.id": app_id,
+            "spark.kubernetes.submitInDriver": "true",
+            "spark.kubernetes.memoryOverheadFactor": props.get("spark.kubernetes.memoryOverheadFactor", "0.4"),
+            "spark.driver.host": f"{service}.{ns}.svc",
+            "spark.driver.port": props.get("spark.driver.port", "7078"),
+            "spark.driver.blockManager.port": props.get("spark.driver.blockManager.port", "7079"),
+            # PodTemplateConfigMapStep: the executor template, mounted in the driver
+            "spark.kubernetes.executor.podTemplateFile": f"{self.TEMPLATE_DIR}/{self.TEMPLATE_FILE}",
+        })
         return props
 
     def reconcile(self, app: dict) -> None:
@@ -751,13 +1067,19 @@ class SparkApplicationController:
             return
         pods = self.kubelet.owned(uid)
         if not state:
-            app_id = "spark-" + os.urandom(16).hex()
-            props = self.properties(app, app_id)
-            self.kubelet.volume_files[(ns, f"{name}-driver-conf")] = {
-                "spark.properties": ("".join(f"{k}={v}\n" for k, v in sorted(props.items())).encode(), 0o644)}
-            pods = [self.kubelet.create(self._driver(app, app_id))]
-            status.update(sparkApplicationId=app_id, submissionAttempts=1, lastSubmissionAttemptTime=now(),
-                          driverInfo={"podName": f"{name}-driver"}, applicationState={"state": "SUBMITTED"})
+            submission_id = str(uuid.uuid4())
+            app_id = "spark-" + uuid.uuid4().hex
+            status.update(submissionID=submission_id, sparkApplicationId=app_id, submissionAttempts=1,
+                          lastSubmissionAttemptTime=now(), driverInfo={"podName": f"{name}-driver"},
+                          applicationState={"state": "SUBMITTED"})
+            try:
+                pods = [self._submit(app, app_id, submission_id)]
+            except ApiError as exc:
+                status["applicationState"] = {"state": "SUBMISSION_FAILED",
+                                              "errorMessage": f"failed to run spark-submit: {exc.message}"}
+                self.store.set_status(app, status)
+                return
+            status["driverInfo"]["webUIServiceName"] = f"{name}-ui-svc"
         driver = next((p for p in pods if p.labels.get("spark-role") == "driver"), None)
         if driver is None:
             status["applicationState"] = {"state": "FAILED", "errorMessage": "driver pod not found"}
@@ -773,45 +1095,92 @@ class SparkApplicationController:
             status["terminationTime"] = now()
         elif driver.waiting_reason in ("CreateContainerConfigError", "CreateContainerError"):
             status["applicationState"] = {"state": "SUBMISSION_FAILED", "errorMessage": driver.message}
+        executors = [p for p in pods if p.labels.get("spark-role") == "executor"]
+        if executors or status.get("executorState"):
+            states = dict(status.get("executorState") or {})
+            states.update({p.name: {"Pending": "PENDING", "Running": "RUNNING", "Succeeded": "COMPLETED",
+                                    "Failed": "FAILED"}.get(p.phase, "UNKNOWN") for p in executors})
+            status["executorState"] = states
         self.store.set_status(app, status)
 
-    def _driver(self, app: dict, app_id: str) -> Pod:
+    def _submit(self, app: dict, app_id: str, submission_id: str) -> Pod:
+        """What the operator's spark-submit creates: ConfigMaps, the driver pod, its Service."""
+        name, ns = app["metadata"]["name"], app["metadata"]["namespace"]
+        unique = _spark_unique_id()
+        prefix = f"{name}-{unique}"
+        service = f"{prefix}-driver-svc" if len(f"{prefix}-driver-svc") <= 63 else f"spark-{unique}-driver-svc"
+        props = self.properties(app, app_id, submission_id, prefix, service)
+        conf_map, template_map = f"spark-drv-{unique}-conf-map", f"{prefix}-podspec-configmap"
+        executor_template = {"metadata": {"ownerReferences": [
+            {"apiVersion": app["apiVersion"], "kind": "SparkApplication", "name": name, "uid": app["metadata"]["uid"]}]},
+            "spec": {"containers": [{"name": "spark-kubernetes-executor", "resources": {}}]}}
+        import yaml
+
+        driver = self._driver(app, app_id, props, conf_map, template_map, service)
+        driver_manifest = self.webhook(ns, {"metadata": {"name": driver.name, "labels": driver.labels},
+                                            "spec": driver.spec})
+        driver.spec, driver.owner_refs = driver_manifest["spec"], driver_manifest["metadata"].get("ownerReferences", [])
+        # spark-submit: driver pod first, then its resources owned by it
+        self.store.core_create("configmaps", "ConfigMap", ns, {
+            "metadata": {"name": template_map},
+            "data": {"podspec-configmap-key": yaml.safe_dump(executor_template, sort_keys=False)}})
+        self.store.core_create("configmaps", "ConfigMap", ns, {
+            "metadata": {"name": conf_map},
+            "data": {"spark.properties": java_properties(props, f"Java properties built from Kubernetes config map "
+                                                                f"with name: {conf_map}")}})
+        pod = self.kubelet.create(driver)
+        owner = [{"apiVersion": "v1", "kind": "Pod", "name": pod.name, "uid": pod.uid, "controller": True}]
+        for cm in (template_map, conf_map):
+            self.store.core[("configmaps", ns, cm)]["metadata"]["ownerReferences"] = owner
+        self.store.core_create("services", "Service", ns, {
+            "metadata": {"name": service, "labels": {"spark-app-selector": app_id}, "ownerReferences": owner},
+            "spec": {"clusterIP": "None", "selector": {"spark-app-selector": app_id, "spark-role": "driver"},
+                     "ports": [{"name": "driver-rpc-port", "port": 7078}, {"name": "blockmanager", "port": 7079},
+                               {"name": "spark-ui", "port": 4040}]}})
+        return pod
+
+    def _driver(self, app: dict, app_id: str, props: Mapping[str, str], conf_map: str, template_map: str,
+                service: str) -> Pod:
         spec, name, ns = app["spec"], app["metadata"]["name"], app["metadata"]["namespace"]
         driver = spec.get("driver") or {}
         main = spec["mainApplicationFile"]
         if main.startswith("local://"):
             main = main[len("local://"):]
+        local_dir = f"/var/data/spark-{uuid.uuid4()}"
         container = {
             "name": "spark-kubernetes-driver",
-            "image": driver.get("image") or spec["image"],
+            "image": props["spark.kubernetes.driver.container.image"],
+            "imagePullPolicy": spec.get("imagePullPolicy", "IfNotPresent"),
             "args": ["driver", "--properties-file", self.PROPERTIES, "--class",
                      "org.apache.spark.deploy.PythonRunner", main, *[str(a) for a in spec.get("arguments") or []]],
-            "env": [{"name": "SPARK_USER", "value": "gdmix"},
+            "ports": [{"name": "driver-rpc-port", "containerPort": 7078, "protocol": "TCP"},
+                      {"name": "blockmanager", "containerPort": 7079, "protocol": "TCP"},
+                      {"name": "spark-ui", "containerPort": 4040, "protocol": "TCP"}],
+            "env": [{"name": "SPARK_USER", "value": "spark"},
                     {"name": "SPARK_APPLICATION_ID", "value": app_id},
-                    {"name": "SPARK_DRIVER_BIND_ADDRESS", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-                    {"name": "PYSPARK_PYTHON", "value": "python3"},
-                    {"name": "PYSPARK_DRIVER_PYTHON", "value": "python3"},
+                    {"name": "SPARK_DRIVER_BIND_ADDRESS", "valueFrom": {"fieldRef": {"apiVersion": "v1",
+                                                                                     "fieldPath": "status.podIP"}}},
+                    {"name": "SPARK_LOCAL_DIRS", "value": local_dir},
                     {"name": "SPARK_CONF_DIR", "value": "/opt/spark/conf"}],
-            "volumeMounts": [{"name": "spark-conf-volume-driver", "mountPath": "/opt/spark/conf"}],
+            "volumeMounts": [{"name": "spark-local-dir-1", "mountPath": local_dir},
+                             {"name": "pod-template-volume", "mountPath": self.TEMPLATE_DIR},
+                             {"name": "spark-conf-volume-driver", "mountPath": "/opt/spark/conf"}],
         }
-        container["env"] += [{"name": k, "value": str(v)} for k, v in (driver.get("env") or {}).items()] \
-            if isinstance(driver.get("env"), dict) else list(driver.get("env") or [])
-        if driver.get("envFrom"):
-            container["envFrom"] = copy.deepcopy(driver["envFrom"])
-        if driver.get("securityContext"):
-            container["securityContext"] = copy.deepcopy(driver["securityContext"])
         pod_spec = {"containers": [container], "restartPolicy": "Never",
                     "serviceAccountName": driver.get("serviceAccount", "default"),
-                    "volumes": [{"name": "spark-conf-volume-driver", "configMap": {"name": f"{name}-driver-conf"}}]}
-        if driver.get("podSecurityContext"):
-            pod_spec["securityContext"] = copy.deepcopy(driver["podSecurityContext"])
-        labels = {**(driver.get("labels") or {}), "sparkoperator.k8s.io/app-name": name,
-                  "sparkoperator.k8s.io/launched-by-spark-operator": "true",
-                  "sparkoperator.k8s.io/submission-id": app_id, "spark-app-selector": app_id,
-                  "spark-app-name": name, "spark-role": "driver", "spark-version": str(spec.get("sparkVersion", ""))}
-        svc = f"{name}-driver-svc"
+                    "volumes": [{"name": "spark-local-dir-1", "emptyDir": {}},
+                                {"name": "pod-template-volume", "configMap": {
+                                    "name": template_map, "items": [{"key": "podspec-configmap-key",
+                                                                     "path": self.TEMPLATE_FILE}]}},
+                                {"name": "spark-conf-volume-driver", "configMap": {
+                                    "name": conf_map, "items": [{"key": "spark.properties", "path": "spark.properties",
+                                                                 "mode": 420}]}}]}
+        labels = {k[len("spark.kubernetes.driver.label."):]: v for k, v in props.items()
+                  if k.startswith("spark.kubernetes.driver.label.")}
+        labels.update({"spark-app-selector": app_id, "spark-app-name": name, "spark-role": "driver",
+                       "spark-version": str(spec.get("sparkVersion", ""))})
         return Pod(ns, f"{name}-driver", labels, pod_spec, app["metadata"]["uid"],
-                   [svc, f"{svc}.{ns}.svc", f"{svc}.{ns}.svc.{CLUSTER_DOMAIN}"])
+                   [service, f"{service}.{ns}.svc", f"{service}.{ns}.svc.{CLUSTER_DOMAIN}"])
 
 
 CONTROLLERS = (TFJobController, MPIJobController, SparkApplicationController)

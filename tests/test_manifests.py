@@ -161,7 +161,8 @@ def test_spark_driver_role_covers_its_executors_only(base):
     assert rules_of(role) == (
         expand({"": ["pods"]}, ["get", "list", "watch", "create", "delete", "deletecollection"])
         | expand({"": ["configmaps"]}, ["get", "list", "create", "delete", "deletecollection"])
-        | expand({"": ["services"]}, ["get", "create", "delete"])
+        | expand({"": ["services"]}, ["get", "create", "delete", "deletecollection"])
+        | expand({"": ["persistentvolumeclaims"]}, ["get", "list", "deletecollection"])
     )
     assert ("ServiceAccount", "gdmix", "gdmix-spark") in base
 

@@ -237,3 +237,147 @@ def test_mpijob_workers_then_launcher_with_hostfile_ssh_keys_and_dns(cluster, im
     assert "OMPI_MCA_orte_set_default_slots 2" in log and "OMPI_MCA_orte_keep_fqdn_hostnames true" in log
     assert f"MPIJob {NS}/{name} succeeded" in log
     assert cluster.wait_for(lambda: _no_containers_of(cluster, name), timeout=30)
+
+
+# --- SparkApplication: the driver creates its executors through the fake API server -------------
+
+SPARK_MAIN = textwrap.dedent("""
+    import os, socket, sys
+    from pyspark.sql import SparkSession
+    spark = SparkSession.builder.getOrCreate()
+    sc = spark.sparkContext
+    total = spark.range(0, 1000, numPartitions=8).groupBy().sum("id").collect()[0][0]
+    hosts = sorted(set(sc.parallelize(range(16), 16).map(lambda _: socket.gethostname()).collect()))
+    print("SPARK-RESULT", total, len(hosts), ",".join(hosts), flush=True)
+    spark.stop()
+""")
+
+
+def _spark_images(images):
+    from gdmix.images import image
+    from rehearsal.dockerenv import RehearsalUnavailable, docker_client, require_image
+
+    try:
+        require_image(docker_client(), image("spark"), 'build it with: IMAGES="spark" make images')
+    except RehearsalUnavailable as exc:
+        _unavailable(str(exc))
+    return image("spark")
+
+
+def _run_in_process(cluster, manifest: dict, timeout_seconds: float = 400) -> list[str]:
+    from kubernetes import client
+
+    from gdmix.kube.jobs import run_job
+
+    api = client.ApiClient(cluster.kube_config(cluster.token()))  # the launcher's account
+    lines: list[str] = []
+    try:
+        run_job(manifest, custom_api=client.CustomObjectsApi(api), core_api=client.CoreV1Api(api), poll_seconds=1,
+                timeout_seconds=timeout_seconds, log=lines.append)
+    finally:
+        print("\n".join(lines))  # shown by pytest when the test fails
+    return lines
+
+
+def _spark_calls(cluster, since: int) -> list[tuple[str, str, str, int]]:
+    return [r for r in cluster.apiserver.requests[since:] if r[0] == f"system:serviceaccount:{NS}:gdmix-spark"]
+
+
+def test_sparkapplication_driver_runs_two_executors_through_the_api_server(cluster, images):
+    from kubernetes import client
+
+    from gdmix.kube.manifests import spark_application
+
+    spark_image = _spark_images(images)
+    name = "rehearse-spark-" + uuid.uuid4().hex[:5]
+    core = client.CoreV1Api(client.ApiClient(cluster.kube_config()))
+    core.create_namespaced_config_map(NS, {"metadata": {"name": f"{name}-main"}, "data": {"main.py": SPARK_MAIN}})
+    manifest = spark_application(
+        name, NS, spark_image, "local:///opt/rehearsal-app/main.py", [],
+        driver={"memory": "512m", "volumeMounts": [{"name": "app", "mountPath": "/opt/rehearsal-app"}]},
+        executor={"memory": "512m"}, instances=2, secret_env=[SECRET],
+        volumes=[{"name": "app", "configMap": {"name": f"{name}-main"}}])
+    since = len(cluster.apiserver.requests)
+    lines = _run_in_process(cluster, manifest)
+    log = "\n".join(lines)
+    calls = _spark_calls(cluster, since)
+    SPARK_CALLS.extend(calls)
+    assert "SPARK-RESULT 499500 2 " in log, log  # the sum, computed on two executors
+    executors = [p for (_, m, p, c) in calls if m == "POST" and p.endswith("/pods") and c == 201]
+    assert len(executors) == 2, calls
+    # the driver's own pod, its executors' ConfigMap, a watch (websocket), deletion by labels
+    assert ("GET", f"/api/v1/namespaces/{NS}/pods/{name}-driver", 200) in [(m, p, c) for _, m, p, c in calls]
+    assert any(m == "POST" and p.endswith("/configmaps") and c == 201 for _, m, p, c in calls), calls
+    assert any(t == "websocket" and "watch=true" in p for _, p, t in cluster.apiserver.watches)
+    assert any(m == "DELETE" and "/pods?labelSelector=" in p and c == 200 for _, m, p, c in calls), calls
+    # failures other than the Role's denials (checked by the test below) are the fake's bugs
+    assert not [c for c in calls if c[3] >= 400 and c[3] != 403], calls
+    assert cluster.wait_for(lambda: _no_containers_of(cluster, name), timeout=30), \
+        [c.name for c in cluster.containers()]
+    assert not [o for o in cluster.objects() if o["metadata"]["name"] == name]
+    core.delete_namespaced_config_map(f"{name}-main", NS)
+
+
+#: calls of the Spark driver's account in the runs above, for the RBAC check below
+SPARK_CALLS: list[tuple[str, str, str, int]] = []
+
+PREP_LAUNCHER = textwrap.dedent("""
+    import sys
+    from gdmix.config import load_config
+    from gdmix.images import image
+    from gdmix.stages.backends import Launch, run_spark_prep
+    uri = sys.argv[1]
+    config = load_config(uri)
+    launch = Launch(backend="kubernetes", namespace="gdmix", image=image("spark"), secret="gdmix-object-store",
+                    timeout_seconds=500)
+    run_spark_prep(config, uri, launch, "prep", log=lambda m: print(m, flush=True))
+    print("PREP DONE", flush=True)
+""")
+
+
+def test_prep_sparkapplication_as_run_spark_prep_renders_it(cluster, s3, images):
+    """The real prep: run_spark_prep in a launcher container (so module_file_uri() is the
+    image's path), 2 executors, input and output in the S3 container."""
+    import io
+
+    import pyarrow.parquet as pq
+    import yaml
+
+    from test_prep import _config, _raw
+
+    _spark_images(images)
+    run = "rehearse-prep-" + uuid.uuid4().hex[:5]
+    root = f"s3://{BUCKET}/{run}"
+    buffer = io.BytesIO()
+    pq.write_table(_raw(), buffer)
+    client = s3.client()
+    client.put_object(Bucket=BUCKET, Key=f"{run}/raw/part-0.parquet", Body=buffer.getvalue())
+    config = _config(__import__("pathlib").Path("/unused"), f"{root}/raw")
+    config["data"] = {"train": f"{root}/prepared/train", "validation": f"{root}/prepared/validation"}
+    config["output"] = f"{root}/model"
+    config["prep"]["output"] = f"{root}/prepared"
+    config["prep"]["spark"] = {"driver_memory": "1g", "executor_memory": "1g", "executor_instances": 2,
+                               "shuffle_partitions": 4}
+    client.put_object(Bucket=BUCKET, Key=f"{run}/config.yaml", Body=yaml.safe_dump(config).encode())
+    since = len(cluster.apiserver.requests)
+    status, log = cluster.run_in_pod(images["launcher"], ["python", "-c", PREP_LAUNCHER, f"{root}/config.yaml"],
+                                     env=s3.env(internal=True), timeout=700)  # the step's Secret
+    calls = _spark_calls(cluster, since)
+    SPARK_CALLS.extend(calls)
+    assert status == 0 and "PREP DONE" in log, log[-20000:]
+    executors = [p for (_, m, p, c) in calls if m == "POST" and p.endswith("/pods") and c == 201]
+    assert len(executors) == 2, calls
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix=f"{run}/prepared/")["Contents"]}
+    assert f"{run}/prepared/prep.json" in keys, sorted(keys)
+    for split in ("train", "validation"):
+        assert any(k.startswith(f"{run}/prepared/{split}/") and k.endswith(".parquet") for k in keys), sorted(keys)
+    assert cluster.wait_for(lambda: not [c for c in cluster.containers() if "gdmix-prep-" in c.name], timeout=30)
+    assert not cluster.objects()
+
+
+def test_the_spark_driver_needs_no_permission_the_shipped_role_lacks(cluster):
+    """Every call the driver made as gdmix-spark (manifests/rbac/spark-rbac.yaml) was allowed."""
+    if not SPARK_CALLS:
+        pytest.skip("no SparkApplication ran in this session")
+    denied = sorted({(m, p.split("?")[0]) for (_, m, p, c) in SPARK_CALLS if c == 403})
+    assert not denied, f"the shipped Role gdmix-spark does not allow: {denied}"
