@@ -27,11 +27,23 @@ bench: setup
 clean:
 	rm -rf $(VENV) build *.egg-info demo-output
 
+# Image names come from gdmix/images.py: $$GDMIX_IMAGE_REGISTRY/gdmix-<role>:$$GDMIX_IMAGE_TAG (default
+# localhost/gdmix-<role>:<version>). REGISTRY=... TAG=... set those two for `make images`, `make push`
+# and `make compile`, so the images built, the images pushed and the images the compiled pipelines
+# pull have the same names: make images push compile REGISTRY=ghcr.io/acme/gdmix TAG=0.1.0
+REGISTRY ?=
+TAG ?=
+IMAGE_ENV = $(if $(REGISTRY),GDMIX_IMAGE_REGISTRY=$(REGISTRY)) $(if $(TAG),GDMIX_IMAGE_TAG=$(TAG))
+
 # Container images (docker/build-images.sh; IMAGES="launcher trainer" make images for a subset).
 # Needs a Docker daemon in DOCKER_HOST: eval "$$(docker/start-dockerd.sh)".
-.PHONY: images
+.PHONY: images push
 images: setup
-	PYTHON=$(abspath $(BIN))/python docker/build-images.sh
+	$(IMAGE_ENV) PYTHON=$(abspath $(BIN))/python docker/build-images.sh
+
+# Tag (when built under the default names) and push the images to REGISTRY (docker/push-images.sh).
+push: setup
+	$(IMAGE_ENV) PYTHON=$(abspath $(BIN))/python docker/push-images.sh
 
 # A local kind cluster with KFP, the training/MPI/Spark operators and the gdmix images
 # (manifests/kind/kind-up.sh), then one pipeline run on it (CONFIG=... to choose the config).
@@ -42,10 +54,11 @@ kind-up: setup
 kind-e2e: setup
 	GDMIX=$(abspath $(BIN))/gdmix manifests/kind/kind-e2e.sh $(CONFIG)
 
-# Regenerate the checked-in compiled YAML (components/*/component.yaml, pipelines/compiled/).
+# Regenerate the checked-in compiled YAML (components/*/component.yaml, pipelines/compiled/), with the
+# image names of REGISTRY/TAG when given (see above).
 .PHONY: compile
 compile: setup
-	$(BIN)/python -m pipelines.compile_all
+	$(IMAGE_ENV) $(BIN)/python -m pipelines.compile_all
 
 # Optional Horovod (TensorFlow + Gloo) for DeText distributed training: scripts/horovod/install.sh
 # builds the wheel once into $${GDMIX_CACHE:-~/.cache/gdmix}/wheels (~5-6 min on 2 cores; later runs

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the gdmix container images, tagged as gdmix/images.py names them
-# (localhost/gdmix-<role>:<version>, or $GDMIX_IMAGE_REGISTRY / $GDMIX_IMAGE_TAG).
+# (localhost/gdmix-<role>:<version>, or $GDMIX_IMAGE_REGISTRY/gdmix-<role>:$GDMIX_IMAGE_TAG;
+# `make images REGISTRY=... TAG=...` sets those two). docker/push-images.sh (`make push`) pushes them.
 #
 #     eval "$(docker/start-dockerd.sh)"              # or any daemon in DOCKER_HOST
 #     IMAGES="launcher trainer" make images          # default: spark trainer detext launcher
@@ -10,7 +11,9 @@
 # it is present or can be pulled, else a local Debian bookworm base (python3 3.11) made with
 # debootstrap and `docker import`ed as localhost/gdmix-base:bookworm (cached: the image is reused,
 # and the rootfs tarball is kept in $GDMIX_IMAGE_CACHE); (3) `docker build --network host` of each
-# docker/Dockerfile --target <role> with --build-arg BASE_IMAGE=... .
+# role from docker/Dockerfile cut down to the stages that role needs (the classic builder would
+# build every stage above --target), with --build-arg BASE_IMAGE=...; (4) check that no layer of
+# the image holds ca-bundle.crt (docker/check-image-layers.py: docker save, every layer's listing).
 #
 # Environment:
 #   IMAGES              roles to build (spark trainer detext launcher)
@@ -19,15 +22,18 @@
 #                       local: always the debootstrap base; pull: python:3.11-slim or fail
 #   GDMIX_IMAGE_CACHE   cache folder (default /var/tmp/gdmix-images): base rootfs tarball, context
 #   GDMIX_DEBIAN_MIRROR Debian mirror for debootstrap (default http://deb.debian.org/debian)
-#   GDMIX_HOROVOD       Horovod in the detext image: auto (default): the prebuilt wheel in
-#                       $HOROVOD_WHEEL_DIR if set, else the one scripts/horovod/build-wheel.sh cached
-#                       (${GDMIX_CACHE:-~/.cache/gdmix}/wheels/horovod-*-tf<pinned TF>-cp311-<arch>-r*),
-#                       else none; build: run build-wheel.sh first (~6 min once, then cached);
-#                       none: without Horovod. Without a wheel detext is labelled io.gdmix.horovod=absent
+#   GDMIX_HOROVOD       where detext's Horovod wheel comes from (detext always has Horovod):
+#                       image (default): built from the PyPI sdist in the Dockerfile's build-horovod
+#                         stage (scripts/horovod/build-wheel.sh's recipe; cmake/g++ in that stage only);
+#                       auto: the prebuilt wheel in $HOROVOD_WHEEL_DIR, else the one
+#                         scripts/horovod/build-wheel.sh cached on this machine
+#                         (${GDMIX_CACHE:-~/.cache/gdmix}/wheels/horovod-*-tf<pinned TF>-cp311-<arch>-r*),
+#                         else built in the image (a shortcut: CI, which has built it on the host);
+#                       host: run scripts/horovod/build-wheel.sh here first (cached), then use it
 #   HOROVOD_WHEEL_DIR   folder with a prebuilt horovod-*.whl (+ horovod-wheel.key, as build-wheel.sh
-#                       --out writes it)
+#                       --out writes it); setting it implies GDMIX_HOROVOD=auto
 #   GDMIX_CA_BUNDLE     CA bundle pip trusts during the build (default $PIP_CERT, $SSL_CERT_FILE or
-#                       /etc/ssl/certs/ca-certificates.crt: what this machine trusts)
+#                       /etc/ssl/certs/ca-certificates.crt: what this machine trusts); build stages only
 #   PYTHON              python with pip, to build the wheel (default .venv/bin/python, else python3)
 #   DOCKER_BUILD_ARGS   extra arguments for every `docker build` (e.g. --no-cache)
 set -euo pipefail
@@ -38,7 +44,8 @@ CACHE="${GDMIX_IMAGE_CACHE:-/var/tmp/gdmix-images}"
 GDMIX_BASE="${GDMIX_BASE:-auto}"
 MIRROR="${GDMIX_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 HOROVOD_WHEEL_DIR="${HOROVOD_WHEEL_DIR:-}"
-GDMIX_HOROVOD="${GDMIX_HOROVOD:-auto}"
+GDMIX_HOROVOD="${GDMIX_HOROVOD:-image}"
+if [[ -n $HOROVOD_WHEEL_DIR && $GDMIX_HOROVOD == image ]]; then GDMIX_HOROVOD=auto; fi
 GDMIX_CACHE_ROOT="${GDMIX_CACHE:-$HOME/.cache/gdmix}"
 SLIM=python:3.11-slim
 LOCAL_BASE=localhost/gdmix-base:bookworm
@@ -86,19 +93,21 @@ cp "$REPO/docker/install-gdmix.sh" "$CTX/"
 # The CA bundle this machine trusts, for pip inside the build (see install-gdmix.sh).
 CA_BUNDLE="${GDMIX_CA_BUNDLE:-${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}}"
 if [[ -r $CA_BUNDLE ]]; then cp "$CA_BUNDLE" "$CTX/ca-bundle.crt"; else : >"$CTX/ca-bundle.crt"; fi
-# Horovod for detext: a prebuilt wheel (scripts/horovod/build-wheel.sh makes and caches one; its
-# install.sh, copied along, installs it in the image and checks it against the image's TensorFlow).
-HOROVOD_WHEEL=""
+cp "$REPO/docker/spark-entrypoint.sh" "$CTX/"
+# Horovod for detext: scripts/horovod's recipe and installer (the Dockerfile's build-horovod stage
+# runs build-wheel.sh, the detext stage install.sh) and, for GDMIX_HOROVOD=auto|host, a prebuilt
+# wheel in horovod/ (empty: the build-horovod stage compiles it).
+HOROVOD_SOURCE=image
 mkdir -p "$CTX/horovod-scripts"
+for f in build-wheel.sh install.sh requirements-runtime.txt; do
+    [[ -f $REPO/scripts/horovod/$f ]] || die "no scripts/horovod/$f (the detext image builds Horovod with it)"
+    cp "$REPO/scripts/horovod/$f" "$CTX/horovod-scripts/"
+done
 if [[ " $IMAGES " == *" detext "* ]]; then
-    if [[ -d $REPO/scripts/horovod ]]; then
-        cp "$REPO"/scripts/horovod/install.sh "$REPO"/scripts/horovod/requirements-runtime.txt "$CTX/horovod-scripts/"
-    fi
     case "$GDMIX_HOROVOD" in
-    none) ;;
-    build)
-        [[ -x $REPO/scripts/horovod/build-wheel.sh ]] || die "GDMIX_HOROVOD=build but no scripts/horovod/build-wheel.sh"
-        say "detext: scripts/horovod/build-wheel.sh --out (builds once, ~6 min on 2 cores; then cached)"
+    image) ;;
+    host)
+        say "detext: scripts/horovod/build-wheel.sh --out on this machine (builds once, then cached)"
         PYTHON="$PYTHON" "$REPO/scripts/horovod/build-wheel.sh" --out "$CTX/horovod" >&2 \
             || die "scripts/horovod/build-wheel.sh failed"
         ;;
@@ -119,12 +128,15 @@ if [[ " $IMAGES " == *" detext "* ]]; then
             elif [[ -z $HOROVOD_WHEEL_DIR ]]; then
                 basename "$src_dir" >"$CTX/horovod/horovod-wheel.key" # the cache folder is the key
             fi
+        elif [[ -n $HOROVOD_WHEEL_DIR ]]; then
+            die "HOROVOD_WHEEL_DIR=$HOROVOD_WHEEL_DIR holds no horovod-*.whl"
         fi
         ;;
-    *) die "GDMIX_HOROVOD must be auto, build or none (got '$GDMIX_HOROVOD')" ;;
+    *) die "GDMIX_HOROVOD must be image, auto or host (got '$GDMIX_HOROVOD'; detext always has Horovod)" ;;
     esac
     if compgen -G "$CTX/horovod/horovod-*.whl" >/dev/null; then
-        HOROVOD_WHEEL="$(find "$CTX/horovod" -maxdepth 1 -name 'horovod-*.whl' -printf '%f\n' | sort | head -n 1)"
+        HOROVOD_SOURCE="prebuilt:$(cat "$CTX/horovod/horovod-wheel.key" 2>/dev/null \
+            || find "$CTX/horovod" -maxdepth 1 -name 'horovod-*.whl' -printf '%f\n' | sort | head -n 1)"
     fi
 fi
 VERSION="$(PYTHONPATH="$REPO" "$PYTHON" -c 'import gdmix; print(gdmix.__version__)')"
@@ -213,17 +225,20 @@ for role in spark trainer detext launcher; do
 done
 for role in "${ordered[@]}"; do
     tag="$(tag_of "$role")"
-    args=(--network host --force-rm -f "$REPO/docker/Dockerfile" --target "$role" -t "$tag"
+    # the classic builder builds every stage above --target: give it only the stages $role needs
+    "$PYTHON" "$REPO/docker/dockerfile-for-target.py" "$REPO/docker/Dockerfile" "$role" >"$CACHE/Dockerfile.$role" \
+        || die "cannot cut docker/Dockerfile down to $role"
+    args=(--network host --force-rm -f "$CACHE/Dockerfile.$role" --target "$role" -t "$tag"
         --build-arg "BASE_IMAGE=$BASE_IMAGE"
         --label "org.opencontainers.image.title=gdmix-$role" --label "org.opencontainers.image.version=$VERSION"
         --label "org.opencontainers.image.revision=$VCS_REF" --label "org.opencontainers.image.licenses=BSD-2-Clause"
         --label "org.opencontainers.image.base.name=$BASE_IMAGE" --label "io.gdmix.role=$role")
     if [[ $role == detext ]]; then
-        args+=(--build-arg "HOROVOD_WHEEL=$HOROVOD_WHEEL")
-        if [[ -n $HOROVOD_WHEEL ]]; then
-            say "detext: with Horovod wheel $HOROVOD_WHEEL (key: $(cat "$CTX/horovod/horovod-wheel.key" 2>/dev/null || echo none))"
+        args+=(--build-arg "HOROVOD_SOURCE=$HOROVOD_SOURCE")
+        if [[ $HOROVOD_SOURCE == image ]]; then
+            say "detext: Horovod built from source in the image (build-horovod stage; minutes, then cached)"
         else
-            say "detext: no prebuilt Horovod wheel (GDMIX_HOROVOD=$GDMIX_HOROVOD${HOROVOD_WHEEL_DIR:+, HOROVOD_WHEEL_DIR=$HOROVOD_WHEEL_DIR}): building WITHOUT Horovod (label io.gdmix.horovod=absent)"
+            say "detext: Horovod from the prebuilt wheel ($HOROVOD_SOURCE)"
         fi
     fi
     say "$role: docker build -t $tag (log: $CACHE/build-$role.log)"
@@ -236,6 +251,11 @@ for role in "${ordered[@]}"; do
     TOOK[$role]=$(($(now) - t))
     size="$(docker image inspect --format '{{.Size}}' "$tag")"
     say "$role: $tag built in ${TOOK[$role]}s, $((size / 1000000)) MB"
+    # (4) the CA bundle lives in build stages only: no layer of the image may hold it
+    t=$(now)
+    "$PYTHON" "$REPO/docker/check-image-layers.py" "$tag" >&2 \
+        || die "$role: $tag has ca-bundle.crt in a layer (see above); it must stay in build stages"
+    say "$role: layer check in $(($(now) - t))s"
 done
 
 # earlier builds of these tags, now untagged
