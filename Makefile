@@ -54,6 +54,17 @@ kind-up: setup
 kind-e2e: setup
 	GDMIX=$(abspath $(BIN))/gdmix manifests/kind/kind-e2e.sh $(CONFIG)
 
+# The cluster rehearsal (rehearsal/README.md): the MovieLens-shaped example compiled with
+# backend: kubernetes, every step in its image as the KFP driver's pod, the jobs run by a fake API
+# server and fake operators as containers, the data in an S3 container. Needs a Docker daemon in
+# DOCKER_HOST and the spark, trainer and launcher images (make images). Its report:
+# $(REHEARSAL_DIR)/rehearsal-report.json.
+REHEARSAL_DIR ?= /var/tmp/gdmix-rehearsal
+.PHONY: rehearsal
+rehearsal: setup
+	rm -rf $(REHEARSAL_DIR)
+	$(BIN)/python -m rehearsal.pipeline --workdir $(REHEARSAL_DIR)
+
 # Regenerate the checked-in compiled YAML (components/*/component.yaml, pipelines/compiled/), with the
 # image names of REGISTRY/TAG when given (see above).
 .PHONY: compile

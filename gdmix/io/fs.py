@@ -53,6 +53,12 @@ def list_parquet_files(uri: str) -> list[str]:
     Files and directories whose name starts with ``_`` or ``.`` (markers, staging areas) are
     skipped, as Spark and Hive do.
     """
+    return list_data_files(uri, PARQUET_SUFFIXES)
+
+
+def list_data_files(uri: str, suffixes: tuple[str, ...] | None = None) -> list[str]:
+    """The files of a dataset (``uri`` itself, or every file below it ending in one of
+    ``suffixes``, all when None), sorted, skipping names that start with ``_`` or ``.``."""
     fs, path = url_to_fs(uri)
     if not fs.exists(path):
         raise DataError("dataset not found", path=str(uri))
@@ -63,7 +69,7 @@ def list_parquet_files(uri: str) -> list[str]:
         relative = posixpath.relpath(file_path, path)
         if any(part.startswith(("_", ".")) for part in relative.split("/")):
             continue
-        if file_path.endswith(PARQUET_SUFFIXES):
+        if suffixes is None or file_path.endswith(suffixes):
             found.append(unstrip(fs, file_path))
     return sorted(found)
 

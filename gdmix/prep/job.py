@@ -11,27 +11,26 @@ Raw rows (Parquet, CSV, JSON lines or Avro) become, under ``prep.output``:
   size-balanced partitions (see :mod:`gdmix.prep.partition`) with ``manifest.json``;
 * ``prep.json``, written last: what was done, row counts, timings.
 
-Spark writes to a local directory (it has no object-store connector here) that is then moved
-or uploaded to ``prep.output`` in one step.
+Everything is written into a hidden staging sibling of ``prep.output`` that replaces it at the
+end (:func:`gdmix.io.fs.staged_directory`); on object stores the executors read and write the
+data themselves (:mod:`gdmix.prep.storage`), the driver writes only index maps and manifests.
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
 import time
-from pathlib import Path
 
 from gdmix.config import DetextConfig, GdmixConfig, RandomEffectConfig, RawInputConfig
 from gdmix.errors import ConfigError
 from gdmix.io import fs
 from gdmix.models.coordinates import make_coordinate
-from gdmix.prep.avro import avro_to_parquet
 from gdmix.prep.features import (
     build_index_map, check_contract, contract_frame, drop_rare_features, feature_counts, split_validation,
 )
 from gdmix.prep.partition import partition_rows, write_partitioned
-from gdmix.prep.spark import local_input, publish, spark_session
+from gdmix.prep.spark import executor_errors, spark_session
+from gdmix.prep.storage import read_input, read_parquet, write_parquet
 
 SUMMARY_FILE = "prep.json"
 
@@ -48,12 +47,10 @@ def run_prep(config: GdmixConfig, log=print) -> dict:
     entities = sorted(carried)
     spark = spark_session(prep.spark, "gdmix-prep")
     try:
-        with tempfile.TemporaryDirectory(prefix="gdmix-prep-") as work:
-            out = Path(work) / "out"
-            frames = {"train": _read(spark, prep.input, Path(work) / "input", prep, entities)}
+        with executor_errors(), fs.staged_directory(prep.output) as out:
+            frames = {"train": _read(spark, prep.input, prep, entities)}
             if prep.validation_input is not None:
-                frames["validation"] = _read(spark, prep.validation_input, Path(work) / "validation-input", prep,
-                                             entities)
+                frames["validation"] = _read(spark, prep.validation_input, prep, entities)
                 check_contract(frames["validation"], prep.validation_input.path)
             check_contract(frames["train"], prep.input.path)
             if prep.split is not None and prep.validation_input is None:
@@ -63,13 +60,14 @@ def run_prep(config: GdmixConfig, log=print) -> dict:
             summary = {"bags": {}, "partitions": {}}
             for bag in prep.bags:
                 index_map = build_index_map(feature_counts(frames["train"], bag), prep.min_feature_count)
-                index_map.save(str(out / "index_maps" / bag))
+                index_map.save(fs.join(out, "index_maps", bag))
                 summary["bags"][bag] = {"features": len(index_map)}
                 if prep.min_feature_count > 1:
                     frames = {split: drop_rare_features(frame, bag, index_map, spark) for split, frame in frames.items()}
             for split, frame in frames.items():
-                frame.write.parquet(str(out / split))
-                frames[split] = spark.read.parquet(str(out / split))  # later steps read, not recompute
+                target = fs.join(out, split)
+                files = write_parquet(frame, target)
+                frames[split] = read_parquet(spark, target, files)  # later steps read, not recompute
                 summary[f"{split}_rows"] = frames[split].count()
                 log(f"prep: {summary[f'{split}_rows']:,} {split} rows")
 
@@ -77,11 +75,11 @@ def run_prep(config: GdmixConfig, log=print) -> dict:
                 partitions = coordinate.partitions or prep.partitions
                 rows, validation_rows, manifest = partition_rows(
                     spark, frames["train"], frames.get("validation"), coordinate, partitions)
-                target = out / "partitions" / coordinate.name
-                write_partitioned(rows, str(target / "train"))
+                target = fs.join(out, "partitions", coordinate.name)
+                write_partitioned(rows, fs.join(target, "train"))
                 if validation_rows is not None:
-                    write_partitioned(validation_rows, str(target / "validation"))
-                (target / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+                    write_partitioned(validation_rows, fs.join(target, "validation"))
+                fs.write_text(fs.join(target, "manifest.json"), json.dumps(manifest, indent=2) + "\n")
                 loads = [p["active_rows"] for p in manifest["partition_stats"]]
                 summary["partitions"][coordinate.name] = {
                     "partitions": partitions, "entities": manifest["entities"],
@@ -89,23 +87,13 @@ def run_prep(config: GdmixConfig, log=print) -> dict:
                 }
                 log(f"prep: {coordinate.name}: {manifest['entities']:,} entities in {partitions} partitions")
             summary["seconds"] = time.perf_counter() - started
-            publish(str(out), prep.output)
     finally:
         spark.stop()
     fs.write_text_atomic(fs.join(prep.output, SUMMARY_FILE), fs.to_json(summary))
     return summary
 
 
-def _read(spark, source: RawInputConfig, scratch: Path, prep, entities: list[str]):
-    """The raw rows as a DataFrame of contract columns (object-store input is downloaded into
-    ``scratch`` first, Avro converted to Parquet there)."""
-    path = local_input(source.path, scratch / "download")
-    if source.format == "avro":
-        raw = spark.read.parquet(avro_to_parquet(path, str(scratch / "avro")))
-    elif source.format == "csv":
-        raw = spark.read.option("header", True).option("inferSchema", True).option("sep", source.csv_delimiter).csv(path)
-    elif source.format == "json":
-        raw = spark.read.json(path)
-    else:
-        raw = spark.read.parquet(path)
+def _read(spark, source: RawInputConfig, prep, entities: list[str]):
+    """The raw rows as a DataFrame of contract columns."""
+    raw = read_input(spark, source.path, source.format, source.csv_delimiter)
     return contract_frame(raw, prep, entities, source.path)

@@ -10,14 +10,12 @@ inner-join drop of GDMix.
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 from gdmix.config import GdmixConfig, RandomEffectConfig
 from gdmix.errors import ConfigError, DataError
 from gdmix.io import fs
 from gdmix.prep.partition import write_partitioned
-from gdmix.prep.spark import local_input, publish, spark_session
+from gdmix.prep.spark import executor_errors, spark_session
+from gdmix.prep.storage import read_parquet
 
 
 def join_offsets(config: GdmixConfig, coordinate: str, scores: list[str], output: str, log=print) -> dict:
@@ -32,19 +30,17 @@ def join_offsets(config: GdmixConfig, coordinate: str, scores: list[str], output
     try:
         from pyspark.sql import functions as F
 
-        with tempfile.TemporaryDirectory(prefix="gdmix-offsets-") as work:
-            frames = [spark.read.parquet(local_input(uri, Path(work) / f"scores-{k}")).select("uid", "coordinate_score")
-                      for k, uri in enumerate(scores)]
+        with executor_errors(), fs.staged_directory(output) as out:
+            frames = [read_parquet(spark, uri).select("uid", "coordinate_score") for uri in scores]
             total = frames[0]
             for frame in frames[1:]:
                 total = total.unionByName(frame)
             total = total.groupBy("uid").agg(F.sum("coordinate_score").alias("offset"))
-            out = Path(work) / "out"
             for split in ("train", "validation"):
                 source = fs.join(prep.output, "partitions", coordinate, split)
                 if not fs.exists(source):
                     continue
-                rows = spark.read.parquet(local_input(source, Path(work) / f"rows-{split}")).select("uid", "partition")
+                rows = read_parquet(spark, source, partition_key="partition").select("uid", "partition")
                 joined = rows.join(total, "uid", "left")
                 missing = joined.filter(F.col("offset").isNull())
                 count = missing.count()
@@ -56,8 +52,7 @@ def join_offsets(config: GdmixConfig, coordinate: str, scores: list[str], output
                                     column="uid")
                 if count:
                     log(f"offsets: warning: {count} {split} rows have no score; their offset is 0")
-                write_partitioned(joined.fillna(0.0, subset=["offset"]), str(out / split))
-            publish(str(out), output)
+                write_partitioned(joined.fillna(0.0, subset=["offset"]), fs.join(out, split))
     finally:
         spark.stop()
     return summary

@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from gdmix.config import RandomEffectConfig
 from gdmix.prep.binpack import assign_partitions
+from gdmix.prep.storage import write_parquet
 
 SAMPLE_SALT = 104_729
 
@@ -78,8 +79,15 @@ def _stats(sizes, trained, assignment, partitions) -> list[dict]:
             for p in range(partitions)]
 
 
-def write_partitioned(frame, path: str, sort_by: str = "uid") -> None:
-    """One directory per partition (``partition=<p>``), its rows sorted by entity then uid."""
+def write_partitioned(frame, uri: str, sort_by: str = "uid") -> list[str] | None:
+    """One directory per partition (``partition=<p>``), its rows sorted by ``sort_by``
+    (:func:`gdmix.prep.storage.write_parquet`: the executors write).
+
+    Sorting by partition first is what makes the files sorted: Spark's writer needs its rows
+    ordered by the partition column and would otherwise re-sort them by that column alone,
+    losing the ``sort_by`` order.
+    """
     from pyspark.sql import functions as F
 
-    frame.repartition(F.col("partition")).sortWithinPartitions(sort_by).write.partitionBy("partition").parquet(path)
+    ordered = frame.repartition(F.col("partition")).sortWithinPartitions("partition", sort_by)
+    return write_parquet(ordered, uri, "partition")

@@ -1,21 +1,22 @@
 """A SparkSession configured the way gdmix's Spark stages need it.
 
-Local mode binds only to 127.0.0.1 and gets an explicit driver memory (in local mode the
-driver does all the work, and Spark's default heap is 1 GB). Spark here has no S3 connector,
-so stages read and write local directories and :func:`local_input` / :func:`publish` move data
-to and from object stores with fsspec.
+Local masters (``local[*]``, ``local-cluster[...]``) bind only to 127.0.0.1, get an explicit
+driver memory (in local mode the driver does all the work, and Spark's default heap is 1 GB)
+and run Python workers with this interpreter. Data never passes through the driver's disk:
+:mod:`gdmix.prep.storage` has the executors read and write every dataset.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
-from pathlib import Path
-
-from fsspec.implementations.local import LocalFileSystem
+import re
+import sys
 
 from gdmix.config import SparkConfig
-from gdmix.io import fs
+from gdmix.errors import DataError, GdmixError
+
+STORE_ENV_PREFIXES = ("AWS_", "FSSPEC_")
 
 
 def spark_session(config: SparkConfig, app: str = "gdmix"):
@@ -24,6 +25,9 @@ def spark_session(config: SparkConfig, app: str = "gdmix"):
     local = config.master is not None and config.master.startswith("local")
     if local:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        # Python workers run this interpreter (the default "python3" may be another one,
+        # and local-cluster executors start in their own working directory)
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app)
     if config.master is not None:
         builder = builder.master(config.master)
@@ -38,6 +42,8 @@ def spark_session(config: SparkConfig, app: str = "gdmix"):
     )
     if local:
         builder = builder.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
+        for key, value in _store_environment().items():
+            builder = builder.config(f"spark.executorEnv.{key}", value)
     for key, value in config.conf.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
@@ -45,31 +51,31 @@ def spark_session(config: SparkConfig, app: str = "gdmix"):
     return session
 
 
-def is_local(uri: str) -> bool:
-    return isinstance(fs.url_to_fs(uri)[0], LocalFileSystem)
+def _store_environment() -> dict[str, str]:
+    """The driver's object-store settings (``AWS_*``, ``FSSPEC_*``), for local executors.
+
+    Executors read and write object stores themselves. On a cluster they get credentials
+    from their own pod; locally they are this machine's processes, but their environment is
+    the JVM's, fixed when the first session of this process started (an earlier session's
+    JVM is reused), so the current values are passed explicitly. ``prep.spark.conf`` may
+    still override them.
+    """
+    return {key: value for key, value in os.environ.items() if key.startswith(STORE_ENV_PREFIXES)}
 
 
-def local_input(uri: str, scratch: Path) -> str:
-    """A local path with the contents of ``uri``: the path itself when local, else a download
-    into ``scratch`` (which must outlive the Spark job reading it)."""
-    if is_local(uri):
-        return fs.url_to_fs(uri)[1]
-    source_fs, path = fs.url_to_fs(uri)
-    scratch.mkdir(parents=True, exist_ok=True)
-    source_fs.get(path, str(scratch / "data"), recursive=True)
-    return str(scratch / "data")
+@contextlib.contextmanager
+def executor_errors():
+    """Re-raise a DataError raised on an executor (a bad file or value) as that DataError.
 
-
-def publish(local_dir: str, uri: str) -> None:
-    """Replace ``uri`` by the local directory ``local_dir`` (moved, or uploaded then removed)."""
-    if is_local(uri):
-        fs.commit_directory(local_dir, uri)
-        return
-    target_fs, path = fs.url_to_fs(uri)
-    parent, name = path.rstrip("/").rsplit("/", 1)
-    staging = f"{parent}/.{name}.upload"
-    if target_fs.exists(staging):
-        target_fs.rm(staging, recursive=True)
-    target_fs.put(local_dir, staging, recursive=True)
-    fs.commit_directory(fs.unstrip(target_fs, staging), uri)
-    shutil.rmtree(local_dir, ignore_errors=True)
+    It reaches the driver as a Spark exception carrying the worker's traceback; the CLI must
+    print the message naming file, column and row, not a JVM stack trace.
+    """
+    try:
+        yield
+    except GdmixError:
+        raise
+    except Exception as exc:
+        match = re.search(r"gdmix\.errors\.DataError: (.+)", str(exc))
+        if match is None:
+            raise
+        raise DataError(match.group(1).strip()) from None
