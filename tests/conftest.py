@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
+
+# the repository root: tests use the cluster-rehearsal harness (rehearsal/), which is not installed
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # py4j logs at INFO from __del__ at interpreter exit, after pytest closed the streams
 logging.getLogger("py4j").setLevel(logging.WARNING)

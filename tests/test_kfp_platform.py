@@ -11,7 +11,6 @@ that produced them, then hand the resulting TaskConfig to the launchers and chec
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,12 +22,12 @@ from gdmix.kube.task_config import spark_pod_overrides
 from gdmix.stages.backends import Launch, run_spark_prep, run_workers
 from gdmix.stages.locations import require_credentials
 
+from rehearsal import kfp_driver as driver
+
 from conftest import synthetic_config
 from test_kube_jobs import FakeCoreV1, FakeCustomObjects, condition
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from rehearsal import kfp_driver as driver  # noqa: E402
 
 COMPILED = sorted((ROOT / "pipelines" / "compiled").glob("*.yaml"))
 SECRET = "gdmix-object-store"

@@ -9,7 +9,7 @@
 - The custom resources of :mod:`gdmix.kube.manifests` (TFJob, MPIJob, SparkApplication, rendered
   with every setting a launcher passes on) against the operators' own CRDs, vendored byte for byte
   in ``tests/upstream/crds`` from the tags ``kind-up.sh`` installs (``tests/upstream/README.md``),
-  strictly (``tests/crd_schema.py``): an unknown field, which a real API server would silently
+  strictly (``rehearsal/crd_schema.py``): an unknown field, which a real API server would silently
   prune, is an error here, at every level (top level, runPolicy, replica spec, pod spec,
   container), as are a wrong type, a null, an int32 overflow or a duplicate list-map key. Pod
   templates also pass the strict core ``PodTemplate`` schema of the cluster's Kubernetes, and
@@ -30,7 +30,6 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-import crd_schema
 import kubernetes_validate
 import pytest
 import yaml
@@ -38,6 +37,7 @@ import yaml
 from gdmix.images import ROLES
 from gdmix.kube import manifests as m
 from gdmix.kube.task_config import spark_pod_overrides, with_task_config
+from rehearsal import crd_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"

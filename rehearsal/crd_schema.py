@@ -376,3 +376,17 @@ def _describe(error: Exception) -> str:
 
 def _show(path) -> str:
     return ".".join(map(str, path)) or "(root)"
+
+
+def strict_pod_template_check(k8s_version: str) -> OpaqueCheck:
+    """A ``check_opaque`` for CRDs whose preserve-unknown-fields subtrees are pod templates
+    (SparkApplication ``driver.template`` / ``executor.template``): the strict core
+    PodTemplateSpec schema of ``k8s_version``; any other opaque subtree is an error."""
+
+    def check(path: tuple[str, ...], value: Any) -> None:
+        if path[-1] != "template":
+            raise InvalidManifest([f"{_show(path)}: nothing knows how to check this preserve-unknown-fields subtree"])
+        wrapper = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "check"}, "template": value}
+        kubernetes_validate.validate(wrapper, k8s_version, strict=True)
+
+    return check
