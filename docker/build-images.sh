@@ -61,12 +61,11 @@ now() { date +%s; }
 declare -A TOOK=()
 
 # --- checks ----------------------------------------------------------------------------------
-command -v docker >/dev/null 2>&1 || die "no docker CLI (run docker/start-dockerd.sh)"
-docker version --format '{{.Server.Version}}' >/dev/null 2>&1 \
-    || die "no Docker daemon answers${DOCKER_HOST:+ on $DOCKER_HOST}; start one with: eval \"\$(docker/start-dockerd.sh)\""
-for role in $IMAGES; do
-    [[ " spark trainer detext launcher " == *" $role "* ]] || die "unknown image '$role' (spark trainer detext launcher)"
-done
+# shellcheck source=docker/lib.sh
+. "$REPO/docker/lib.sh"
+require_daemon
+# shellcheck disable=SC2086  # a list of words
+check_roles $IMAGES
 
 tag_of() { PYTHONPATH="$REPO" "$PYTHON" -c 'import sys; from gdmix.images import image; print(image(sys.argv[1]))' "$1"; }
 

@@ -33,12 +33,11 @@ registry="${GDMIX_IMAGE_REGISTRY:-}"
 registry="${registry%/}"
 [[ -n $registry ]] || die "no registry: make push REGISTRY=<registry>[/<namespace>] [TAG=<tag>] (GDMIX_IMAGE_REGISTRY)"
 [[ $registry != localhost ]] || die "localhost is the local build's name, not a registry: give REGISTRY=<registry>"
-command -v docker >/dev/null 2>&1 || die "no docker CLI"
-docker version --format '{{.Server.Version}}' >/dev/null 2>&1 \
-    || die "no Docker daemon answers${DOCKER_HOST:+ on $DOCKER_HOST}"
-for role in $IMAGES; do
-    [[ " spark trainer detext launcher " == *" $role "* ]] || die "unknown image '$role' (spark trainer detext launcher)"
-done
+# shellcheck source=docker/lib.sh
+. "$REPO/docker/lib.sh"
+require_daemon
+# shellcheck disable=SC2086  # a list of words
+check_roles $IMAGES
 
 # gdmix.images.image(role) is the one place that names images: the target with this environment,
 # the source with the source registry/tag (unset: its defaults).

@@ -14,7 +14,8 @@ Served (JSON, as kubernetes-client 30.1.0 sends and parses it):
 - What Spark's driver calls (fabric8 kubernetes-client 7.x): pods create (through the
   kubelet's admission webhooks), delete, deletecollection (label / field selectors), patch
   (labels, annotations), watch (websocket, RFC 6455, or chunked HTTP: ADDED / MODIFIED /
-  DELETED events); configmaps and services create / get / list / delete / deletecollection.
+  DELETED events); configmaps, services and persistentvolumeclaims create / get / list / delete /
+  deletecollection.
   Other core resources: authorized (403 per the Role), then 404.
 - ``GET /version``.
 
@@ -36,7 +37,6 @@ import secrets
 import ssl
 import struct
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -247,6 +247,11 @@ def selector_matches(selector: str, labels: Mapping[str, str]) -> bool:
 
 
 # --- the store -------------------------------------------------------------------------------
+
+
+#: core/v1 resources stored as given (Spark's driver creates, lists and deletes them by label;
+#: a Spark 4 driver lists its PersistentVolumeClaims at start-up even when it has none)
+KEPT_AS_GIVEN = {"configmaps": "ConfigMap", "services": "Service", "persistentvolumeclaims": "PersistentVolumeClaim"}
 
 
 class ApiError(Exception):
@@ -595,13 +600,14 @@ class ApiServer:
                                                     "uid": obj["metadata"]["uid"]}})
             raise ApiError(405, "MethodNotAllowed", f"{method} is not supported here by the rehearsal API server")
         m = re.fullmatch(r"/api/v1/namespaces/([^/]+)/([^/]+)(?:/([^/]+))?(?:/([^/]+))?", path)
-        if m and m.group(2) not in ("pods", "secrets", "configmaps", "services"):
+        if m and m.group(2) not in ("pods", "secrets", *KEPT_AS_GIVEN):
             # authorization first (403 for whom the Role does not allow it), then not served
             ns, resource, name, sub = m.groups()
             self._authorize(ident, self._verb(method, name, query), "", f"{resource}/{sub}" if sub else resource,
                             ns, name)
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
-        m = re.fullmatch(r"/api/v1/namespaces/([^/]+)/(pods|secrets|configmaps|services)(?:/([^/]+))?(?:/(log))?", path)
+        m = re.fullmatch(r"/api/v1/namespaces/([^/]+)/(pods|secrets|configmaps|services|persistentvolumeclaims)"
+                         r"(?:/([^/]+))?(?:/(log))?", path)
         if m:
             ns, resource, name, sub = m.groups()
             verb = self._verb(method, name, query)
@@ -624,8 +630,8 @@ class ApiServer:
                 if secret is None:
                     raise ApiError(404, "NotFound", f'secrets "{name}" not found', {"name": name, "kind": "secrets"})
                 return self._json(200, secret)
-            if resource in ("configmaps", "services"):
-                kind = {"configmaps": "ConfigMap", "services": "Service"}[resource]
+            if resource in KEPT_AS_GIVEN:
+                kind = KEPT_AS_GIVEN[resource]
                 if method == "POST" and name is None:
                     return self._json(201, self.store.core_create(resource, kind, ns, _load(body)))
                 if method == "GET" and name is None:

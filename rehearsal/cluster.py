@@ -27,14 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from rehearsal.apiserver import SA_MOUNT, ApiServer, Identity, Store, load_crds, load_rbac, write_service_account
-from rehearsal.dockerenv import DEFAULT_NETWORK, LABEL, docker_client, ensure_network, run_container
+from rehearsal.dockerenv import DEFAULT_NETWORK, LABEL, Service, docker_client, ensure_network, run_container
 from rehearsal.operators import CONTROLLERS, Kubelet, spark_pod_webhook
 
 #: the account KFP standalone runs step pods (hence launchers) as
 LAUNCHER_ACCOUNT = ("kubeflow", "pipeline-runner")
 
 
-class FakeCluster:
+class FakeCluster(Service):
     def __init__(self, secrets: Mapping[tuple[str, str], Mapping[str, str]] | None = None,
                  namespaces: Iterable[str] = ("gdmix", "kubeflow"), *, network: str = DEFAULT_NETWORK,
                  rbac_overlay: Path | None = None, tick: float = 0.5, log=None, docker: Any = None) -> None:
@@ -96,16 +96,6 @@ class FakeCluster:
             self.apiserver.stop()
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> "FakeCluster":
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
     def _loop(self) -> None:
         while not self._stop.is_set():

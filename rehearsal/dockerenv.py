@@ -100,3 +100,37 @@ def run_container(client: Any, image: str, *, name: str, network: str, aliases: 
     container = client.containers.get(created["Id"])
     container.start()
     return container
+
+
+def tar_bytes(members: dict[str, bytes]) -> bytes:
+    """An uncompressed tar archive of ``{name: content}`` (a build context, a fake image layer)."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+class Service:
+    """``start()`` / ``stop()`` as a context manager; a start that fails half-way is stopped."""
+
+    def start(self):
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import os
-import tarfile
 import time
 import uuid
 from pathlib import Path
@@ -27,9 +26,11 @@ from rehearsal.dockerenv import (
     LABEL,
     RehearsalUnavailable,
     container_ip,
+    Service,
     docker_client,
     ensure_network,
     run_container,
+    tar_bytes,
 )
 
 IMAGE = "localhost/gdmix-rehearsal-s3:5.2.5"
@@ -89,13 +90,7 @@ def ensure_image(client: Any = None, base_image: str | None = None, log=print) -
         "ca-bundle.crt": _ca_bundle(),
         "s3server.py": (Path(__file__).parent / "s3server.py").read_bytes(),
     }
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    buf.seek(0)
+    buf = io.BytesIO(tar_bytes(files))
     log(f"objectstore: building {IMAGE} from {base_image} (pip install moto[server]=={MOTO_VERSION})")
     try:
         client.images.build(fileobj=buf, custom_context=True, tag=IMAGE, network_mode="host", rm=True,
@@ -106,7 +101,7 @@ def ensure_image(client: Any = None, base_image: str | None = None, log=print) -
     return IMAGE
 
 
-class S3Container:
+class S3Container(Service):
     """A moto S3 server container on the rehearsal network, reachable only with these keys."""
 
     def __init__(self, access_key: str, secret_key: str, *, network: str = DEFAULT_NETWORK,
@@ -148,16 +143,6 @@ class S3Container:
             except Exception:  # noqa: BLE001 - already gone
                 pass
             self.container = None
-
-    def __enter__(self) -> "S3Container":
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
     # --- addresses and clients ---
     @property

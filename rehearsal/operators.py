@@ -1059,8 +1059,8 @@ class SparkApplicationController:
         return props
 
     def reconcile(self, app: dict) -> None:
-        meta, spec = app["metadata"], app["spec"]
-        name, ns, uid = meta["name"], meta["namespace"], meta["uid"]
+        meta = app["metadata"]
+        name, uid = meta["name"], meta["uid"]
         status = copy.deepcopy(app.get("status") or {})
         state = (status.get("applicationState") or {}).get("state", "")
         if state in ("COMPLETED", "FAILED", "SUBMISSION_FAILED"):

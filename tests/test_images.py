@@ -16,14 +16,12 @@ Without them they are skipped, unless ``GDMIX_CONTAINER_TESTS=1`` (CI sets it): 
 
 
 import hashlib
-import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tarfile
 import textwrap
 import threading
 import uuid
@@ -33,6 +31,7 @@ from pathlib import Path
 import pytest
 
 from gdmix.images import ROLES, image
+from rehearsal.dockerenv import tar_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER_DIR = REPO / "docker"
@@ -195,22 +194,12 @@ def test_image_names_follow_registry_and_tag(monkeypatch):
 # --- offline: the layer checker, on a fake `docker save` -------------------------------------------
 
 
-def _tar(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 def _fake_docker(tmp_path: Path, layers: list[dict[str, bytes]], history: list[str]) -> dict[str, str]:
     save = {"manifest.json": b"[]", "abc.json": b"{}"}
     for i, layer in enumerate(layers):
-        save[f"l{i}/layer.tar"] = _tar(layer)
+        save[f"l{i}/layer.tar"] = tar_bytes(layer)
         save[f"l{i}/json"] = b"{}"
-    (tmp_path / "save.tar").write_bytes(_tar(save))
+    (tmp_path / "save.tar").write_bytes(tar_bytes(save))
     (tmp_path / "history.txt").write_text("".join(json.dumps(h) + "\n" for h in history))
     fake = tmp_path / "docker"
     fake.write_text(textwrap.dedent(f"""\
@@ -603,7 +592,7 @@ def test_push_images_tags_and_pushes_every_role(daemon, tmp_path):
     src_tag = f"pushtest-{uuid.uuid4().hex[:8]}"
     registry = f"127.0.0.1:{port}/gdmix-test"
     rootfs = tmp_path / "rootfs.tar"
-    rootfs.write_bytes(_tar({"hello.txt": src_tag.encode()}))
+    rootfs.write_bytes(tar_bytes({"hello.txt": src_tag.encode()}))
     sources = [f"localhost/gdmix-{role}:{src_tag}" for role in ROLES]
     targets = [f"{registry}/gdmix-{role}:v9" for role in ROLES]
     _docker("import", str(rootfs), sources[0])

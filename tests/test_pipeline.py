@@ -222,3 +222,24 @@ def test_a_cluster_pipeline_runs_its_launchers_in_the_launcher_image(synthetic_d
     assert by_name["exec-random-effect"].endswith("/gdmix-trainer:0.1.0")  # partition trainers do the work
     text = (tmp_path / "pipeline.yaml").read_text()
     assert "gdmix-spark:0.1.0" in text and "gdmix-trainer:0.1.0" in text  # the workloads' images
+
+
+def test_compile_for_a_registry_and_the_cluster_backend(synthetic_dir, tmp_path, monkeypatch):
+    """gdmix pipeline compile --backend kubernetes --registry --tag --name: every step and every
+    workload image comes from that registry and tag, and the package is named as asked."""
+    from gdmix import cli
+
+    for variable in ("GDMIX_IMAGE_REGISTRY", "GDMIX_IMAGE_TAG"):  # restored after the test
+        monkeypatch.setenv(variable, "")
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(_pipeline_config(synthetic_dir, "s3://bucket/model")))
+    out = tmp_path / "pipeline.yaml"
+    assert cli.main(["pipeline", "compile", str(config), "-o", str(out), "--backend", "kubernetes",
+                     "--registry", "registry.example.com/ml", "--tag", "1.2.3", "--name", "team-ranking"]) == 0
+    compiled = structure(out)
+    images = {e["container"]["image"] for e in compiled["pipeline"]["deploymentSpec"]["executors"].values()}
+    assert images == {"registry.example.com/ml/gdmix-launcher:1.2.3", "registry.example.com/ml/gdmix-trainer:1.2.3"}
+    text = out.read_text()
+    assert "registry.example.com/ml/gdmix-spark:1.2.3" in text  # the SparkApplication's image
+    assert "localhost/" not in text
+    assert compiled["pipeline"]["pipelineInfo"]["name"] == "team-ranking"
