@@ -345,7 +345,8 @@ class Kubelet(PodSource):
             if str(effective) in ("0", "root"):
                 raise _ConfigError("container has runAsNonRoot and image will run as root")
         host_config: dict[str, Any] = {"dns_search": [f"{pod.namespace}.svc.{CLUSTER_DOMAIN}", f"svc.{CLUSTER_DOMAIN}",
-                                                      CLUSTER_DOMAIN],
+                                                      CLUSTER_DOMAIN,
+                                                      *((spec.get("dnsConfig") or {}).get("searches") or [])],
                                        "extra_hosts": dict(self.extra_hosts), "binds": {}}
         if (pod.spec.get("securityContext") or {}).get("fsGroup") is not None:
             host_config["group_add"] = [str(spec["securityContext"]["fsGroup"])]
@@ -462,6 +463,12 @@ class Kubelet(PodSource):
                 host.mkdir(parents=True, exist_ok=True)
                 chosen = ([(i["key"], i["path"], i.get("mode")) for i in items] if items
                           else [(k, k, None) for k in files])
+                # as the kubelet leaves them: files owned by root with the item's / default mode; the
+                # volume's root is an emptyDir: a tmpfs for a secret (mode 1777, drwxrwxrwt), a
+                # directory on disk for a configMap (0777); with fsGroup, SetVolumeOwnership gives
+                # every file and directory that group, read for it (a read-only volume: | 0440) and
+                # directories setgid. (The ..data symlinks of AtomicWriter are not reproduced.)
+                fs_group = (pod.spec.get("securityContext") or {}).get("fsGroup")
                 for k, path, mode in chosen:
                     if k not in files:
                         raise _ConfigError(f"key {k} not in {key}")
@@ -469,8 +476,17 @@ class Kubelet(PodSource):
                     target = host / path
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(data)
-                    target.chmod(mode if mode is not None else src.get("defaultMode", default_mode))
-                host.chmod(0o755)
+                    file_mode = mode if mode is not None else src.get("defaultMode", default_mode)
+                    if fs_group is not None:
+                        _chgrp(target, fs_group)
+                        file_mode |= 0o440
+                    target.chmod(file_mode)
+                for sub in [host, *(d for d in host.rglob("*") if d.is_dir())]:
+                    dir_mode = (0o1777 if "secret" in vol else 0o777) if sub == host else 0o755
+                    if fs_group is not None:
+                        _chgrp(sub, fs_group)
+                        dir_mode |= 0o2000 | 0o550
+                    sub.chmod(dir_mode)
             else:
                 raise _ConfigError(f"volume {mount['name']}: only emptyDir, secret and configMap are supported")
             binds[str(host)] = {"bind": mount["mountPath"], "mode": "ro" if mount.get("readOnly") or
@@ -492,6 +508,14 @@ class Kubelet(PodSource):
 
 class _ConfigError(Exception):
     pass
+
+
+def _chgrp(path: Path, group: int | str) -> None:
+    """Group ownership for fsGroup (the host runs as root; otherwise the group stays the caller's)."""
+    try:
+        os.chown(path, -1, int(group))
+    except PermissionError:
+        pass
 
 
 def _merge_patch(obj: Any, patch: Any) -> Any:
@@ -804,6 +828,8 @@ class MPIJobController:
         spec = template["spec"]
         pod_name = f"{name}-worker-{index}"
         spec["hostname"], spec["subdomain"] = pod_name, name
+        # newWorker: the job's Service domain is appended to the pod's DNS search path
+        spec.setdefault("dnsConfig", {}).setdefault("searches", []).append(f"{name}.{ns}.svc.{CLUSTER_DOMAIN}")
         spec["restartPolicy"] = job["spec"]["mpiReplicaSpecs"]["Worker"].get("restartPolicy", "Never")
         c = spec["containers"][0]
         if not c.get("command") and not c.get("args"):

@@ -221,7 +221,8 @@ MPI_LAUNCHER = textwrap.dedent("""
 
 def test_mpijob_workers_then_launcher_with_hostfile_ssh_keys_and_dns(cluster, images):
     """A small MPIJob check: the trainer image has no sshd/OpenMPI, so the workers sleep and the
-    launcher only checks what mpi-operator gives it (detext image: full horovodrun over ssh)."""
+    launcher only checks what mpi-operator gives it (horovodrun over ssh in the detext image:
+    test_mpijob_horovodrun_allreduce_over_ssh_on_two_workers)."""
     from gdmix.kube.manifests import DEFAULT_SSH_AUTH_MOUNT_PATH, PodSettings, mpijob
 
     name = "rehearse-mpi-" + uuid.uuid4().hex[:5]
@@ -381,3 +382,47 @@ def test_the_spark_driver_needs_no_permission_the_shipped_role_lacks(cluster):
         pytest.skip("no SparkApplication ran in this session")
     denied = sorted({(m, p.split("?")[0]) for (_, m, p, c) in SPARK_CALLS if c == 403})
     assert not denied, f"the shipped Role gdmix-spark does not allow: {denied}"
+
+
+# --- MPIJob with horovodrun: the shape run_workers(horovod=True) renders, in the detext image ----
+
+HOROVOD_ALLREDUCE = textwrap.dedent("""
+    import os, socket
+    import horovod.tensorflow as hvd
+    import tensorflow as tf
+    hvd.init()
+    total = hvd.allreduce(tf.constant(hvd.rank(), dtype=tf.int32), op=hvd.Sum)
+    print("HVD-RESULT rank", hvd.rank(), "of", hvd.size(), "sum", int(total.numpy()), "on", socket.gethostname(),
+          "uid", os.getuid(), flush=True)
+""")
+
+
+def test_mpijob_horovodrun_allreduce_over_ssh_on_two_workers(cluster, images):
+    """The MPIJob run_workers(horovod=True) renders (launcher ``horovodrun -np 2 --hostfile
+    /etc/mpi/hostfile``, workers ``SSHD``), with an allreduce instead of DeText: horovodrun's Gloo
+    launcher sshes (uid 1000, port 2222, the operator's key at sshAuthMountPath) into both workers."""
+    from gdmix.images import image
+    from gdmix.kube.manifests import PodSettings, mpijob
+    from gdmix.stages.backends import SSHD
+    from rehearsal.dockerenv import RehearsalUnavailable, docker_client, require_image
+
+    try:
+        require_image(docker_client(), image("detext"), 'build it with: IMAGES="detext" make images')
+    except RehearsalUnavailable as exc:
+        _unavailable(str(exc))
+    detext = image("detext")
+    name = "rehearse-hvd-" + uuid.uuid4().hex[:5]
+    launcher = PodSettings(image=detext, command=["horovodrun", "-np", "2", "--hostfile", "/etc/mpi/hostfile",
+                                                  "python", "-c", HOROVOD_ALLREDUCE])
+    manifest = mpijob(name, NS, launcher, PodSettings(image=detext, command=list(SSHD)), 2)
+    status, log = _launch(cluster, images["launcher"], manifest, timeout_seconds=300)
+    print(log)  # shown by pytest -rP, or when the test fails
+    assert status == 0, log
+    assert f"created MPIJob {NS}/{name}" in log and f"MPIJob {NS}/{name} succeeded" in log, log
+    results = sorted(line.split("HVD-RESULT ", 1)[1] for line in log.splitlines() if "HVD-RESULT " in line)
+    # rank i on worker i (the hostfile's order, one slot each), as uid 1000, both with 0 + 1
+    assert results == [f"rank {i} of 2 sum 1 on {name}-worker-{i} uid 1000" for i in range(2)], log
+    assert f"deleted MPIJob {NS}/{name}" in log, log
+    assert cluster.wait_for(lambda: _no_containers_of(cluster, name), timeout=30), \
+        [c.name for c in cluster.containers()]
+    assert not [o for o in cluster.objects() if o["metadata"]["name"] == name]
