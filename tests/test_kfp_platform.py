@@ -196,3 +196,15 @@ def test_job_pods_opt_out_of_istio_sidecars():
     for labels in [t["metadata"]["labels"] for t in templates] + [spark["spec"]["driver"]["labels"],
                                                                    spark["spec"]["executor"]["labels"]]:
         assert labels["sidecar.istio.io/inject"] == "false"
+
+
+def test_mpijob_workers_are_ready_only_when_sshd_listens():
+    """WaitForWorkersReady and the workers' DNS names wait for Ready: it must mean sshd is up."""
+    from gdmix.kube import manifests as m
+
+    pod = m.PodSettings(image="i:1", command=["python"])
+    job = m.mpijob("k", "ns", pod, pod, 2)
+    replicas = job["spec"]["mpiReplicaSpecs"]
+    probe = replicas["Worker"]["template"]["spec"]["containers"][0]["readinessProbe"]
+    assert probe["tcpSocket"] == {"port": m.SSHD_PORT}
+    assert "readinessProbe" not in replicas["Launcher"]["template"]["spec"]["containers"][0]

@@ -51,6 +51,10 @@ DEFAULT_SSH_AUTH_MOUNT_PATH = "/home/gdmix/.ssh"
 #: completes), intercepts MPI's ssh and the TF collective ports, and is no use to batch pods.
 NO_SIDECAR = {"sidecar.istio.io/inject": "false"}
 
+#: Port the detext image's sshd listens on as uid 1000 (docker/Dockerfile; its ssh client config
+#: uses the same port, so horovodrun / mpirun need no option for it).
+SSHD_PORT = 2222
+
 #: Seconds a finished job object is kept by its operator when nobody deleted it (the launcher
 #: deletes it at once; this only cleans up after a launcher pod that was killed).
 DEFAULT_TTL_SECONDS = 3600
@@ -309,6 +313,7 @@ def mpijob(
     *,
     labels: Mapping[str, str] | None = None,
     ssh_auth_mount_path: str = DEFAULT_SSH_AUTH_MOUNT_PATH,
+    ssh_port: int | None = SSHD_PORT,
     backoff_limit: int = 0,
     active_deadline_seconds: int | None = None,
     ttl_seconds_after_finished: int | None = DEFAULT_TTL_SECONDS,
@@ -349,11 +354,25 @@ def mpijob(
                 "Worker": {
                     "replicas": workers,
                     "restartPolicy": "Never",
-                    "template": pod_template(worker, "worker", labels=labels),
+                    "template": _ready_when_listening(pod_template(worker, "worker", labels=labels), ssh_port),
                 },
             },
         },
     }
+
+
+def _ready_when_listening(template: dict[str, Any], port: int | None) -> dict[str, Any]:
+    """A worker pod is Ready only once its sshd accepts connections.
+
+    mpi-operator starts the launcher when every worker is Ready (``WaitForWorkersReady``) and
+    its headless Service publishes a worker's DNS name only then; without a probe a pod is Ready
+    as soon as its container starts, and horovodrun's few ssh attempts can meet a name or a port
+    that is not there yet.
+    """
+    if port is not None:
+        template["spec"]["containers"][0]["readinessProbe"] = {
+            "tcpSocket": {"port": port}, "periodSeconds": 2, "failureThreshold": 30}
+    return template
 
 
 # --- SparkApplication --------------------------------------------------------------------------
