@@ -159,12 +159,15 @@ def test_jobs_go_to_the_launcher_pods_own_namespace(tmp_path, monkeypatch):
 
 
 def test_blank_credentials_fail_the_step_naming_the_secret():
-    environ = {"GDMIX_OBJECT_STORE_SECRET": SECRET, "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "key"}
+    environ = {"GDMIX_OBJECT_STORE_SECRET": SECRET, "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "key",
+               "KUBERNETES_SERVICE_HOST": "10.96.0.1"}
     with pytest.raises(GdmixError, match=f"AWS_ACCESS_KEY_ID.*Secret '{SECRET}'"):
         require_credentials("s3://bucket/x", environ)
     assert require_credentials("/local/path", environ) == "/local/path"
     assert require_credentials("s3://bucket/x", environ | {"AWS_ACCESS_KEY_ID": "id"}) == "s3://bucket/x"
     assert require_credentials("s3://bucket/x", {}) == "s3://bucket/x"  # not a pipeline step: other credential sources
+    local = {k: v for k, v in environ.items() if k != "KUBERNETES_SERVICE_HOST"}
+    assert require_credentials("s3://bucket/x", local) == "s3://bucket/x"  # kfp.local: no Secret involved
 
 
 def test_compiled_pipelines_have_distinct_names_and_cluster_variants():

@@ -63,10 +63,12 @@ def require_credentials(uri: str, environ=os.environ) -> str:
     In a pipeline compiled with an object-store Secret every step gets the Secret's keys as
     environment variables. An empty or absent key (a Secret created with blank values, or a
     step that did not get it) would otherwise surface much later as an anonymous request
-    refused by the store; this names the Secret to fix instead.
+    refused by the store; this names the Secret to fix instead. Only in a pod (the kubelet sets
+    ``KUBERNETES_SERVICE_HOST``): under kfp.local the Secret plays no part, and a profile or
+    instance credentials may serve instead.
     """
     secret = environ.get(SECRET_NAME_ENV)
-    if not secret or not uri.startswith("s3://"):
+    if not secret or not uri.startswith("s3://") or not environ.get("KUBERNETES_SERVICE_HOST"):
         return uri
     missing = [key for key in CREDENTIAL_KEYS if not environ.get(key)]
     if missing:
