@@ -29,7 +29,7 @@ KIND_NODE_IMAGE="${KIND_NODE_IMAGE:-kindest/node:v1.33.1}"          # Kubernetes
 KFP_VERSION="${KFP_VERSION:-2.17.0}"                                # backend release (tag) of the kfp 2.17 SDK
 TRAINING_OPERATOR_VERSION="${TRAINING_OPERATOR_VERSION:-v1.9.0}"    # TFJob kubeflow.org/v1
 MPI_OPERATOR_VERSION="${MPI_OPERATOR_VERSION:-v0.7.0}"              # MPIJob kubeflow.org/v2beta1
-SPARK_OPERATOR_CHART_VERSION="${SPARK_OPERATOR_CHART_VERSION:-2.4.0}"  # SparkApplication v1beta2 (= kubeflow-spark-api 2.4.0)
+SPARK_OPERATOR_CHART_VERSION="${SPARK_OPERATOR_CHART_VERSION:-2.4.0}"  # SparkApplication v1beta2 (CRD vendored in tests/upstream/crds)
 SPARK_OPERATOR_CHART_REPO="${SPARK_OPERATOR_CHART_REPO:-https://kubeflow.github.io/spark-operator}"
 
 CLUSTER_NAME="${GDMIX_KIND_CLUSTER:-gdmix}"
