@@ -190,15 +190,9 @@ def resolve_env(env: list[dict], secrets: dict[str, dict[str, str]], fields: dic
             out[entry["name"]] = str(entry.get("value", ""))
             continue
         if "secretKeyRef" in source:
-            ref = source["secretKeyRef"]
-            data = secrets.get(ref["name"])
-            if data is None or ref["key"] not in data:
-                if ref.get("optional"):
-                    continue
-                what = f'secret "{ref["name"]}" not found' if data is None else \
-                    f'couldn\'t find key {ref["key"]} in Secret {ref["name"]}'
-                raise CreateContainerConfigError(f"Error: {what}")
-            out[entry["name"]] = data[ref["key"]]
+            value = secret_ref_value(source["secretKeyRef"], secrets.get)
+            if value is not None:
+                out[entry["name"]] = value
         elif "fieldRef" in source:
             path = source["fieldRef"]["fieldPath"]
             if fields is None or path not in fields:
@@ -207,6 +201,21 @@ def resolve_env(env: list[dict], secrets: dict[str, dict[str, str]], fields: dic
         else:
             raise NotImplementedError(f"env source {sorted(source)} is not ported")
     return out
+
+
+def secret_ref_value(ref: dict, secret_data) -> str | None:
+    """A ``secretKeyRef``'s value as the kubelet resolves it; ``secret_data(name)`` gives a Secret's
+    data (str or bytes values) or None. A missing Secret or key raises
+    :class:`CreateContainerConfigError` unless the reference is optional (then None: no variable)."""
+    data = secret_data(ref["name"])
+    if data is None or ref["key"] not in data:
+        if ref.get("optional"):
+            return None
+        what = f'secret "{ref["name"]}" not found' if data is None else \
+            f'couldn\'t find key {ref["key"]} in Secret {ref["name"]}'
+        raise CreateContainerConfigError(f"Error: {what}")
+    value = data[ref["key"]]
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def with_task_config(executor_input: dict, component: dict, task_config: dict | None) -> dict:

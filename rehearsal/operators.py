@@ -41,6 +41,7 @@ from typing import Any
 
 from rehearsal.apiserver import SA_MOUNT, ApiError, PodSource, Store, now
 from rehearsal.dockerenv import LABEL, container_ip, run_container
+from rehearsal.kfp_driver import CreateContainerConfigError, secret_ref_value
 
 CLUSTER_DOMAIN = "cluster.local"
 
@@ -401,14 +402,11 @@ class Kubelet(PodSource):
             return str(item["value"])
         source = item.get("valueFrom") or {}
         if "secretKeyRef" in source:
-            ref = source["secretKeyRef"]
-            data = self.store.secret_data(pod.namespace, ref["name"])
-            if data is None or ref["key"] not in data:
-                if ref.get("optional"):
-                    return ""
-                raise _ConfigError(f'secret "{ref["name"]}" not found' if data is None
-                                   else f'couldn\'t find key {ref["key"]} in Secret {pod.namespace}/{ref["name"]}')
-            return data[ref["key"]].decode()
+            try:
+                value = secret_ref_value(source["secretKeyRef"], lambda name: self.store.secret_data(pod.namespace, name))
+            except CreateContainerConfigError as exc:
+                raise _ConfigError(f"{exc} (namespace {pod.namespace})") from None
+            return "" if value is None else value
         if "fieldRef" in source:
             path = source["fieldRef"]["fieldPath"]
             values = {"metadata.name": pod.name, "metadata.namespace": pod.namespace, "metadata.uid": pod.uid,
