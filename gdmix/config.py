@@ -31,6 +31,10 @@ class DataConfig(StrictModel):
 
     train: str
     validation: str | None = None
+    test: str | None = Field(
+        None, description="Optional held-out test data: scored and reported after every coordinate like "
+                          "validation, never used to select anything (DeText's best step uses validation)."
+    )
     uid: str = "uid"
     label: str = "label"
     weight: str | None = Field(
@@ -210,8 +214,22 @@ class LabelSpec(StrictModel):
 
 
 class SplitConfig(StrictModel):
+    """A seeded split of ``prep.input`` by a hash of the uid: ``validation_fraction`` and
+    ``test_fraction`` are fractions of the whole input (validation takes the hash band
+    ``[0, validation_fraction)``, test the band after it, so a test split leaves the validation
+    rows of the same seed unchanged). A split whose ``*_input`` is given is not drawn: its rows stay
+    in train."""
+
     validation_fraction: float = Field(gt=0, lt=1)
+    test_fraction: float = Field(0.0, ge=0, lt=1)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "SplitConfig":
+        if self.validation_fraction + self.test_fraction >= 1:
+            raise ValueError(f"validation_fraction + test_fraction must be below 1 (got {self.validation_fraction} + "
+                             f"{self.test_fraction}): no training rows would be left")
+        return self
 
 
 class SparkConfig(StrictModel):
@@ -229,13 +247,15 @@ class SparkConfig(StrictModel):
 class PrepConfig(StrictModel):
     """Spark data preparation: raw rows -> contract datasets, index maps, entity partitions.
 
-    Output (under ``output``): ``train/`` and ``validation/`` in the data contract,
+    Output (under ``output``): ``train/``, ``validation/`` and, when asked (``test_input`` or
+    ``split.test_fraction``), ``test/`` in the data contract,
     ``index_maps/<bag>/``, and for every random effect ``partitions/<coordinate>/`` with its
     rows grouped into size-balanced partitions and a ``manifest.json``.
     """
 
     input: RawInputConfig
     validation_input: RawInputConfig | None = None
+    test_input: RawInputConfig | None = None
     output: str
     uid: str | None = Field("uid", description="uid column; null generates uids (not stable across inputs)")
     label: LabelSpec

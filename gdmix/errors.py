@@ -45,3 +45,9 @@ class DataError(GdmixError):
         """The same error with its row number moved by ``rows`` (a piece read from mid-file)."""
         row = None if self.row is None else self.row + rows
         return DataError(self.detail, path=self.path, column=self.column, row=row)
+
+
+class DatasetUnavailable(GdmixError):
+    """A public dataset could not be fetched because the network could not be reached (and
+    only then: a corrupt download or a bad local copy is a :class:`GdmixError` or
+    :class:`DataError`). ``gdmix demo`` falls back to synthetic data on this error alone."""

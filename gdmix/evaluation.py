@@ -256,7 +256,8 @@ class EvaluationReport:
     ``entity_summaries[name]``: :func:`gdmix.metrics.per_entity_auc_summary`;
     ``entity_aucs[name]``: the defined per-entity AUCs (for histograms).
     ``coordinate_metrics``: rows given by the caller (one per pass and coordinate).
-    ``notes``: why something is missing.
+    ``notes``: why something is missing. ``split``: which data the metrics come from
+    (``validation``, ``test``, ...), shown in the report; None when the caller did not say.
     """
 
     metrics: dict[str, float]
@@ -266,6 +267,7 @@ class EvaluationReport:
     entity_aucs: dict[str, np.ndarray] = field(default_factory=dict)
     coordinate_metrics: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    split: str | None = None
 
     def to_dict(self) -> dict:
         """JSON-serializable form (nan becomes None; AUC arrays become lists)."""
@@ -292,6 +294,7 @@ class EvaluationReport:
                 "entity_aucs": self.entity_aucs,
                 "coordinate_metrics": self.coordinate_metrics,
                 "notes": self.notes,
+                "split": self.split,
             }
         )
 
@@ -305,13 +308,16 @@ def evaluate(
     *,
     max_roc_points: int = 200,
     n_calibration_bins: int = 10,
+    split: str | None = None,
 ) -> EvaluationReport:
     """Evaluate a scored dataset: global metrics, ROC, calibration and per-entity AUC.
 
     ``entities`` maps an entity column name (e.g. ``"memberId"``) to its per-row ids; each gets
     a per-entity AUC summary and histogram. ``coordinate_metrics`` are rows such as
     ``{"pass": 1, "coordinate": "global", "split": "validation", "auc": 0.71, "logloss": 0.52}``
-    from training, shown as a table of how the metrics moved after every coordinate.
+    from training, shown as a table of how the metrics moved after every coordinate (rows of
+    every split, ``train``, ``validation`` and ``test``, each labelled). ``split`` names the data
+    being evaluated (e.g. ``"test"``): the report labels its metrics with it.
 
     Raises ValueError for empty input, NaN/infinite logits, labels other than 0/1, negative
     weights or all-zero weights, and entity columns of the wrong length. A single class is not
@@ -368,6 +374,7 @@ def evaluate(
         entity_aucs=entity_aucs,
         coordinate_metrics=rows,
         notes=notes,
+        split=split,
     )
 
 
@@ -697,11 +704,13 @@ def render_html(report: EvaluationReport, title: str = "GDMix evaluation") -> st
         "</head>",
         "<body>",
         f"<h1>{_e(title)}</h1>",
-        "<h2>Metrics</h2>",
+        f"<h2>Metrics ({_e(report.split)} data)</h2>" if report.split else "<h2>Metrics</h2>",
     ]
     order = ["auc", "aupr", "logloss", "rows", "weight", "positive_rate", "mean_predicted"]
     names = order + [k for k in m if k not in order]
     rows = [[(_e(_LABELS.get(k, k)), "text"), _cell(m[k])] for k in names if k in m]
+    if report.split:
+        rows.insert(0, [(_e(_LABELS["split"]), "text"), (_e(report.split), "text")])
     parts.append(_table(["Metric", "Value"], rows))
     for note in report.notes:
         parts.append(f'<p class="note">{_e(note)}</p>')

@@ -6,6 +6,9 @@ exactly GDMix's chaining (each RE sees the cumulative score of the ones before i
 revisit every coordinate with the others' latest scores, which GDMix never did. Every
 coordinate starts from its previous model (warm start), so later passes are cheap.
 
+An optional test split (``data.test``) is scored and reported after every coordinate exactly
+like validation, and nothing ever selects on it: DeText picks its best step on validation only.
+
 Nothing is written until training has finished: outputs go to a staging directory that
 replaces ``output`` in one step, and ``metrics.json`` is written after that commit, so its
 presence marks a complete output (also on object stores, where a move is not atomic).
@@ -28,10 +31,15 @@ from gdmix.dataset import Dataset, build_index_maps, to_dataset
 from gdmix.errors import ConfigError, DataError
 from gdmix.io import fs
 from gdmix.io.contract import ContractColumns, read_contract_table
-from gdmix.metrics import binary_metrics, per_entity_auc_summary
+from gdmix.metrics import binary_metrics, per_entity_auc_key, per_entity_auc_summary
 from gdmix.jobs.local import fit_on_local_workers
 from gdmix.models.coordinates import Coordinate, FixedEffectCoordinate, Model, make_coordinate
 from gdmix.report import Reporter, SilentReporter
+
+#: the splits a run reads, in order; only ``train`` is required. Index maps come from train.
+SPLITS = ("train", "validation", "test")
+#: the held-out splits every coordinate's result reports (None when the run has no such split)
+HELD_OUT = ("validation", "test")
 
 
 @dataclass
@@ -70,9 +78,11 @@ def train(config: GdmixConfig, reporter: Reporter | None = None, workers: int = 
 
 def coordinate_descent(config: GdmixConfig, splits: list[Split], index_maps: dict, reporter: Reporter | None = None,
                        workers: int = 1, started: float | None = None) -> RunResult:
-    """Coordinate descent over data already in memory (``splits[0]`` trains; a second split,
-    if any, is the validation data), then the outputs. :func:`train` reads the data and calls
-    this; benchmarks and embedding applications can call it with their own datasets."""
+    """Coordinate descent over data already in memory (``splits[0]`` trains; the splits named
+    ``validation`` and ``test``, if any, are held out: both are scored and reported after every
+    coordinate, and only ``validation`` is handed to models that select on it), then the outputs.
+    :func:`train` reads the data and calls this; benchmarks and embedding applications can call it
+    with their own datasets."""
     reporter = reporter or SilentReporter()
     started = time.perf_counter() if started is None else started
     coordinates = [make_coordinate(c) for c in config.coordinates]
@@ -113,7 +123,7 @@ def coordinate_descent(config: GdmixConfig, splits: list[Split], index_maps: dic
 
 
 def _load_splits(config: GdmixConfig, coordinates: list[Coordinate], reporter: Reporter):
-    """Validated train (and validation) data in memory, with index maps built from train."""
+    """Validated train (and validation, test) data in memory, with index maps built from train."""
     bags = sorted({c.feature_bag for c in coordinates if c.feature_bag})
     entities = sorted({c.entity for c in coordinates if c.entity})
     extra = tuple(dict.fromkeys(name for c in coordinates for name in c.columns))
@@ -122,7 +132,7 @@ def _load_splits(config: GdmixConfig, coordinates: list[Coordinate], reporter: R
         offset=config.data.offset, entities=tuple(entities), bags=tuple(bags), extra=extra,
     )
     tables = {}
-    for name in ("train", "validation"):
+    for name in SPLITS:
         uri = getattr(config.data, name)
         if uri:
             reporter.info(f"reading {name} data {uri}")
@@ -159,11 +169,14 @@ def _warm_start_models(config: GdmixConfig, coordinates: list[Coordinate], index
 def _train_coordinate(coordinate: Coordinate, pass_number: int, splits: list[Split],
                       models: dict[str, Model], reporter: Reporter, fit) -> dict:
     train_split = splits[0]
+    held_out = {split.name: split for split in splits[1:] if split.name in HELD_OUT}
     offsets = train_split.total(excluding=coordinate.name)
     label = f"pass {pass_number} {coordinate.name}"
     tic = time.perf_counter()
     with reporter.progress(f"{label}: training") as progress:
-        validation = (splits[1].data, splits[1].total(excluding=coordinate.name)) if len(splits) > 1 else None
+        # only validation may steer training (DeText's best step); the test split never does
+        chosen = held_out.get("validation")
+        validation = (chosen.data, chosen.total(excluding=coordinate.name)) if chosen is not None else None
         model, solver_report = fit(coordinate, train_split.data, offsets, models.get(coordinate.name), progress,
                                    validation)
     seconds = time.perf_counter() - tic
@@ -174,16 +187,17 @@ def _train_coordinate(coordinate: Coordinate, pass_number: int, splits: list[Spl
               "solver": solver_report}
     for split in splits:
         result[split.name] = binary_metrics(split.data.label, split.total(), split.data.weight)
-    if len(splits) == 1:
-        result["validation"] = None
-    elif coordinate.entity is not None:
-        validation = splits[1].data
-        result["per_entity_auc"] = per_entity_auc_summary(
-            validation.entities[coordinate.entity].codes, validation.label, splits[1].total(), validation.weight
-        )
+    for name in HELD_OUT:
+        result.setdefault(name, None)
+    if coordinate.entity is not None:
+        for name, split in held_out.items():
+            data = split.data
+            result[per_entity_auc_key(name)] = per_entity_auc_summary(
+                data.entities[coordinate.entity].codes, data.label, split.total(), data.weight
+            )
     reporter.info(
         f"{label}: {seconds:.2f}s"
-        + (f", validation AUC {result['validation']['auc']:.4f}" if result.get("validation") else "")
+        + "".join(f", {name} AUC {result[name]['auc']:.4f}" for name in HELD_OUT if result.get(name))
     )
     return result
 

@@ -25,6 +25,7 @@ __all__ = [
     "binary_metrics",
     "grouped_auc",
     "per_entity_auc_summary",
+    "per_entity_auc_key",
     "ndcg_at_k",
     "mrr_at_k",
     "precision_at_k",
@@ -364,6 +365,13 @@ def per_entity_auc_summary(groups, labels, scores, weights=None) -> dict:
         p90=float(p90),
     )
     return out
+
+
+def per_entity_auc_key(split: str) -> str:
+    """Where a training run's per-coordinate results keep the per-entity AUC summary of a
+    held-out split: ``per_entity_auc`` for validation (as ever), ``<split>_per_entity_auc``
+    (``test_per_entity_auc``) for the others."""
+    return "per_entity_auc" if split == "validation" else f"{split}_per_entity_auc"
 
 
 # --------------------------------------------------------------------------------------------

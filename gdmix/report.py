@@ -63,20 +63,28 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 
 
 def summary_table(results: list[dict]) -> Table:
-    """One line per trained coordinate (in training order) with its metrics and time."""
+    """One line per trained coordinate (in training order) with its metrics and time.
+
+    Validation columns come first; a run with a held-out test split (``data.test``) also shows
+    test columns, labelled as such, beside them.
+    """
     table = Table(title="GDMix training summary", title_justify="left")
-    for header, justify in [("coordinate", "left"), ("type", "left"), ("pass", "right"),
-                            ("val AUC", "right"), ("val logloss", "right"), ("val AUPR", "right"),
-                            ("train AUC", "right"), ("seconds", "right"), ("notes", "left")]:
+    with_test = any(row.get("test") for row in results)
+    held_out = [("val", "validation")] + ([("test", "test")] if with_test else [])
+    headers = [("coordinate", "left"), ("type", "left"), ("pass", "right")]
+    for short, _ in held_out:
+        headers += [(f"{short} AUC", "right"), (f"{short} logloss", "right"), (f"{short} AUPR", "right")]
+    headers += [("train AUC", "right"), ("seconds", "right"), ("notes", "left")]
+    for header, justify in headers:
         table.add_column(header, justify=justify)
     for row in results:
-        validation = row.get("validation") or {}
+        cells = [row["name"], row["type"], str(row["pass"])]
+        for _, split in held_out:
+            values = row.get(split) or {}
+            cells += [_fmt(values.get("auc")), _fmt(values.get("logloss")), _fmt(values.get("aupr"))]
         train = row.get("train") or {}
-        table.add_row(
-            row["name"], row["type"], str(row["pass"]),
-            _fmt(validation.get("auc")), _fmt(validation.get("logloss")), _fmt(validation.get("aupr")),
-            _fmt(train.get("auc")), _fmt(row.get("train_seconds"), 2), _notes(row),
-        )
+        cells += [_fmt(train.get("auc")), _fmt(row.get("train_seconds"), 2), _notes(row)]
+        table.add_row(*cells)
     return table
 
 

@@ -4,30 +4,76 @@ TensorFlow is imported lazily (only the fixed effect needs it) so commands such 
 ``gdmix datasets`` start instantly. oneDNN's reordered float reductions are switched off by
 default: reproducible sums matter more here than its small speed-up on CPU.
 ``GDMIX_INTRA_OP_THREADS=n`` caps TensorFlow's thread pools (the local launcher sets it so that
-N workers on one machine share its cores instead of oversubscribing them).
+N workers on one machine share its cores instead of oversubscribing them). The cap can only be
+set before TensorFlow's runtime starts: if something else started it first, the cap is not
+applied, and that is said loudly (a ``RuntimeWarning``) rather than ignored, because per-core
+figures rely on it. :func:`thread_settings` reports what TensorFlow actually uses.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 THREADS_VARIABLE = "GDMIX_INTRA_OP_THREADS"
 _configured = False
+_cap_error: str | None = None  # why the requested cap could not be applied, if it could not
+
+
+def requested_threads() -> int | None:
+    """The thread cap asked for with ``GDMIX_INTRA_OP_THREADS`` (None: no cap)."""
+    value = os.environ.get(THREADS_VARIABLE, "").strip()
+    if not value:
+        return None
+    try:
+        threads = int(value)
+    except ValueError:
+        raise ValueError(f"{THREADS_VARIABLE}={value!r} is not an integer") from None
+    return threads if threads > 0 else None
 
 
 def import_tensorflow():
-    global _configured
+    global _configured, _cap_error
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     import tensorflow as tf
 
     if not _configured:
         _configured = True
-        threads = int(os.environ.get(THREADS_VARIABLE, "0") or 0)
-        if threads > 0:
+        threads = requested_threads()
+        if threads is not None:
             try:
                 tf.config.threading.set_intra_op_parallelism_threads(threads)
                 tf.config.threading.set_inter_op_parallelism_threads(threads)
-            except RuntimeError:  # the runtime already started: keep its pools
-                pass
+            except RuntimeError as exc:  # the runtime already started: its pools stay as they are
+                threading = tf.config.threading
+                if (threading.get_intra_op_parallelism_threads(), threading.get_inter_op_parallelism_threads()) \
+                        != (threads, threads):
+                    _cap_error = str(exc)
+                    warnings.warn(
+                        f"{THREADS_VARIABLE}={threads} is NOT applied: TensorFlow's runtime was started before "
+                        f"gdmix could cap its thread pools ({exc}); TensorFlow uses "
+                        f"{threading.get_intra_op_parallelism_threads()} intra-op and "
+                        f"{threading.get_inter_op_parallelism_threads()} inter-op threads (0 = one per core), "
+                        "so per-core timings of this process are not per core",
+                        RuntimeWarning, stacklevel=2)
     return tf
+
+
+def thread_settings() -> dict:
+    """The thread pools TensorFlow uses in this process (its getters; 0 means TensorFlow's
+    default, one thread per core), the cap requested with ``GDMIX_INTRA_OP_THREADS`` and
+    whether it is in force: for benchmarks to record next to their timings."""
+    tf = import_tensorflow()
+    requested = requested_threads()
+    intra = tf.config.threading.get_intra_op_parallelism_threads()
+    inter = tf.config.threading.get_inter_op_parallelism_threads()
+    return {
+        "intra_op": intra,
+        "inter_op": inter,
+        "requested": requested,
+        "cap_applied": requested is None or (intra == requested and inter == requested),
+        "cap_error": _cap_error,
+        "cpu_count": os.cpu_count(),
+        "note": "0 = TensorFlow's default (one thread per core)",
+    }

@@ -9,8 +9,12 @@ the stages' data when the artifact store should hold only small artifacts. A run
 overrides change the shape fails fast and says so.
 
     prepare -> per pass, per coordinate: [fixed_effect | detext | random_effect_plan -> ParallelFor(random_effect)]
-            -> update_scores -> evaluate
-            -> export_model -> score (validation) -> evaluate
+            -> update_scores -> evaluate (validation; and test, with a test split)
+            -> export_model -> score (validation, test) -> evaluate
+
+A held-out test split (``data.test``, ``prep.test_input`` or ``prep.split.test_fraction``) goes
+through every step beside validation: it is scored, kept in the score table, evaluated after
+every coordinate and at the end, and never selects anything.
 """
 
 import json
@@ -69,9 +73,10 @@ def build_pipeline(config_text: str, overrides: list[str] | None = None):
 
     @dsl.pipeline(name=pipeline_name(compiled), description="GDMix: fixed and random effects by coordinate descent")
     def gdmix_pipeline(config: str = default_config, overrides: List[str] = [], train_data: str = "",
-                       validation_data: str = "", data_root: str = "") -> dsl.Model:
+                       validation_data: str = "", data_root: str = "", test_data: str = "") -> dsl.Model:
         common = {"config": config, "overrides": overrides}
-        prep = _secured(shape, prepare_step(train_data=train_data, validation_data=validation_data, data_root=data_root,
+        prep = _secured(shape, prepare_step(train_data=train_data, validation_data=validation_data, test_data=test_data,
+                                            data_root=data_root,
                                        workload_image=image("spark"), shape=json.dumps(shape_of(compiled)),
                                        **common), shape.launcher_role("spark")).set_display_name("prepare data")
         prepared = prep.outputs["prepared"]
@@ -108,6 +113,9 @@ def build_pipeline(config_text: str, overrides: list[str] | None = None):
                 table, latest[coordinate.name] = update.outputs["table"], model
                 _secured(shape, evaluate(scores=table, title=f"GDMix after {label}", entities=shape.entities)
                          ).set_display_name(f"{label}: evaluation")
+                if shape.has_test:
+                    _secured(shape, evaluate(scores=table, split="test", title=f"GDMix after {label}, test data",
+                                             entities=shape.entities)).set_display_name(f"{label}: test evaluation")
         exported = _secured(shape, export_model(prepared=prepared, scores=table, data_root=data_root, **common))
         exported.set_display_name("export model")
         if shape.has_validation:
@@ -115,6 +123,11 @@ def build_pipeline(config_text: str, overrides: list[str] | None = None):
                                            data_root=data_root)).set_display_name("score validation data")
             _secured(shape, evaluate(scores=scored.outputs["scores"], title="GDMix model on validation data",
                                      entities=shape.entities)).set_display_name("final evaluation")
+        if shape.has_test:
+            scored = _secured(shape, score(model=exported.outputs["model"], data=prepared, split="test",
+                                           data_root=data_root)).set_display_name("score test data")
+            _secured(shape, evaluate(scores=scored.outputs["scores"], split="test", title="GDMix model on test data",
+                                     entities=shape.entities)).set_display_name("final test evaluation")
         return exported.outputs["model"]
 
     return gdmix_pipeline
@@ -131,6 +144,7 @@ class _Shape:
         self.secret = config.pipeline.object_store_secret
         self.entities = sorted({c.entity for c in config.coordinates if isinstance(c, RandomEffectConfig)})
         self.has_validation = bool(config.prep.validation_input or config.prep.split)
+        self.has_test = bool(config.prep.test_input or (config.prep.split and config.prep.split.test_fraction > 0))
         self.groups = {c.name: partition_groups(c.partitions or config.prep.partitions, config.pipeline.partition_groups)
                        for c in config.coordinates if isinstance(c, RandomEffectConfig)}
 

@@ -152,13 +152,15 @@ class KfpAuth:
 def submit(config_text: str, host: str, overrides: list[str] | None = None, *, experiment: str = "gdmix",
            data_root: str = "", train_data: str = "", validation_data: str = "", wait: bool = False,
            timeout_seconds: float = 24 * 3600, auth: KfpAuth = KfpAuth(), version: str | None = None,
-           log=print) -> dict:
+           log=print, test_data: str = "") -> dict:
     """Compile the configuration (``overrides`` written into it) and run it on the KFP API at ``host``.
 
     The package is uploaded as a *version* of the pipeline named by ``pipeline.name`` (the
     pipeline is created on its first upload), so every submission is listed in the UI under
     one pipeline and can be rerun from there; the run is created from that version in
     ``experiment``. Returns the run's id, the pipeline and version ids and the run's UI link.
+    ``train_data``, ``validation_data``, ``test_data``: URIs replacing the config's data (or raw
+    inputs) for this run.
     """
     config = load_config_text(config_text, list(overrides or ()), source="pipeline config")
     name = pipeline_name(config)
@@ -169,7 +171,7 @@ def submit(config_text: str, host: str, overrides: list[str] | None = None, *, e
         with contextlib.redirect_stdout(sys.stderr):
             client = auth.client(host)
             return _submit(client, config_text, name, host, overrides, experiment, data_root, train_data,
-                           validation_data, wait, timeout_seconds, auth, version, log)
+                           validation_data, wait, timeout_seconds, auth, version, log, test_data)
     except ApiException as exc:
         hint = {401: "; authenticate with --token, --token-path or --cookies",
                 403: f"; the identity may not use namespace '{auth.namespace or '(none)'}': check --namespace"}
@@ -178,7 +180,7 @@ def submit(config_text: str, host: str, overrides: list[str] | None = None, *, e
 
 
 def _submit(client, config_text, name, host, overrides, experiment, data_root, train_data, validation_data, wait,
-            timeout_seconds, auth, version, log) -> dict:
+            timeout_seconds, auth, version, log, test_data: str = "") -> dict:
     with tempfile.TemporaryDirectory(prefix="gdmix-submit-") as tmp:
         config_path = Path(tmp) / "config.yaml"
         config_path.write_text(config_text)
@@ -186,6 +188,8 @@ def _submit(client, config_text, name, host, overrides, experiment, data_root, t
         pipeline_id, version_id = _upload(client, package, name, version, auth.namespace)
     experiment_id = _experiment(client, experiment, auth.namespace)
     arguments = {"data_root": data_root, "train_data": train_data, "validation_data": validation_data}
+    if test_data:
+        arguments["test_data"] = test_data
     run = client.run_pipeline(experiment_id, f"{name} {time.strftime('%Y-%m-%d %H:%M:%S')}", params=arguments,
                               pipeline_id=pipeline_id, version_id=version_id, enable_caching=False)
     link = f"{_ui_prefix(auth.ui_host or host)}/#/runs/details/{run.run_id}"

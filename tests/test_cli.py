@@ -151,15 +151,3 @@ def test_demo_on_prepared_movielens(tmp_path, capsys):
     assert "per_movie" in printed
     metrics = json.loads((workdir / "model" / "metrics.json").read_text())
     assert [c["name"] for c in metrics["coordinates"]] == ["global", "per_user", "per_movie"]
-
-
-def test_demo_falls_back_to_synthetic_data(tmp_path, capsys, monkeypatch):
-    def unavailable(*args, **kwargs):
-        raise GdmixError("no network")
-
-    monkeypatch.setattr("gdmix.datasets.movielens.fetch_recbole_wheel", unavailable)
-    monkeypatch.setattr(cli, "DEMO_SYNTHETIC_ROWS", 3000)
-    assert cli.main(["demo", "--workdir", str(tmp_path / "demo"), "--in-process"]) == 0
-    assert "using synthetic data" in capsys.readouterr().err
-    metrics = json.loads((tmp_path / "demo" / "model" / "metrics.json").read_text())
-    assert metrics["coordinates"][-1]["validation"]["auc"] > 0.6

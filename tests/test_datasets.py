@@ -194,12 +194,47 @@ def test_schema_and_contract(sources, tmp_path):
     assert checked.num_rows == train.num_rows
 
 
-def test_feature_vocabulary_sizes():
-    assert len(BAG_FEATURES["global"]) == 44
-    assert len(set(BAG_FEATURES["global"])) == 44
-    assert len(BAG_FEATURES["per_movie"]) == 24  # user features
-    assert len(BAG_FEATURES["per_user"]) == 20  # movie features
-    assert len(movielens.OCCUPATIONS) == 21 and len(movielens.GENRES) == 19
+def test_every_declared_feature_comes_from_the_rows_and_the_split_partitions_them(tmp_path):
+    """A fixture with every occupation, both genders and every genre: the (name, term) keys the
+    built bags hold are exactly the declared vocabularies, each derived from its row's user and
+    movie; train and validation are disjoint, cover every rating once, and match the summary."""
+    occupations, genres = movielens.OCCUPATIONS, movielens.GENRES
+    users = [(k + 1, 18 + k, "MF"[k % 2], occupation) for k, occupation in enumerate(occupations)]
+    movies = [(k + 1, f"Film {k + 1} ({1950 + k})", genre) for k, genre in enumerate(genres)]
+    ratings = [(1 + k % len(users), 1 + k % len(movies), 1 + k % 5) for k in range(3 * len(users) * len(movies) // 7)]
+    folder = tmp_path / "ml-100k"
+    folder.mkdir()
+    (folder / "u.data").write_text("".join(f"{u}\t{m}\t{r}\t{880000000 + k}\n" for k, (u, m, r) in enumerate(ratings)))
+    (folder / "u.user").write_text("".join(f"{u}|{age}|{g}|{o}|00000\n" for u, age, g, o in users))
+    (folder / "u.item").write_bytes("".join(
+        "|".join([str(m), title, "01-Jan-1990", "", "http://x"] + ["1" if g == genre else "0" for g in genres]) + "\n"
+        for m, title, genre in movies).encode("latin-1"))
+    summary, train, validation = _build(tmp_path, folder, "out", seed=3)
+
+    train_uids, validation_uids = train.column("uid").to_numpy(), validation.column("uid").to_numpy()
+    assert not set(train_uids) & set(validation_uids)
+    assert sorted(np.concatenate([train_uids, validation_uids])) == list(range(len(ratings)))
+    assert (summary["rows"], summary["train_rows"], summary["validation_rows"]) == \
+        (len(ratings), train.num_rows, validation.num_rows)
+    assert 0.6 < train.num_rows / len(ratings) < 0.95  # about 80/20
+
+    by_user = {u: (age, g, o) for u, age, g, o in users}
+    by_movie = {m: (title, genre) for m, title, genre in movies}
+    seen = {bag: set() for bag in BAG_FEATURES}
+    for row in train.to_pylist() + validation.to_pylist():
+        u, m, r = ratings[row["uid"]]
+        assert (row["user_id"], row["movie_id"], row["label"]) == (u, m, float(r > 3))
+        age, gender, occupation = by_user[u]
+        title, genre = by_movie[m]
+        user_part = [("age", "", age / 100), ("gender", gender, 1.0), ("occupation", occupation, 1.0)]
+        movie_part = [("genre", genre, 1.0), ("release_year", "", int(title[-5:-1]) / 2000)]
+        assert _features(row["per_movie"]) == user_part and _features(row["per_user"]) == movie_part
+        assert _features(row["global"]) == user_part + movie_part
+        for bag in seen:
+            seen[bag] |= {(f["name"], f["term"]) for f in row[bag]}
+    for bag, declared in BAG_FEATURES.items():
+        assert seen[bag] == set(declared), bag  # nothing declared that no row has, nothing undeclared
+        assert len(declared) == len(set(declared)), bag
 
 
 def _features(bag_row) -> list[tuple[str, str, float]]:

@@ -271,9 +271,34 @@ def test_saved_model_scores_equal_training_scores(text_data, tmp_path):
     np.testing.assert_allclose(logits, scored.column("coordinate_score").to_numpy(), atol=1e-5)
 
 
-def test_detext_then_random_effect_in_coordinate_descent(text_data, tmp_path):
+def test_detext_then_random_effect_in_coordinate_descent(text_data, tmp_path, monkeypatch):
+    """Two passes of ``gdmix train``: in pass 2 DeText trains (and picks its best step) on the
+    random effect's pass-1 scores as offsets, on the training and the validation rows."""
+    import gdmix.models.detext.coordinate as detext_coordinate
     from gdmix.game import train
+    from gdmix.models.random_effect import RandomEffectModel
     from gdmix.scoring import score_dataset
+
+    seen = []  # what DeText's training loop receives, per pass
+    real_train_network = detext_coordinate.train_network
+
+    def spy_train_network(network, config, rows, offsets, held_out, held_out_offsets, *args, **kwargs):
+        seen.append({"train": np.array(offsets), "validation": np.array(held_out_offsets),
+                     "train_labels": np.array(rows.labels), "validation_labels": np.array(held_out.labels)})
+        return real_train_network(network, config, rows, offsets, held_out, held_out_offsets, *args, **kwargs)
+
+    monkeypatch.setattr(detext_coordinate, "train_network", spy_train_network)
+    re_models = []  # the random effect's model after each of its fits
+    from gdmix.models import coordinates as coordinate_module
+
+    real_fit = coordinate_module.RandomEffectCoordinate.fit
+
+    def spy_fit(self, *args, **kwargs):
+        model, report = real_fit(self, *args, **kwargs)
+        re_models.append(model)
+        return model, report
+
+    monkeypatch.setattr(coordinate_module.RandomEffectCoordinate, "fit", spy_fit)
 
     raw = {"data": {"train": str(text_data / "train"), "validation": str(text_data / "validation")},
            "output": str(tmp_path / "model"), "passes": 2,
@@ -284,9 +309,139 @@ def test_detext_then_random_effect_in_coordinate_descent(text_data, tmp_path):
     result = train(validate_config(raw))
     aucs = [c["validation"]["auc"] for c in result.coordinates]
     assert aucs[0] > 0.6 and aucs[-1] > aucs[0]
-    assert result.coordinates[2]["solver"]["best_step"] is not None  # pass 2 re-fits DeText on the residuals
+    assert len(seen) == 2 and len(re_models) == 2
+    assert not seen[0]["train"].any() and not seen[0]["validation"].any()  # pass 1: nothing to add yet
+    # pass 2: the offsets are the random effect's pass-1 scores, computed here from its
+    # coefficients (intercept + w . x of each row's user), not by gdmix's scoring code
+    first = re_models[0]
+    assert isinstance(first, RandomEffectModel)
+    for split, offsets in (("train", seen[1]["train"]), ("validation", seen[1]["validation"])):
+        expected, labels = _random_effect_scores(first, text_data / split, str(tmp_path / "model"))
+        np.testing.assert_array_equal(seen[1][f"{split}_labels"], labels)  # the same rows in the same order
+        assert np.abs(expected).max() > 0.1  # a signal worth carrying
+        np.testing.assert_allclose(offsets, expected, atol=1e-9, err_msg=split)
     summary = score_dataset(str(tmp_path / "model"), str(text_data / "validation"), str(tmp_path / "scored"))
     assert summary["metrics"]["auc"] == pytest.approx(aucs[-1], abs=1e-6)
+
+
+def _random_effect_scores(model, data_dir: Path, model_dir: str) -> tuple[np.ndarray, np.ndarray]:
+    """intercept + coef . features of each row's entity (0 for entities without a model), in the
+    rows' file order, straight from the raw parquet bag and the model's own arrays; and the labels."""
+    from gdmix.features.index_map import IndexMap
+
+    raw = fs.read_parquet_dir(str(data_dir))
+    table = IndexMap.load(str(Path(model_dir) / "index_maps" / "per_user_id")).to_table().to_pylist()
+    column = {(f["name"], f["term"]): f["index"] for f in table}
+    row_of = {str(e): k for k, e in enumerate(model.entity_ids.to_pylist())}
+    coef = model.coef.toarray()
+    out = np.zeros(raw.num_rows)
+    for r, (user, features) in enumerate(zip(raw.column("user_id").to_pylist(),
+                                             raw.column("per_user_id").to_pylist())):
+        k = row_of.get(str(user))
+        if k is not None:
+            out[r] = model.intercepts[k] + sum(coef[k, column[(f["name"], f["term"])]] * f["value"]
+                                               for f in features if (f["name"], f["term"]) in column)
+    return out, raw.column("label").to_numpy()
+
+
+def test_detext_fits_only_what_the_offset_does_not_explain():
+    """The offset carries a strong signal that the wide feature could also learn; with the offset
+    given, the network's own logit must learn only the weak text signal (the residual), while
+    a run given zero offsets learns the offset's signal itself."""
+    from gdmix.models.detext.data import DetextRows
+    from gdmix.models.detext.model import DetextModel
+    from gdmix.models.detext.text import build_vocabulary
+    from gdmix.models.detext.training import train_network
+    from scipy.sparse import csr_matrix
+
+    rng = np.random.default_rng(21)
+    n = 2000
+    item = rng.integers(0, 64, n)
+    x = rng.normal(size=n)
+    offset = 2.5 * x  # e.g. the random effects' scores
+    weak = 0.8 * ((item % 8) - 3.5) / 3.5  # what the text explains on top of it
+    labels = (rng.random(n) < 1 / (1 + np.exp(-(offset + weak)))).astype(np.float32)
+    titles = _texts(*[f"{WORDS[i % 8]} {WORDS[(i // 8) % 8]}" for i in item])
+    rows = DetextRows({"title": titles}, csr_matrix(x.reshape(-1, 1)), np.zeros((n, 0), np.float32), labels,
+                      np.ones(n, np.float32), None)
+    config = _config(steps=250, eval_every=250, batch_size=64, learning_rate=0.02, hidden=[8])
+    vocabulary = build_vocabulary([titles], 2048, 16, 100, 1)
+
+    def own_logit(offsets):
+        model = DetextModel.create(config, vocabulary, 1, rows.dense)
+        train_network(model.network, config, rows, offsets, log=lambda m: None)
+        return model.score(rows)  # the network alone, offsets excluded
+
+    with_offset, without = own_logit(offset), own_logit(np.zeros(n))
+    corr = lambda a, b: float(np.corrcoef(a, b)[0, 1])  # noqa: E731
+    assert abs(corr(with_offset, offset)) < 0.2, corr(with_offset, offset)  # did not re-learn the offset
+    assert corr(with_offset, weak) > 0.8, corr(with_offset, weak)  # learned the rest
+    assert corr(without, offset) > 0.8, corr(without, offset)  # the signal is learnable without the offset
+
+
+def test_stop_reason_tells_a_plateau_from_a_spent_step_budget():
+    from gdmix.models.detext.model import DetextModel
+    from gdmix.models.detext.text import build_vocabulary
+    from gdmix.models.detext.training import train_network
+
+    rows, offsets = _rows(200, seed=4)
+    held_out, held_offsets = _rows(200, seed=5)
+    vocabulary = build_vocabulary([rows.texts["title"]], 2048, 16, 100, 1)
+
+    def report(validation: bool, **overrides):
+        config = _config(**overrides)
+        model = DetextModel.create(config, vocabulary, 0, rows.dense)
+        found = train_network(model.network, config, rows, offsets, *((held_out, held_offsets) if validation else ()),
+                              log=lambda m: None)
+        return found.as_dict()
+
+    # full batches: every step's loss is the training loss itself
+    spent = report(False, steps=20, batch_size=200, learning_rate=0.002)
+    assert spent["stop_reason"] == "step_budget" and spent["converged"] is False
+    assert spent["train_loss"][-1][1] < spent["train_loss"][0][1]  # it was still improving
+    flat = report(False, steps=400, batch_size=200, learning_rate=0.05)
+    assert flat["stop_reason"] == "loss_plateau" and flat["converged"] is True
+    rising = report(True, steps=20, eval_every=10, batch_size=200, learning_rate=0.002)
+    assert [e["step"] for e in rising["evaluations"]] == [10, 20] and rising["best_step"] == 20
+    assert rising["stop_reason"] == "step_budget" and rising["converged"] is False
+    peaked = report(True, steps=200, eval_every=20, batch_size=200, learning_rate=0.05)
+    assert peaked["best_step"] < 200
+    assert peaked["stop_reason"] == "validation_plateau" and peaked["converged"] is True
+
+
+class _TwoWorkers:
+    """Worker 0 of two identical workers (the other's sums are its own): enough to run the loop."""
+
+    rank, size = 0, 2
+
+    def sum(self, values):
+        return 2.0 * np.asarray(values, dtype=np.float64)
+
+    def max(self, values):
+        return np.asarray(values, dtype=np.float64)
+
+
+@pytest.mark.parametrize("distribution, installed, warned", [
+    ("auto", False, True), ("auto", True, False), ("collective", False, False)])
+def test_auto_distribution_says_when_it_falls_back_to_tf_collectives(monkeypatch, distribution, installed, warned):
+    import warnings
+
+    import gdmix.models.detext.training as training
+    from gdmix.models.detext.model import DetextModel
+
+    monkeypatch.setattr(training, "horovod_installed", lambda: installed)
+    rows, offsets = _rows(40)
+    config = _config(steps=1, distribution=distribution)
+    model = DetextModel.create(config, ["[PAD]", "[UNK]", "alpha"], 0, rows.dense)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        training.train_network(model.network, config, rows, offsets, collective=_TwoWorkers(), log=lambda m: None)
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)
+                and "Horovod" in str(w.message)]
+    if warned:
+        assert len(messages) == 1 and "TF collective" in messages[0] and "make horovod" in messages[0]
+    else:
+        assert messages == []
 
 
 def test_pipeline_with_a_detext_fixed_effect_matches_gdmix_train(text_data, tmp_path):

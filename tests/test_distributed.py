@@ -98,7 +98,6 @@ def test_workers_match_the_single_process_fit(dataset, tmp_path, workers):
     np.testing.assert_allclose(_coefficients(tmp_path / "out"), _single_process(dataset, config), atol=1e-8, rtol=0)
     summary = json.loads((tmp_path / "out" / "job.json").read_text())
     assert summary["workers"] == workers and summary["rows"]["train"] == 4000
-    assert summary["solver"]["bytes_per_nonzero"] == 12.0
     scores = fs.read_parquet_dir(str(tmp_path / "out" / "scores" / "global" / "train"))
     assert scores.num_rows == 4000 and len(set(scores.column("uid").to_pylist())) == 4000
     assert len(fs.list_parquet_files(str(tmp_path / "out" / "scores" / "global" / "train"))) == workers
@@ -240,3 +239,37 @@ def test_missing_offsets_are_an_error_not_a_dropped_row(dataset, tmp_path):
     done = _run_job(tmp_path, _config(dataset, "unused"), tmp_path / "out", 2, "--offsets", str(tmp_path / "offsets"))
     assert done.returncode != 0
     assert f"no offset for uid {uids[0]} (1 row has none)" in done.stderr
+
+
+_THREADS_PROBE = """
+import json, sys, warnings
+if sys.argv[1] == "started":  # something else started TensorFlow's runtime before gdmix
+    import tensorflow as tf
+    tf.constant(1.0) + 1.0
+from gdmix import tf_runtime
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    tf_runtime.import_tensorflow()
+print(json.dumps({"settings": tf_runtime.thread_settings(),
+                  "warnings": [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]}))
+"""
+
+
+@pytest.mark.parametrize("started", [False, True])
+def test_thread_cap_is_applied_or_loudly_not(started):
+    """GDMIX_INTRA_OP_THREADS caps TensorFlow's pools; when the runtime was started first the cap
+    cannot apply, and that is a warning and a record, never silence."""
+    env = dict(os.environ, GDMIX_INTRA_OP_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    done = subprocess.run([sys.executable, "-c", _THREADS_PROBE, "started" if started else "fresh"], env=env,
+                          capture_output=True, text=True, timeout=HANG_GUARD)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    settings = record["settings"]
+    assert settings["requested"] == 1
+    if not started:
+        assert (settings["intra_op"], settings["inter_op"], settings["cap_applied"]) == (1, 1, True)
+        assert record["warnings"] == []
+    else:
+        assert settings["cap_applied"] is False and settings["cap_error"]
+        assert (settings["intra_op"], settings["inter_op"]) != (1, 1)  # what TensorFlow really uses
+        assert len(record["warnings"]) == 1 and "GDMIX_INTRA_OP_THREADS=1 is NOT applied" in record["warnings"][0]

@@ -370,10 +370,33 @@ def test_html_handles_missing_values_and_unicode():
     assert _count_svg(page) == 1
 
 
-def test_render_example(tmp_path):
-    """Writes the example page looked at by hand (/tmp/gdmix_report_example.html)."""
+def test_rendered_roc_and_auc_match_sklearn(tmp_path):
+    """The page's ROC curve, read back from its SVG pixels, lies on sklearn's ROC curve of the
+    same scores and encloses its area; the AUC printed is sklearn's (weighted, zero weights dropped)."""
+    from sklearn.metrics import roc_auc_score
+
     labels, logits, weights, entities = _entity_data(8, 20000)
     report = evaluate(labels, logits, weights, entities=entities, coordinate_metrics=COORDINATES)
     out = tmp_path / "report.html"
     out.write_text(render_html(report, "GDMix validation"), encoding="ascii")
+    page = out.read_text(encoding="ascii")
     assert out.stat().st_size < 200_000
+
+    kept = weights > 0
+    sk_fpr, sk_tpr, _ = sk_roc_curve(labels[kept], logits[kept], sample_weight=weights[kept], drop_intermediate=False)
+    sk_auc = roc_auc_score(labels[kept], logits[kept], sample_weight=weights[kept])
+    (points,) = re.findall(r'<polyline points="([^"]+)" fill="none" stroke="#1a73e8" stroke-width="2"', page)
+    pixels = np.array([[float(v) for v in point.split(",")] for point in points.split()])
+    # the plot's pixel box (see gdmix.evaluation: 440x346, margins left 62, right 16, top 30, bottom 46)
+    fpr = (pixels[:, 0] - 62) / (440 - 16 - 62)
+    tpr = (300 - pixels[:, 1]) / (300 - 30)
+    assert len(fpr) > 50
+    assert (fpr[0], tpr[0]) == pytest.approx((0, 0), abs=1e-4) and (fpr[-1], tpr[-1]) == pytest.approx((1, 1), abs=1e-4)
+    assert np.all(np.diff(fpr) >= -1e-4) and np.all(np.diff(tpr) >= -1e-4)
+    # every drawn vertex is a point of sklearn's curve (to the 0.01-pixel rounding of the SVG)
+    nearest = np.min(np.abs(fpr[:, None] - sk_fpr[None, :]) + np.abs(tpr[:, None] - sk_tpr[None, :]), axis=1)
+    assert nearest.max() < 1e-4, nearest.max()
+    # the area under the drawn curve is sklearn's AUC up to the thinning of the curve
+    assert np.trapezoid(tpr, fpr) == pytest.approx(sk_auc, abs=2e-3)
+    assert f"model (AUC {sk_auc:.4f})" in page
+    assert report.metrics["auc"] == pytest.approx(sk_auc, abs=1e-12)

@@ -142,7 +142,6 @@ def test_native_kernel_matches_stock_tensorflow_ops():
     features.data[::7] *= 30.0  # some large logits
     loss = TfLogisticLoss(features, labels, weights, offsets)
     assert loss.native, "the native op should build with the toolchain of this machine"
-    assert loss.memory_bytes == 12 * features.nnz + 8 * (3000 + 1) + 24 * 3000
     theta = np.random.default_rng(14).normal(size=201)
     value, gradient = loss(theta)
     again = loss(theta)

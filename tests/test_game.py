@@ -252,10 +252,25 @@ def test_object_store_uris(tmp_path):
 
     memory = fsspec.filesystem("memory")
     rng = np.random.default_rng(2)
-    table = _small_table(120, [i % 4 for i in range(120)], (rng.random(120) < 0.5).astype(float))
+    n = 600
+    users = np.arange(n) % 4
+    x = np.arange(n) % 3 - 1.0  # the global feature of _small_table
+    user_bias = np.array([-2.0, -0.7, 0.7, 2.0])[users]  # what only the per-user intercepts can explain
+    true_logit = 1.0 * x + user_bias
+    labels = (rng.random(n) < 1 / (1 + np.exp(-true_logit))).astype(float)
+    table = _small_table(n, users.tolist(), labels)
     with memory.open("/bucket/train/part-00000.parquet", "wb") as handle:
         pq.write_table(table, handle)
     result = train(_small_config("memory://bucket/train", None, "memory://bucket/model"))
     assert memory.exists("/bucket/model/metrics.json")
-    assert fs.read_parquet_dir("memory://bucket/model/models/per_user").num_rows > 0
-    assert result.coordinates[-1]["train"]["auc"] > 0.4
+    assert set(fs.read_parquet_dir("memory://bucket/model/models/per_user").column("entity").to_pylist()) == {"0", "1", "2", "3"}
+    oracle = roc_auc_score(labels, true_logit)  # the ranking of the model that generated the labels
+    global_only = roc_auc_score(labels, x)
+    assert oracle > global_only + 0.1  # the random effect matters on this data
+    final = result.coordinates[-1]["train"]["auc"]
+    assert final == pytest.approx(oracle, abs=0.01)  # both coordinates count, aligned with their rows
+    assert result.coordinates[0]["train"]["auc"] == pytest.approx(global_only, abs=0.01)
+    # the scores written to the object store are the rows' own: sklearn on them gives the same AUC
+    stored = fs.read_parquet_dir("memory://bucket/model/scores/per_user/train").sort_by("uid")
+    assert stored.column("uid").to_pylist() == list(range(n))
+    assert roc_auc_score(labels, stored.column("score").to_numpy()) == pytest.approx(final, abs=1e-12)

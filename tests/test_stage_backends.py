@@ -4,8 +4,12 @@ rendered job's own command on this machine (TF workers with TF_CONFIG, spark-sub
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import yaml
@@ -30,6 +34,7 @@ class RunningOperator:
 
     def __init__(self):
         self.created, self.deleted, self.status = [], [], None
+        self.event_logs: list[Path] = []
 
     def create_namespaced_custom_object(self, group, version, namespace, plural, body):
         self.created.append(body)
@@ -56,12 +61,49 @@ class RunningOperator:
             assert command[:3] == ["python", "-m", "gdmix"]
             code = launch_local([sys.executable, *command[1:]], worker["replicas"])
             return {"conditions": [condition("Succeeded")]} if code == 0 else failed("Error", f"status {code}")
+        return self._spark_submit(body)
+
+    def _spark_submit(self, body):
+        """What the Spark operator does with a SparkApplication: spark-submit of its main file with
+        its arguments, driver/executor memory and sparkConf, unchanged. Only what a cluster would
+        provide is substituted: the master (``--master local[2]`` on the command line, where the
+        operator passes ``k8s://...``), the pod's address (127.0.0.1) and the image's Python. An
+        event log records the master the application really ran with."""
+        import pyspark
+
         spec = body["spec"]
-        main = spec["mainApplicationFile"].removeprefix("local://")
-        done = subprocess.run([sys.executable, main, *spec["arguments"], "--set", "prep.spark.master=local[2]"],
-                              capture_output=True, text=True, timeout=HANG_GUARD)
+        assert spec["type"] == "Python" and spec["mode"] == "cluster"
+        assert spec["mainApplicationFile"].startswith("local://")
+        events = Path(tempfile.mkdtemp(prefix="gdmix-spark-events-"))
+        self.event_logs.append(events)  # removed by spark_masters()
+        command = [str(Path(pyspark.__file__).parent / "bin" / "spark-submit"),
+                   "--master", "local[2]", "--deploy-mode", "client", "--name", body["metadata"]["name"],
+                   "--driver-memory", spec["driver"]["memory"],
+                   "--conf", f"spark.executor.memory={spec['executor']['memory']}",
+                   "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.driver.bindAddress=127.0.0.1",
+                   "--conf", "spark.eventLog.enabled=true", "--conf", "spark.eventLog.compress=false",
+                   "--conf", f"spark.eventLog.dir={events.as_uri()}"]
+        for key, value in spec.get("sparkConf", {}).items():
+            command += ["--conf", f"{key}={value}"]
+        command += [spec["mainApplicationFile"].removeprefix("local://"), *spec["arguments"]]
+        env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable,
+                   PYSPARK_DRIVER_PYTHON=sys.executable)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD, env=env)
         state = "COMPLETED" if done.returncode == 0 else "FAILED"
-        return {"applicationState": {"state": state, "errorMessage": done.stderr[-500:]}}
+        return {"applicationState": {"state": state, "errorMessage": done.stderr[-2000:]}}
+
+    def spark_masters(self) -> list[str]:
+        """The ``spark.master`` each submitted application ran with (from its event log)."""
+        masters = []
+        for folder in self.event_logs:
+            for log in sorted(folder.rglob("events_*")):  # eventlog_v2_<app>/events_<n>_<app>
+                for line in log.read_text().splitlines():
+                    event = json.loads(line)
+                    if event.get("Event") == "SparkListenerEnvironmentUpdate":
+                        masters.append(dict(event["Spark Properties"])["spark.master"])
+            shutil.rmtree(folder, ignore_errors=True)
+        self.event_logs.clear()
+        return masters
 
 
 def _options(operator):
@@ -83,6 +125,8 @@ def test_prep_and_fixed_effect_as_kubernetes_jobs(synthetic_dir, tmp_path):
     application = operator.created[0]
     assert application["kind"] == "SparkApplication" and application["spec"]["image"] == "registry/gdmix-trainer:1"
     assert json.loads(fs.read_text(str(tmp_path / "prepared" / "prep.json")))["train_rows"] > 0
+    # cluster mode: gdmix prep took its master from spark-submit, not from its own config
+    assert operator.spark_masters() == ["local[2]"]
 
     stage = prepared_config(config, str(tmp_path / "prepared"))
     import gdmix.stages.coordinates as coordinates

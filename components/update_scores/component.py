@@ -19,7 +19,7 @@ def update_scores(config: str, coordinate: str, pass_number: int, prepared: Inpu
     settings = stage_config(config, overrides, read_location(prepared))
     row = run(settings, coordinate, pass_number, read_location(model), read_location(scores) if scores else None,
               claim_location(table, data_root))
-    for split in ("train", "validation"):
+    for split in ("train", "validation", "test"):  # e.g. validation_auc, test_auc
         for name, value in (row.get(split) or {}).items():
             if value is not None and value == value:  # nan is not a loggable metric
                 metrics.log_metric(f"{split}_{name}", float(value))

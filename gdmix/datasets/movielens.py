@@ -28,6 +28,15 @@ Feature bags:
 The split is seeded (``np.random.default_rng(seed).random(n) < 0.8`` over ratings in file
 order) instead of GDMix's unseeded one.
 
+An optional held-out test split (``test_fraction > 0``, written to ``out/test/``) is drawn
+first, with ``np.random.default_rng(test_seed)`` (``test_seed`` defaults to ``seed``):
+``random(n) < test_fraction``. The other rows are then split by ``seed``, keeping validation at
+20% of *all* rows (train is 80% minus the test share): a row that is not a test row is a
+training row when ``default_rng(seed).random(n) < (0.8 - test_fraction) / (1 - test_fraction)``.
+A fixed ``test_seed`` gives the same test rows whatever ``seed``, so a benchmark can tune on
+validation over several seeds without ever touching the test rows. With ``test_fraction == 0``
+the split is exactly the two-way one above.
+
 Sources: a GroupLens ``ml-100k`` folder (``u.data``, ``u.user``, ``u.item``) or a zip of it; a
 folder with RecBole's atomic files (``ml-100k.inter``/``.user``/``.item``); or the RecBole wheel
 (a zip holding ``recbole/dataset_example/ml-100k/``), read in place. Without a source the RecBole
@@ -202,8 +211,12 @@ def default_cache_dir() -> str:
 def fetch_recbole_wheel(cache_dir: str | None = None) -> str:
     """The RecBole wheel (which bundles ml-100k) in the cache, downloaded with pip if absent.
 
-    The wheel is only downloaded (``pip download --no-deps``), never installed.
+    The wheel is only downloaded (``pip download --no-deps``), never installed. When pip
+    cannot reach the package index the error is :class:`~gdmix.errors.DatasetUnavailable`;
+    any other failure is a plain :class:`~gdmix.errors.GdmixError`.
     """
+    from gdmix.errors import DatasetUnavailable
+
     folder = Path(cache_dir or default_cache_dir()).expanduser() / "recbole"
     existing = sorted(folder.glob(f"recbole-{RECBOLE_VERSION}-*.whl"))
     if existing:
@@ -219,15 +232,37 @@ def fetch_recbole_wheel(cache_dir: str | None = None) -> str:
         raise GdmixError(f"could not run pip to download recbole=={RECBOLE_VERSION}: {exc}") from None
     existing = sorted(folder.glob(f"recbole-{RECBOLE_VERSION}-*.whl"))
     if result.returncode != 0 or not existing:
+        output = f"{result.stdout or ''}\n{result.stderr or ''}"
         detail = (result.stderr or result.stdout or "").strip().splitlines()[-5:]
-        raise GdmixError(
+        network = _network_failure(output)
+        error = DatasetUnavailable if network else GdmixError
+        raise error(
             f"downloading MovieLens 100K (bundled in the recbole=={RECBOLE_VERSION} wheel) into "
-            f"{folder} failed (pip exit code {result.returncode})"
+            f"{folder} failed (pip exit code {result.returncode}"
+            + ("; the package index could not be reached" if network else "") + ")"
             + (": " + " | ".join(detail) if detail else "")
             + f". Without network access, pass source= a GroupLens ml-100k folder, a RecBole "
             f"atomic-file folder or a copy of {RECBOLE_WHEEL}."
         )
     return str(existing[0])
+
+
+# what pip (urllib3 / requests / the resolver) prints when the index cannot be reached
+_NETWORK_MARKERS = (
+    "NewConnectionError", "Failed to establish a new connection", "Max retries exceeded",
+    "Temporary failure in name resolution", "Name or service not known", "nodename nor servname",
+    "Network is unreachable", "No route to host", "Connection refused", "ConnectTimeoutError",
+    "ReadTimeoutError", "Read timed out", "ProxyError", "Tunnel connection failed", "ConnectionError",
+    "Could not fetch URL",
+)
+
+
+def _network_failure(output: str) -> str | None:
+    """The first line of pip's output that says the package index could not be reached."""
+    for line in output.splitlines():
+        if any(marker in line for marker in _NETWORK_MARKERS):
+            return line.strip()[:300]
+    return None
 
 
 # --------------------------------------------------------------------------- parsing
@@ -590,23 +625,56 @@ def split_train_validation(table: pa.Table, seed: int) -> tuple[pa.Table, pa.Tab
     return table.filter(pa.array(is_train)), table.filter(pa.array(~is_train))
 
 
+def split_masks(rows: int, seed: int, test_fraction: float = 0.0,
+                test_seed: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boolean (train, validation, test) masks over ``rows`` ratings in file order; see the
+    module docstring. Disjoint, covering every row; validation is 20% of all rows in expectation."""
+    if not 0.0 <= test_fraction < TRAIN_FRACTION:
+        raise GdmixError(f"test_fraction must be in [0, {TRAIN_FRACTION:g}) (validation keeps "
+                         f"{1 - TRAIN_FRACTION:.0%} of the rows), got {test_fraction!r}")
+    if test_fraction == 0:
+        is_train = np.random.default_rng(seed).random(rows) < TRAIN_FRACTION
+        return is_train, ~is_train, np.zeros(rows, dtype=bool)
+    test_rng = np.random.default_rng(seed if test_seed is None else test_seed)
+    is_test = test_rng.random(rows) < test_fraction
+    train_share = (TRAIN_FRACTION - test_fraction) / (1.0 - test_fraction)
+    is_train = ~is_test & (np.random.default_rng(seed).random(rows) < train_share)
+    return is_train, ~is_test & ~is_train, is_test
+
+
 def build_movielens_100k(
-    out: str, source: str | None = None, seed: int = 42, cache_dir: str | None = None
+    out: str, source: str | None = None, seed: int = 42, cache_dir: str | None = None,
+    test_fraction: float = 0.0, test_seed: int | None = None,
 ) -> dict:
-    """Build ``out/train/`` and ``out/validation/`` from MovieLens 100K; return a summary.
+    """Build ``out/train/`` and ``out/validation/`` (and ``out/test/`` when ``test_fraction > 0``)
+    from MovieLens 100K; return a summary.
 
     ``source``: a GroupLens ``ml-100k`` folder or zip, a folder of RecBole atomic files, or the
     RecBole wheel; ``None`` downloads the RecBole wheel into ``cache_dir`` (default
     ``$GDMIX_CACHE`` or ``~/.cache/gdmix``), under ``recbole/``, reusing a wheel already there.
+    ``test_fraction``, ``test_seed``: the held-out test split (see the module docstring); the
+    validation split is unchanged when ``test_fraction`` is 0.
     """
     started = time.perf_counter()
+    test_fraction = float(test_fraction)
+    split_masks(0, seed, test_fraction, test_seed)  # check the arguments before any download
     if source is None:
         source = fetch_recbole_wheel(cache_dir)
     table, files = load_movielens_100k(str(source))
-    train, validation = split_train_validation(table, seed)
+    is_train, is_validation, is_test = split_masks(table.num_rows, seed, test_fraction, test_seed)
+    train, validation = table.filter(pa.array(is_train)), table.filter(pa.array(is_validation))
     train_uri, validation_uri = fs.join(out, "train"), fs.join(out, "validation")
     write_dataset(train, train_uri)
     write_dataset(validation, validation_uri)
+    summary_test = {}
+    if test_fraction == 0:
+        fs.remove(fs.join(out, "test"))  # an earlier build's test rows may be this build's training rows
+    else:
+        test = table.filter(pa.array(is_test))
+        test_uri = fs.join(out, "test")
+        write_dataset(test, test_uri)
+        summary_test = {"test_rows": test.num_rows, "test": test_uri,
+                        "test_seed": seed if test_seed is None else test_seed, "test_fraction": test_fraction}
     labels = table.column("label").to_numpy()
     return {
         "source": str(source),
@@ -614,11 +682,13 @@ def build_movielens_100k(
         "rows": table.num_rows,
         "train_rows": train.num_rows,
         "validation_rows": validation.num_rows,
+        **({"test_rows": summary_test["test_rows"]} if summary_test else {}),
         "users": len(np.unique(table.column("user_id").to_numpy())),
         "movies": len(np.unique(table.column("movie_id").to_numpy())),
         "positive_rate": float(labels.mean()) if len(labels) else 0.0,
         "seed": seed,
         "train": train_uri,
         "validation": validation_uri,
+        **{k: v for k, v in summary_test.items() if k != "test_rows"},
         "seconds": round(time.perf_counter() - started, 3),
     }

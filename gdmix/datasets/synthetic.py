@@ -42,6 +42,7 @@ class SyntheticData:
     validation: pa.Table
     fixed_truth: pa.Table  # name, term, value; intercept as ("(INTERCEPT)", "")
     random_truth: dict[str, pa.Table] = field(default_factory=dict)  # entity, name, term, value
+    test: pa.Table | None = None  # the held-out test rows (``test_fraction > 0``)
 
 
 @dataclass
@@ -54,7 +55,7 @@ class _Effect:
 
 
 def _check_args(rows, entities, global_features, global_nnz, re_features, re_nnz, skew,
-                validation_fraction) -> None:
+                validation_fraction, test_fraction=0.0) -> None:
     if int(rows) != rows or rows < 1:
         raise GdmixError(f"rows must be a positive integer, got {rows!r}")
     if not 0 <= global_nnz <= global_features:
@@ -67,6 +68,9 @@ def _check_args(rows, entities, global_features, global_nnz, re_features, re_nnz
         raise GdmixError(f"skew must be a finite number >= 0, got {skew!r}")
     if not 0.0 <= validation_fraction < 1.0:
         raise GdmixError(f"validation_fraction must be in [0, 1), got {validation_fraction!r}")
+    if not (0.0 <= test_fraction < 1.0 and validation_fraction + test_fraction < 1.0):
+        raise GdmixError(f"test_fraction must be >= 0 with validation_fraction + test_fraction < 1, "
+                         f"got {test_fraction!r} (validation_fraction {validation_fraction!r})")
     reserved = {"uid", "label", "weight", "offset", "global", "true_logit", "fixed"}
     for column, count in entities.items():
         if not isinstance(column, str) or not column:
@@ -142,15 +146,21 @@ def generate_synthetic(
     re_nnz: int = 3,
     skew: float = 0.0,
     validation_fraction: float = 0.2,
+    test_fraction: float = 0.0,
     intercept: float = -0.5,
     fixed_scale: float = 0.5,
     random_scale: float = 0.8,
     seed: int = 0,
 ) -> SyntheticData:
-    """Generate rows from a known GLMix model; see the module docstring."""
+    """Generate rows from a known GLMix model; see the module docstring.
+
+    Each row draws one uniform ``u`` for its split: validation when ``u < validation_fraction``,
+    test when ``validation_fraction <= u < validation_fraction + test_fraction``, else train. So a
+    test split takes its rows from train only: validation is the same with or without it.
+    """
     entities = dict(entities)
     _check_args(rows, entities, global_features, global_nnz, re_features, re_nnz, skew,
-                validation_fraction)
+                validation_fraction, test_fraction)
     rows = int(rows)
     truth_rng = np.random.default_rng(np.random.SeedSequence([seed, 0]))
     beta = truth_rng.normal(0.0, fixed_scale, size=global_features)
@@ -172,7 +182,7 @@ def generate_synthetic(
 
     g_name, g_terms = pa.array([GLOBAL_FEATURE_NAME]), _terms(global_features)
     r_name, r_terms = pa.array([RE_FEATURE_NAME]), _terms(re_features)
-    train_blocks, validation_blocks = [], []
+    train_blocks, validation_blocks, test_blocks = [], [], []
     for block, start in enumerate(range(0, rows, BLOCK_ROWS)):
         n = min(BLOCK_ROWS, rows - start)
         rng = np.random.default_rng(np.random.SeedSequence([seed, 1, block]))
@@ -192,7 +202,9 @@ def generate_synthetic(
             logit += effect.bias[ids] + (r_val * effect.coef[ids[:, None], r_idx]).sum(axis=1)
             per_entity.append((effect.column, ids, r_idx, r_val))
         label = (rng.random(n) < 1.0 / (1.0 + np.exp(-logit))).astype(np.float64)
-        is_validation = rng.random(n) < validation_fraction
+        split_draw = rng.random(n)
+        is_validation = split_draw < validation_fraction
+        is_test = ~is_validation & (split_draw < validation_fraction + test_fraction)
         uid = np.arange(start, start + n, dtype=np.int64)
 
         def table(rows_: np.ndarray) -> pa.Table:
@@ -205,8 +217,9 @@ def generate_synthetic(
             columns["true_logit"] = pa.array(logit[rows_])
             return pa.table(columns)
 
-        train_blocks.append(table(np.flatnonzero(~is_validation)))
+        train_blocks.append(table(np.flatnonzero(~is_validation & ~is_test)))
         validation_blocks.append(table(np.flatnonzero(is_validation)))
+        test_blocks.append(table(np.flatnonzero(is_test)))
 
     fixed_truth = pa.table(
         {
@@ -222,6 +235,7 @@ def generate_synthetic(
         validation=pa.concat_tables(validation_blocks),
         fixed_truth=fixed_truth,
         random_truth=random_truth,
+        test=pa.concat_tables(test_blocks) if test_fraction > 0 else None,
     )
 
 
@@ -244,10 +258,11 @@ def _random_truth(effect: _Effect, r_terms: pa.Array) -> pa.Table:
 
 
 def write_synthetic(out: str, data: SyntheticData, rows_per_file: int | None = None) -> dict[str, str]:
-    """Write ``out/train/``, ``out/validation/``, ``out/truth/fixed/`` and ``out/truth/<E>/``.
+    """Write ``out/train/``, ``out/validation/``, ``out/test/`` (when the data has a test split),
+    ``out/truth/fixed/`` and ``out/truth/<E>/``.
 
-    Returns the written directories keyed ``train``, ``validation``, ``truth/fixed`` and
-    ``truth/<E>`` for each entity column ``E``.
+    Returns the written directories keyed ``train``, ``validation``, (``test``,) ``truth/fixed``
+    and ``truth/<E>`` for each entity column ``E``.
     """
     paths = {
         "train": fs.join(out, "train"),
@@ -256,6 +271,11 @@ def write_synthetic(out: str, data: SyntheticData, rows_per_file: int | None = N
     }
     write_dataset(data.train, paths["train"], rows_per_file)
     write_dataset(data.validation, paths["validation"], rows_per_file)
+    if data.test is not None:
+        paths["test"] = fs.join(out, "test")
+        write_dataset(data.test, paths["test"], rows_per_file)
+    else:
+        fs.remove(fs.join(out, "test"))  # an earlier run's test rows may be this run's training rows
     write_dataset(data.fixed_truth, paths["truth/fixed"])
     for column, table in data.random_truth.items():
         paths[f"truth/{column}"] = fs.join(out, "truth", column)

@@ -5,8 +5,9 @@ collective workers with ``TF_CONFIG`` on 127.0.0.1, or ``horovodrun -np N``), as
 TFJob, or as the ranks of an MPIJob's ``horovodrun``. Every worker reads the training and
 validation rows (DeText's inputs: texts, the wide bag, dense columns), builds the same
 vocabulary and feature statistics, and takes its share of every global batch
-(:mod:`gdmix.models.detext.training`). Then each worker scores its slice of the rows; the
-chief writes the model, commits the output in one step and writes ``job.json`` last.
+(:mod:`gdmix.models.detext.training`); the best step is chosen on validation only. Then each
+worker scores its slice of the rows (and of the test rows, ``data.test``, which training never
+sees); the chief writes the model, commits the output in one step and writes ``job.json`` last.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def run_detext_job(config: GdmixConfig, coordinate: str, output: str, *, offsets
         columns = ContractColumns(uid=config.data.uid, label=config.data.label, weight=config.data.weight,
                                   offset=config.data.offset, bags=(spec.wide_bag,) if spec.wide_bag else (),
                                   extra=handle.columns)
-        uris = {"train": config.data.train, "validation": config.data.validation}
+        uris = {"train": config.data.train, "validation": config.data.validation, "test": config.data.test}
         tables = {split: read_contract_table(uri, columns) for split, uri in uris.items() if uri}
         maps = {}
         if spec.wide_bag:
@@ -52,8 +53,9 @@ def run_detext_job(config: GdmixConfig, coordinate: str, output: str, *, offsets
         data = {split: to_dataset(table, maps, [], handle.columns) for split, table in tables.items()}
         # the other coordinates' scores: on the training rows to fit, on the validation rows to
         # pick the best step on the same total score that coordinate descent evaluates
+        # (the test rows' scores are this coordinate's own: their total is assembled downstream)
         given = {"train": offsets, "validation": validation_offsets}
-        base = {split: d.offset + (read_offsets(given[split], d.uid) if given[split] else 0.0)
+        base = {split: d.offset + (read_offsets(given[split], d.uid) if given.get(split) else 0.0)
                 for split, d in data.items()}
         return data, maps, base
 

@@ -3,13 +3,13 @@
 Every worker runs :func:`run_fixed_effect_job` with the same arguments; ``TF_CONFIG`` tells it
 which worker it is. A worker
 
-1. reads its shard of the training (and validation) rows, balanced by row count;
+1. reads its shard of the training (and validation, test) rows, balanced by row count;
 2. agrees with the others on the data: total rows and weight, globally unique uids (uids are
    shuffled by hash through the job's working directory), and one feature index map (given, or
    built from every worker's distinct features);
 3. trains with the data term summed by a collective all-reduce, checkpointing its point every
    ``checkpoint_every`` iterations into the working directory (a restarted job resumes there);
-4. scores its shards and writes ``scores/<coordinate>/{train,validation}/part-<worker>.parquet``.
+4. scores its shards and writes ``scores/<coordinate>/{train,validation,test}/part-<worker>.parquet``.
 
 The chief then writes the model, commits the whole output in one step (no half-written score
 set is ever visible) and writes ``job.json`` last as the completion marker. Any worker's
@@ -43,7 +43,7 @@ from gdmix.models.coordinates import FixedEffectCoordinate
 from gdmix.models.fixed_effect import FixedEffectModel, FixedEffectProblem
 
 JOB_FILE = "job.json"
-SPLITS = ("train", "validation")
+SPLITS = ("train", "validation", "test")
 
 
 def run_fixed_effect_job(
@@ -77,8 +77,9 @@ def run_fixed_effect_job(
     del tables  # the Arrow columns (names and terms of every feature) are no longer needed
     train = data["train"]
     base = {"train": train.offset + agree(collective, lambda: _external_offsets(offsets, train))}
-    if "validation" in data:
-        base["validation"] = data["validation"].offset
+    for split in SPLITS[1:]:
+        if split in data:
+            base[split] = data[split].offset
     initial = agree(collective, lambda: _warm_start_model(warm_start, spec, maps))
     log(f"{who}: {train.num_rows:,} training rows, {train.bag(spec.feature_bag).nnz:,} non-zeros")
 
@@ -143,7 +144,7 @@ def _working_directory(output: str, config: GdmixConfig, *identity) -> str:
 def _read_shards(config: GdmixConfig, spec: FixedEffectConfig, index: int, count: int) -> dict[str, ContractTable]:
     columns = ContractColumns(uid=config.data.uid, label=config.data.label, weight=config.data.weight,
                               offset=config.data.offset, bags=(spec.feature_bag,) if spec.feature_bag else ())
-    uris = {"train": config.data.train, "validation": config.data.validation}
+    uris = {split: getattr(config.data, split) for split in SPLITS}
     return {split: read_contract_table(uri, columns, shard=(index, count)) for split, uri in uris.items() if uri}
 
 

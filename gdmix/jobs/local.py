@@ -42,7 +42,8 @@ def fit_on_local_workers(
     with tempfile.TemporaryDirectory(prefix="gdmix-fe-") as tmp:
         root = Path(tmp)
         job_config = config.model_dump(mode="json")
-        job_config["data"]["validation"] = None  # the caller scores validation data itself
+        job_config["data"]["validation"] = None  # the caller scores validation and test data itself
+        job_config["data"]["test"] = None
         (root / "config.yaml").write_text(yaml.safe_dump(job_config))
         fs.write_parquet(pa.table({"uid": data.uid, "offset": offsets - data.offset}), str(root / "offsets"))
         maps = {coordinate.feature_bag: index_maps[coordinate.feature_bag]} if coordinate.feature_bag else {}

@@ -3,11 +3,11 @@
 The rows come from ``gdmix prep`` (``<prep.output>/partitions/<coordinate>/``), already grouped
 by entity into size-balanced partitions with their ``active`` flags. One partition at a time
 is read, trained with the batched solver on its active rows, scored (all its rows, active and
-passive, and its validation rows) and committed, so memory is bounded by the largest
+passive, and its validation and test rows) and committed, so memory is bounded by the largest
 partition, not the population.
 
 Each partition commits on its own: its files are staged, moved into
-``models/<coordinate>/partition=<p>/`` and ``scores/<coordinate>/{train,validation}/partition=<p>/``,
+``models/<coordinate>/partition=<p>/`` and ``scores/<coordinate>/{train,validation,test}/partition=<p>/``,
 and only then does ``done/<coordinate>/partition=<p>.json`` appear. A rerun skips every
 partition with that marker, so a killed worker costs only the partition it was on. Under
 ``TF_CONFIG`` (or ``--workers N``, which launches N local processes) worker k of n takes every
@@ -35,7 +35,7 @@ from gdmix.io.contract import ContractColumns, read_contract_table
 from gdmix.io.uid_join import read_offsets
 from gdmix.models.random_effect import RandomEffectModel, fit_random_effect
 
-SPLITS = ("train", "validation")
+SPLITS = ("train", "validation", "test")
 
 
 def partition_list(text: str, total: int) -> list[int]:
@@ -91,8 +91,9 @@ def train_partitions(config: GdmixConfig, coordinate: str, partitions: str, outp
 def _write_summary(output: str, coordinate: str, partitions: int) -> None:
     """``done/<coordinate>.json`` once every partition is committed: totals over partitions."""
     stats = [json.loads(fs.read_text(_marker(output, coordinate, p))) for p in range(partitions)]
-    totals = {key: sum(s[key] for s in stats) for key in ("entities_trained", "rows", "active_rows",
-                                                          "validation_rows", "unconverged_entities")}
+    totals = {key: sum(s.get(key, 0) for s in stats) for key in ("entities_trained", "rows", "active_rows",
+                                                                 "validation_rows", "test_rows",
+                                                                 "unconverged_entities")}
     summary = totals | {"partitions": partitions, "seconds": sum(s["seconds"] for s in stats),
                         "largest_partition_seconds": max(s["seconds"] for s in stats)}
     fs.write_text_atomic(fs.join(output, "done", f"{coordinate}.json"), fs.to_json(summary))
@@ -137,10 +138,11 @@ def _train_one(config, spec: RandomEffectConfig, prep_dir: str, partition: int, 
                output: str, offsets: str | None, warm_start: str | None) -> dict:
     train, flags = _read_partition(prep_dir, spec, "train", partition, index_map, offsets)
     if train is None:  # more partitions than the population fills: nothing to train or score
-        return {"partition": partition, "rows": 0, "active_rows": 0, "validation_rows": 0, "entities_trained": 0,
-                "unconverged_entities": 0}
-    data = {"train": train, "validation": _read_partition(prep_dir, spec, "validation", partition, index_map,
-                                                          offsets)[0]}
+        return {"partition": partition, "rows": 0, "active_rows": 0, "validation_rows": 0, "test_rows": 0,
+                "entities_trained": 0, "unconverged_entities": 0}
+    data = {"train": train}
+    for split in SPLITS[1:]:
+        data[split] = _read_partition(prep_dir, spec, split, partition, index_map, offsets)[0]
     entities = train.entities[spec.entity]
     active = np.flatnonzero(flags)
     # prep already applied min_rows and max_rows (the active flag): train every active entity
@@ -162,7 +164,8 @@ def _train_one(config, spec: RandomEffectConfig, prep_dir: str, partition: int, 
             }), fs.join(staging, split))
     _commit_partition(staging, output, spec.name, partition, data)
     return report.as_dict() | {"partition": partition, "rows": train.num_rows, "active_rows": len(active),
-                               "validation_rows": data["validation"].num_rows if data["validation"] else 0}
+                               "validation_rows": data["validation"].num_rows if data["validation"] else 0,
+                               "test_rows": data["test"].num_rows if data["test"] else 0}
 
 
 def _commit_partition(staging: str, output: str, coordinate: str, partition: int, data: dict) -> None:

@@ -81,15 +81,53 @@ def check_contract(frame, source: str) -> None:
                         path=source, column="uid")
 
 
+def check_held_out(frames: dict, split: str, source: str) -> None:
+    """A held-out split given as its own input shares no uid with the other splits (a test row
+    that is also a training row would leak into the reported test metrics)."""
+    uids = frames[split].select("uid")
+    for other, frame in frames.items():
+        if other == split:
+            continue
+        shared = uids.join(frame.select("uid"), "uid").limit(1).collect()
+        if shared:
+            raise DataError(f"uid {shared[0]['uid']} is in the {split} data and in the {other} data; "
+                            f"the {split} rows must be held out", path=source, column="uid")
+
+
 def split_validation(frame, fraction: float, seed: int):
     """A seeded split by a hash of the uid: the same rows whatever the input's partitioning."""
+    parts = split_held_out(frame, fraction, 0.0, seed)
+    return parts["train"], parts["validation"]
+
+
+def split_held_out(frame, validation_fraction: float, test_fraction: float, seed: int,
+                   validation: bool = True, test: bool = True) -> dict:
+    """A seeded three-way split by a hash of the uid (the same rows whatever the input's
+    partitioning): ``validation`` takes the hash band ``[0, validation_fraction)``, ``test`` the
+    band ``[validation_fraction, validation_fraction + test_fraction)``, both fractions of the whole
+    input; train keeps the rest. A split not asked for (``validation=False``, ``test=False`` or
+    ``test_fraction == 0``) is not drawn and its band stays in train. Returns the frames by split
+    name, ``train`` first."""
     from pyspark.sql import functions as F
 
-    bucket = F.abs(F.xxhash64(F.col("uid"), F.lit(seed), F.lit(UID_SEED))) % 1_000_000
-    marked = frame.withColumn("_validation", bucket < int(round(fraction * 1_000_000)))
-    train = marked.filter(~F.col("_validation")).drop("_validation")
-    validation = marked.filter(F.col("_validation")).drop("_validation")
-    return train, validation
+    low = int(round(validation_fraction * 1_000_000))
+    high = int(round((validation_fraction + test_fraction) * 1_000_000))
+    marked = frame.withColumn("_bucket", F.abs(F.xxhash64(F.col("uid"), F.lit(seed), F.lit(UID_SEED))) % 1_000_000)
+    bucket = F.col("_bucket")
+    held = {}
+    if validation:
+        held["validation"] = bucket < low
+    if test and high > low:
+        held["test"] = (bucket >= low) & (bucket < high)
+    if not held:
+        return {"train": frame}
+    in_any = None
+    for condition in held.values():
+        in_any = condition if in_any is None else (in_any | condition)
+    parts = {"train": marked.filter(~in_any).drop("_bucket")}
+    for name, condition in held.items():
+        parts[name] = marked.filter(condition).drop("_bucket")
+    return parts
 
 
 def feature_counts(frame, bag: str):

@@ -2,10 +2,11 @@
 
 Raw rows (Parquet, CSV, JSON lines or Avro) become, under ``prep.output``:
 
-* ``train/`` and ``validation/``: the data contract (uid, label, weight, offset, entity ids,
-  one name-term-value column per feature bag of ``prep.bags``), with features seen in fewer than
-  ``min_feature_count`` training rows removed; validation comes from ``validation_input`` or a
-  seeded split of the input by uid hash;
+* ``train/``, ``validation/`` and (when asked) ``test/``: the data contract (uid, label, weight,
+  offset, entity ids, one name-term-value column per feature bag of ``prep.bags``), with features
+  seen in fewer than ``min_feature_count`` training rows removed; validation comes from
+  ``validation_input`` or a seeded split of the input by uid hash, test from ``test_input`` or the
+  same split (``split.test_fraction``); uids must be unique across the three;
 * ``index_maps/<bag>/``: the index map of every bag, from the training rows;
 * ``partitions/<coordinate>/`` for every random effect: its rows grouped by entity into
   size-balanced partitions (see :mod:`gdmix.prep.partition`) with ``manifest.json``;
@@ -26,13 +27,16 @@ from gdmix.errors import ConfigError
 from gdmix.io import fs
 from gdmix.models.coordinates import make_coordinate
 from gdmix.prep.features import (
-    build_index_map, check_contract, contract_frame, drop_rare_features, feature_counts, split_validation,
+    build_index_map, check_contract, contract_frame, drop_rare_features, feature_counts, split_held_out,
+    check_held_out,
 )
 from gdmix.prep.partition import partition_rows, write_partitioned
 from gdmix.prep.spark import executor_errors, spark_session
 from gdmix.prep.storage import read_input, read_parquet, write_parquet
 
 SUMMARY_FILE = "prep.json"
+SPLITS = ("train", "validation", "test")
+HELD_OUT = ("validation", "test")
 
 
 def run_prep(config: GdmixConfig, log=print) -> dict:
@@ -49,13 +53,20 @@ def run_prep(config: GdmixConfig, log=print) -> dict:
     try:
         with executor_errors(), fs.staged_directory(prep.output) as out:
             frames = {"train": _read(spark, prep.input, prep, entities)}
-            if prep.validation_input is not None:
-                frames["validation"] = _read(spark, prep.validation_input, prep, entities)
-                check_contract(frames["validation"], prep.validation_input.path)
+            for split in HELD_OUT:
+                source = getattr(prep, f"{split}_input")
+                if source is not None:
+                    frames[split] = _read(spark, source, prep, entities)
+                    check_contract(frames[split], source.path)
             check_contract(frames["train"], prep.input.path)
-            if prep.split is not None and prep.validation_input is None:
-                frames["train"], frames["validation"] = split_validation(
-                    frames["train"], prep.split.validation_fraction, prep.split.seed)
+            if prep.split is not None:
+                drawn = split_held_out(frames["train"], prep.split.validation_fraction, prep.split.test_fraction,
+                                       prep.split.seed, validation=prep.validation_input is None,
+                                       test=prep.test_input is None)
+                frames = drawn | {split: frame for split, frame in frames.items() if split not in drawn}
+            frames = {split: frames[split] for split in SPLITS if split in frames}
+            if prep.test_input is not None:
+                check_held_out(frames, "test", prep.test_input.path)
 
             summary = {"bags": {}, "partitions": {}}
             for bag in prep.bags:
@@ -73,12 +84,13 @@ def run_prep(config: GdmixConfig, log=print) -> dict:
 
             for coordinate in random_effects:
                 partitions = coordinate.partitions or prep.partitions
-                rows, validation_rows, manifest = partition_rows(
-                    spark, frames["train"], frames.get("validation"), coordinate, partitions)
+                rows, held_out_rows, manifest = partition_rows(
+                    spark, frames["train"], {split: frames[split] for split in HELD_OUT if split in frames},
+                    coordinate, partitions)
                 target = fs.join(out, "partitions", coordinate.name)
                 write_partitioned(rows, fs.join(target, "train"))
-                if validation_rows is not None:
-                    write_partitioned(validation_rows, fs.join(target, "validation"))
+                for split, split_rows in held_out_rows.items():
+                    write_partitioned(split_rows, fs.join(target, split))
                 fs.write_text(fs.join(target, "manifest.json"), json.dumps(manifest, indent=2) + "\n")
                 loads = [p["active_rows"] for p in manifest["partition_stats"]]
                 summary["partitions"][coordinate.name] = {

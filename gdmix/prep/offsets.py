@@ -2,7 +2,7 @@
 
 A partitioned random-effect trainer needs, for every row of its partition, the offset from all
 other coordinates. This Spark step sums the ``coordinate_score`` of the given score datasets
-per uid and writes it next to each partition (``<output>/{train,validation}/partition=<p>/``:
+per uid and writes it next to each partition (``<output>/{train,validation,test}/partition=<p>/``:
 uid, offset). Every row is kept: a uid without a score is an error (``missing_offsets:
 error``, the default) or gets 0 with a warning counting such rows (``zero``) - never the silent
 inner-join drop of GDMix.
@@ -36,7 +36,7 @@ def join_offsets(config: GdmixConfig, coordinate: str, scores: list[str], output
             for frame in frames[1:]:
                 total = total.unionByName(frame)
             total = total.groupBy("uid").agg(F.sum("coordinate_score").alias("offset"))
-            for split in ("train", "validation"):
+            for split in ("train", "validation", "test"):
                 source = fs.join(prep.output, "partitions", coordinate, split)
                 if not fs.exists(source):
                     continue

@@ -4,9 +4,9 @@ For one random-effect coordinate, each training row gets the partition of its en
 packing on the driver, :mod:`gdmix.prep.binpack`, balanced by training rows) and an
 ``active`` flag: rows of entities with fewer than ``min_rows`` rows are passive (scored, never
 trained on), and entities with more than ``max_rows`` rows keep a seeded sample of
-``max_rows`` active rows. Validation rows follow their entity (an entity never seen in
-training goes to a partition by hash; it has no model and scores 0). Output:
-``<dir>/{train,validation}/partition=<p>/`` Parquet and ``manifest.json``.
+``max_rows`` active rows. Validation (and test) rows follow their entity (an entity never seen
+in training goes to a partition by hash; it has no model and scores 0). Output:
+``<dir>/{train,validation,test}/partition=<p>/`` Parquet and ``manifest.json``.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from gdmix.prep.storage import write_parquet
 SAMPLE_SALT = 104_729
 
 
-def partition_rows(spark, train, validation, coordinate: RandomEffectConfig, partitions: int):
-    """(train rows, validation rows or None, manifest) for one random-effect coordinate."""
+def partition_rows(spark, train, held_out: dict, coordinate: RandomEffectConfig, partitions: int):
+    """(train rows, {split: rows} of the held-out frames ``held_out`` (validation, test), manifest)
+    for one random-effect coordinate. ``held_out`` may also be one frame (validation) or None."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -51,10 +52,15 @@ def partition_rows(spark, train, validation, coordinate: RandomEffectConfig, par
             active = active & (F.row_number().over(order) <= F.lit(coordinate.max_rows))
     rows = rows.withColumn("active", active)
 
-    validation_rows = None
-    if validation is not None:
-        validation_rows = validation.select(*keep).join(placed, entity, "left").withColumn(
+    if held_out is None:
+        held_out = {}
+    elif not isinstance(held_out, dict):
+        held_out = {"validation": held_out}
+    placed_held_out = {
+        split: frame.select(*keep).join(placed, entity, "left").withColumn(
             "partition", F.coalesce(F.col("partition"), (F.abs(F.xxhash64(entity)) % partitions).cast("int")))
+        for split, frame in held_out.items() if frame is not None
+    }
 
     manifest = {
         "coordinate": coordinate.name,
@@ -68,7 +74,7 @@ def partition_rows(spark, train, validation, coordinate: RandomEffectConfig, par
         "rows": int(sizes.sum()),
         "partition_stats": _stats(sizes, trained, assignment, partitions),
     }
-    return rows, validation_rows, manifest
+    return rows, placed_held_out, manifest
 
 
 def _stats(sizes, trained, assignment, partitions) -> list[dict]:

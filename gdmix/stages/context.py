@@ -65,6 +65,8 @@ def derived_prep(config: GdmixConfig) -> dict:
     }
     if data.validation:
         prep["validation_input"] = {"path": data.validation, "format": "parquet"}
+    if data.test:
+        prep["test_input"] = {"path": data.test, "format": "parquet"}
     return prep
 
 
@@ -85,9 +87,9 @@ def with_optional_columns(config: GdmixConfig) -> GdmixConfig:
 def prepared_config(config: GdmixConfig, prepared: str) -> GdmixConfig:
     """The configuration of every stage after ``prepare``: data and prep output are the prepared artifact."""
     raw = config.model_dump(mode="json")
-    validation = fs.join(prepared, "validation")
-    raw["data"] = {"train": fs.join(prepared, "train"),
-                   "validation": validation if fs.exists(validation) else None}
+    held_out = {split: fs.join(prepared, split) for split in ("validation", "test")}
+    raw["data"] = {"train": fs.join(prepared, "train")} | {
+        split: uri if fs.exists(uri) else None for split, uri in held_out.items()}
     raw["prep"]["output"] = prepared
     return validate_config(raw, source="pipeline config")
 
@@ -97,7 +99,7 @@ def stage_config(config_text: str, overrides: list[str] | None, prepared: str) -
     return prepared_config(run_config(config_text, overrides), prepared)
 
 
-def data_overrides(config_text: str, train_data: str, validation_data: str) -> list[str]:
+def data_overrides(config_text: str, train_data: str, validation_data: str, test_data: str = "") -> list[str]:
     """The pipeline's data URI parameters as overrides of the raw input (``prep.input`` when the
     config prepares raw data, else ``data``)."""
     has_prep = load_config_text(config_text, source="pipeline config").prep is not None
@@ -107,4 +109,6 @@ def data_overrides(config_text: str, train_data: str, validation_data: str) -> l
     if validation_data:
         overrides.append(f"prep.validation_input.path={validation_data}" if has_prep
                          else f"data.validation={validation_data}")
+    if test_data:
+        overrides.append(f"prep.test_input.path={test_data}" if has_prep else f"data.test={test_data}")
     return overrides

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from gdmix.errors import DataError
 from gdmix.evaluation import evaluate, render_html
 from gdmix.io import fs
-from gdmix.stages.score_table import META_FILE
+from gdmix.stages.score_table import META_FILE, SPLITS
 
 
 @dataclass
@@ -20,9 +20,12 @@ class StepEvaluation:
 
 
 def evaluate_location(location: str, split: str, entities: list[str], title: str) -> StepEvaluation:
-    """Evaluate ``<location>/<split>/`` of a score table, or the Parquet at ``location`` itself."""
+    """Evaluate ``<location>/<split>/`` of a score table, or the Parquet at ``location`` itself
+    (scores of ``split``'s rows); the report names the split its metrics come from."""
     source = fs.join(location, split)
     if not fs.exists(source):
+        if fs.exists(fs.join(location, META_FILE)):  # never the union of a score table's splits
+            raise DataError(f"the score table has no {split} split (is data.{split} set?)", path=location)
         source = location
     table = fs.read_parquet_dir(source)
     for column in ("label", "score"):
@@ -32,7 +35,7 @@ def evaluate_location(location: str, split: str, entities: list[str], title: str
     ids = {name: table.column(name).to_numpy(zero_copy_only=False) for name in entities if name in table.column_names}
     try:
         report = evaluate(table.column("label").to_numpy(), table.column("score").to_numpy(), weights, ids,
-                          _history(location))
+                          _history(location), split=split or None)
     except ValueError as exc:
         raise DataError(str(exc), path=source) from None
     metrics = {name: float(value) for name, value in report.metrics.items() if _finite(value)}
@@ -50,7 +53,7 @@ def _history(location: str) -> list[dict]:
         return []
     rows = []
     for step in json.loads(fs.read_text(meta))["history"]:
-        for split in ("train", "validation"):
+        for split in SPLITS:
             if step.get(split):
                 rows.append({"pass": step["pass"], "coordinate": step["name"], "split": split,
                              "auc": step[split]["auc"], "logloss": step[split]["logloss"]})

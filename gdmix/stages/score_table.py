@@ -1,6 +1,6 @@
 """The score table that carries coordinate descent from one pipeline step to the next.
 
-For each split (``train``, ``validation``) one Parquet dataset: uid, label, weight, the data's
+For each split (``train``, ``validation``, ``test``) one Parquet dataset: uid, label, weight, the data's
 own offset, the entity id columns, ``score_<coordinate>`` for every coordinate trained so far
 and ``score`` (offset plus every coordinate's score). A coordinate's offsets are the sum of the
 *other* coordinates' columns, exactly what ``gdmix train`` computes in memory; a coordinate not
@@ -23,9 +23,10 @@ from gdmix.config import GdmixConfig, RandomEffectConfig
 from gdmix.errors import DataError
 from gdmix.io import fs
 from gdmix.io.contract import ContractColumns, read_contract_table
-from gdmix.metrics import binary_metrics, per_entity_auc_summary
+from gdmix.metrics import binary_metrics, per_entity_auc_key, per_entity_auc_summary
 
-SPLITS = ("train", "validation")
+SPLITS = ("train", "validation", "test")
+HELD_OUT = ("validation", "test")
 META_FILE = "table.json"
 
 
@@ -99,14 +100,21 @@ class ScoreTable:
         self.models[coordinate] = model_uri
 
     def record(self, step: dict, entity: str | None) -> dict:
-        """Metrics of the total score after a step, appended to the history and returned."""
+        """Metrics of the total score after a step, appended to the history and returned: the
+        keys of ``gdmix train``'s results (``validation`` and ``test`` None without such a split)."""
         row = dict(step)
         for split, table in self.splits.items():
             label, score = table.column("label").to_numpy(), table.column("score").to_numpy()
             weight = table.column("weight").to_numpy()
             row[split] = binary_metrics(label, score, weight)
-            if split == "validation" and entity:
-                row["per_entity_auc"] = per_entity_auc_summary(
-                    table.column(entity).to_numpy(), label, score, weight)
+        for split in HELD_OUT:
+            row.setdefault(split, None)
+        if entity:
+            for split in HELD_OUT:
+                if split in self.splits:
+                    table = self.splits[split]
+                    row[per_entity_auc_key(split)] = per_entity_auc_summary(
+                        table.column(entity).to_numpy(), table.column("label").to_numpy(),
+                        table.column("score").to_numpy(), table.column("weight").to_numpy())
         self.history.append(row)
         return row

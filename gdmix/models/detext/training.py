@@ -8,12 +8,17 @@ update, so the weights stay identical without further synchronisation. The colle
 
 Every ``eval_every`` steps the chief scores the validation rows; the weights with the best
 value of ``metric`` (in its direction) are kept, and the model ends with them.
+
+The loop always runs ``steps`` steps (there is no early stopping); the report says whether
+training had levelled off by then (``stop_reason``, ``converged``, see :func:`stop_reason`).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +34,9 @@ from gdmix.tf_runtime import import_tensorflow
 tf = import_tensorflow()  # this package is TensorFlow through and through
 
 SCORE_BATCH = 4096
+# the training loss has levelled off when the mean loss of the last fifth of the steps is within
+# this fraction of the mean of the fifth before it
+LOSS_PLATEAU_RTOL = 0.01
 
 
 @dataclass
@@ -40,11 +48,56 @@ class TrainingReport:
     evaluations: list[dict] = field(default_factory=list)
     best_step: int | None = None
     best_metric: float | None = None
+    stop_reason: str = "step_budget"
+
+    @property
+    def converged(self) -> bool:
+        return self.stop_reason != "step_budget"
 
     def as_dict(self) -> dict:
         return {"steps": self.steps, "seconds": self.seconds, "examples_per_second": self.examples_per_second,
                 "train_loss": self.train_loss, "evaluations": self.evaluations, "best_step": self.best_step,
-                "best_metric": self.best_metric, "iterations": self.steps, "converged": True}
+                "best_metric": self.best_metric, "iterations": self.steps, "converged": self.converged,
+                "stop_reason": self.stop_reason}
+
+
+def stop_reason(report: TrainingReport, step_losses: list[float]) -> str:
+    """Why the run can be called finished when its ``steps`` ran out.
+
+    ``validation_plateau``: the validation metric's best value came before the last evaluation
+    (the last ``eval_every`` steps did not improve it; the model keeps the best weights).
+    ``loss_plateau`` (without validation rows): the mean training loss of the last fifth of the
+    steps is within ``LOSS_PLATEAU_RTOL`` of the fifth before it. Otherwise ``step_budget``:
+    the run was still improving when its steps ran out (more steps may help).
+    """
+    if report.evaluations:
+        if len(report.evaluations) >= 2 and report.best_step is not None \
+                and report.best_step < report.evaluations[-1]["step"]:
+            return "validation_plateau"
+        return "step_budget"
+    window = len(step_losses) // 5
+    if window >= 2:
+        last, before = np.mean(step_losses[-window:]), np.mean(step_losses[-2 * window:-window])
+        if before - last <= LOSS_PLATEAU_RTOL * abs(before):
+            return "loss_plateau"
+    return "step_budget"
+
+
+def horovod_installed() -> bool:
+    return importlib.util.find_spec("horovod") is not None
+
+
+def warn_if_collective_fallback(config: DetextConfig, collective: Collective) -> None:
+    """``distribution: auto`` trains on Horovod when it is installed; say so when it is not and
+    this multi-worker run fell back to TF collective workers."""
+    if config.distribution != "auto" or collective.size <= 1 or type(collective).__name__ == "HorovodCollective":
+        return
+    if horovod_installed():
+        return
+    message = (f"DeText coordinate '{config.name}' (distribution: auto): Horovod is not installed, so its "
+               f"{collective.size} workers use TF collective all-reduce instead; `make horovod` builds and "
+               "installs Horovod for this TensorFlow (or set distribution: collective to silence this)")
+    warnings.warn(message, RuntimeWarning, stacklevel=2)
 
 
 def metric_direction(config: DetextConfig) -> str:
@@ -90,9 +143,11 @@ def train_network(network, config: DetextConfig, train: DetextRows, train_offset
     _ = network(batch_inputs(train, np.arange(min(2, train.num_rows)), train_offsets))  # build the weights
     variables = network.trainable_variables
     _broadcast(network, collective)
+    warn_if_collective_fallback(config, collective)
     direction = metric_direction(config)
     report = TrainingReport(0, 0.0, 0.0)
     best_weights, examples, started = None, 0, time.perf_counter()
+    step_losses: list[float] = []
 
     sizes = [int(np.prod(v.shape)) for v in variables]
 
@@ -127,6 +182,7 @@ def train_network(network, config: DetextConfig, train: DetextRows, train_offset
         apply(tf.constant((total[:-2] * scale).astype(np.float32)))
         examples += len(batch)
         loss = total[-2] * scale
+        step_losses.append(float(loss))
         if step % max(config.steps // 50, 1) == 0 or step == config.steps:
             report.train_loss.append((step, float(loss)))
         if progress is not None:
@@ -142,6 +198,7 @@ def train_network(network, config: DetextConfig, train: DetextRows, train_offset
         for variable, value in zip(network.weights, best_weights):
             variable.assign(value)
     report.steps = config.steps
+    report.stop_reason = stop_reason(report, step_losses)
     report.seconds = time.perf_counter() - started
     report.examples_per_second = examples / max(report.seconds, 1e-9)
     return report
