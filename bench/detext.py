@@ -19,7 +19,7 @@ so examples per second is per core), once per encoder, same data and batch; the 
 
     python -m bench.detext [--steps 300] [--test-fraction 0.1] [--test-seed 1000] [--source PATH]
 
-Full size on the 2-core VM: about 5 minutes (quality ~2.2 min, 3 encoders ~40 s each).
+Full size on the 2-core VM: about 5 minutes (quality ~1 min, 3 encoders x 3 repeats of 15-35 s).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ ENCODERS = ("cnn", "transformer", "lstm")
 
 
 def run(steps: int = 300, source: str | None = None, test_fraction: float = TEST_FRACTION,
-        test_seed: int = TEST_SEED, quality_steps: int | None = None) -> dict:
+        test_seed: int = TEST_SEED, quality_steps: int | None = None, repeats: int = 3) -> dict:
     from gdmix.config import load_config
     from gdmix.game import train
 
@@ -60,8 +60,9 @@ def run(steps: int = 300, source: str | None = None, test_fraction: float = TEST
                    "auc": [{"pass": c["pass"], "coordinate": c["name"], "test": (c.get("test") or {}).get("auc"),
                             "validation": c["validation"]["auc"]} for c in result.coordinates],
                    "gdmix_published": GDMIX_PUBLISHED}
-        throughput = {encoder: _throughput(Path(tmp), overrides, encoder, steps) for encoder in ENCODERS}
+        throughput = {encoder: _throughput(Path(tmp), overrides, encoder, steps, repeats) for encoder in ENCODERS}
     return {"benchmark": "detext", "quality": quality, "throughput_one_core": throughput, "steps": steps,
+            "repeats": {"quality": 1, "throughput": repeats},
             "what_is_timed": {
                 "quality": "gdmix.game.train in this process: reading, 2 passes (DeText + 2 random effects), "
                            "scoring train/validation/test, writing; machine threads",
@@ -69,8 +70,9 @@ def run(steps: int = 300, source: str | None = None, test_fraction: float = TEST
                               "whole `gdmix detext` process (start-up, TensorFlow import, data, validation checks)"}}
 
 
-def _throughput(root: Path, overrides: list[str], encoder: str, steps: int) -> dict:
-    """One worker with one TF thread: the job reports examples per second of its training loop."""
+def _throughput(root: Path, overrides: list[str], encoder: str, steps: int, repeats: int) -> dict:
+    """One worker with one TF thread, ``repeats`` fresh processes: the job reports examples per second
+    of its training loop; median and range over the repeats."""
     raw = yaml.safe_load((EXAMPLES / "detext.yaml").read_text())
     raw["coordinates"] = [raw["coordinates"][0] | {"encoder": encoder, "steps": steps, "eval_every": steps}]
     for item in overrides:
@@ -80,14 +82,19 @@ def _throughput(root: Path, overrides: list[str], encoder: str, steps: int) -> d
     config = root / f"{encoder}.yaml"
     config.write_text(yaml.safe_dump(raw))
     env = measure.one_thread_env()
-    process = measure.run_process([sys.executable, "-m", "gdmix", "detext", str(config), "--coordinate", "global",
-                                   "--output", str(root / f"job-{encoder}")], env=env, timeout=3600)
-    job = json.loads((root / f"job-{encoder}" / "job.json").read_text())
-    solver = job["solver"]
-    return {"examples_per_second": solver["examples_per_second"], "seconds": solver["seconds"],
-            "batch_size": raw["coordinates"][0]["batch_size"], "validation_auc": solver["best_metric"],
-            "threads": measure.thread_settings(env), "process_wall_seconds": process["wall_seconds"],
-            "process_cpu_seconds": process["cpu_seconds"]}
+    solvers, processes = [], []
+    for _ in range(max(1, repeats)):
+        output = root / f"job-{encoder}"
+        processes.append(measure.run_process([sys.executable, "-m", "gdmix", "detext", str(config), "--coordinate",
+                                              "global", "--output", str(output)], env=env, timeout=3600))
+        solvers.append(json.loads((output / "job.json").read_text())["solver"])
+    return {"examples_per_second": measure.summary([s["examples_per_second"] for s in solvers]),
+            "seconds": measure.summary([s["seconds"] for s in solvers]),
+            "batch_size": raw["coordinates"][0]["batch_size"],
+            "validation_auc": measure.summary([s["best_metric"] for s in solvers]),
+            "threads": measure.thread_settings(env),
+            "process_wall_seconds": measure.summary([p["wall_seconds"] for p in processes]),
+            "process_cpu_seconds": measure.summary([p["cpu_seconds"] for p in processes])}
 
 
 def main() -> None:
@@ -97,9 +104,11 @@ def main() -> None:
                         "detext.yaml's 1500; smaller only for a quick check)")
     parser.add_argument("--test-fraction", type=float, default=TEST_FRACTION)
     parser.add_argument("--test-seed", type=int, default=TEST_SEED)
+    parser.add_argument("--repeats", type=int, default=3, help="fresh processes per encoder (throughput)")
     parser.add_argument("--source")
     args = parser.parse_args()
-    print(json.dumps(run(args.steps, args.source, args.test_fraction, args.test_seed, args.quality_steps), indent=2))
+    print(json.dumps(run(args.steps, args.source, args.test_fraction, args.test_seed, args.quality_steps,
+                         args.repeats), indent=2))
 
 
 if __name__ == "__main__":
