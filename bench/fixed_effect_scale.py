@@ -121,7 +121,6 @@ def time_to_gap(trajectory, reference: float, gap: float = GAP) -> float | None:
     return None
 
 
-# ---------------------------------------------------------------------------------------------
 # sklearn, in this process
 
 
@@ -171,7 +170,6 @@ def sklearn_runs(x, y, solver: str, repeats: int, threads: int | None, options: 
             "cpu_seconds": measure.summary([r["times"]["cpu_seconds"] for r in runs])}
 
 
-# ---------------------------------------------------------------------------------------------
 # gdmix, in subprocesses
 
 
@@ -307,9 +305,6 @@ def worker_runs(data: Path, tmp: Path, workers: int, repeats: int) -> dict:
             "seconds_per_evaluation": measure.summary(
                 [r["seconds_per_local_evaluation"]["median"] + r["seconds_per_allreduce"]["median"] for r in runs]),
             "seconds_per_allreduce": measure.summary([r["seconds_per_allreduce"]["median"] for r in runs])}
-
-
-# ---------------------------------------------------------------------------------------------
 
 
 def _solver_summary(side: dict, reference: float, x, y) -> dict:

@@ -30,7 +30,6 @@ from typing import Any, Callable
 THREAD_VARIABLES = ("GDMIX_INTRA_OP_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-# ---------------------------------------------------------------------------------------------
 # machine and threads
 
 
@@ -141,7 +140,6 @@ def machine_threads_env(base: dict | None = None) -> dict:
     return env
 
 
-# ---------------------------------------------------------------------------------------------
 # timing
 
 
@@ -181,7 +179,6 @@ def rate(count: float, seconds: dict) -> dict:
     return {"median": count / seconds["median"], "min": count / seconds["max"], "max": count / seconds["min"]}
 
 
-# ---------------------------------------------------------------------------------------------
 # subprocesses
 
 

@@ -10,10 +10,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from rich.console import Console
-from rich.markup import escape
-
 from gdmix import __version__
+from gdmix.command_line import add_set as _add_set
+from gdmix.command_line import log as _log
+from gdmix.command_line import run_command
 from gdmix.errors import GdmixError
 from gdmix.io.fs import to_json
 
@@ -30,14 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
-    try:
-        return args.handler(args) or 0
-    except GdmixError as exc:
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-        return 1
-    except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted; no output was committed")
-        return 130
+    return run_command(lambda: args.handler(args))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -196,16 +189,6 @@ def _job_parser(commands, name: str, help_text: str) -> argparse.ArgumentParser:
     return job
 
 
-def _log(message: str) -> None:
-    """Progress lines go to stderr; stdout carries only the command's result."""
-    print(message, file=sys.stderr, flush=True)
-
-
-def _add_set(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set coordinates.per_user.l2=10")
-
-
 def _train(args) -> int:
     from gdmix.config import load_config
 
@@ -277,12 +260,9 @@ def _without_option(argv: list[str], option: str) -> list[str]:
 
 
 def _prep(args) -> int:
-    from gdmix.config import load_config
-    from gdmix.prep.job import run_prep
+    from gdmix.prep.submit import prep
 
-    summary = run_prep(load_config(args.config, args.overrides), log=_log)
-    print(to_json(summary), end="")
-    return 0
+    return prep(args.config, args.overrides)
 
 
 def _offsets(args) -> int:

@@ -1,10 +1,10 @@
 """Coordinate descent over fixed and random effects (GAME / GLMix), with passes and warm start.
 
 Each coordinate trains with offset = data offset + the current scores of all *other*
-coordinates, then its scores are refreshed. For one pass in the order FE -> RE1 -> RE2 this is
-exactly GDMix's chaining (each RE sees the cumulative score of the ones before it); more passes
-revisit every coordinate with the others' latest scores, which GDMix never did. Every
-coordinate starts from its previous model (warm start), so later passes are cheap.
+coordinates, then its scores are refreshed: in one pass FE -> RE1 -> RE2 each random effect sees
+the cumulative score of the ones before it, and further passes revisit every coordinate with the
+others' latest scores. Every coordinate starts from its previous model (warm start), so later
+passes are cheap. (How this differs from GDMix: docs/compared-with-gdmix.md.)
 
 An optional test split (``data.test``) is scored and reported after every coordinate exactly
 like validation, and nothing ever selects on it: DeText picks its best step on validation only.

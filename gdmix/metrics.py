@@ -34,9 +34,7 @@ __all__ = [
 ]
 
 
-# --------------------------------------------------------------------------------------------
 # Input handling
-# --------------------------------------------------------------------------------------------
 
 
 def _as_1d(name: str, values, dtype=None) -> np.ndarray:
@@ -180,9 +178,7 @@ def _logloss(y: np.ndarray, z: np.ndarray, w: np.ndarray | None) -> float:
     return float(np.dot(w, loss) / total)
 
 
-# --------------------------------------------------------------------------------------------
 # Global metrics
-# --------------------------------------------------------------------------------------------
 
 
 def auc(labels, scores, weights=None) -> float:
@@ -240,9 +236,7 @@ def binary_metrics(labels, logits, weights=None) -> dict[str, float]:
     }
 
 
-# --------------------------------------------------------------------------------------------
 # Per-entity metrics
-# --------------------------------------------------------------------------------------------
 
 
 def _group_score_order(g: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -374,9 +368,7 @@ def per_entity_auc_key(split: str) -> str:
     return "per_entity_auc" if split == "validation" else f"{split}_per_entity_auc"
 
 
-# --------------------------------------------------------------------------------------------
 # Ranking metrics over groups (queries, per-user candidate lists)
-# --------------------------------------------------------------------------------------------
 #
 # Conventions shared by every ranking function:
 #

@@ -26,9 +26,7 @@ from gdmix.evaluation import (
 _data, CASES = scored_labels, SCORED_CASES
 
 
-# --------------------------------------------------------------------------------------------
 # ROC
-# --------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -107,9 +105,7 @@ def test_roc_undefined_and_invalid():
         roc_curve_points([0, 1], [0.0, 1.0], max_points=1)
 
 
-# --------------------------------------------------------------------------------------------
 # Calibration
-# --------------------------------------------------------------------------------------------
 
 
 def _expit(z):
@@ -173,9 +169,7 @@ def test_calibration_bins_invalid():
         calibration_bins([], [])
 
 
-# --------------------------------------------------------------------------------------------
 # evaluate
-# --------------------------------------------------------------------------------------------
 
 
 def _entity_data(seed: int = 3, n: int = 4000):
@@ -269,9 +263,7 @@ def test_evaluate_zero_weights_equal_dropped_rows():
     assert [x["weight"] for x in a.calibration] == pytest.approx([x["weight"] for x in b.calibration])
 
 
-# --------------------------------------------------------------------------------------------
 # HTML
-# --------------------------------------------------------------------------------------------
 
 
 class _Checker(HTMLParser):
@@ -321,6 +313,19 @@ def _count_svg(page: str) -> int:
     return len(re.findall(r"<svg\b", page))
 
 
+def _svg_path(page: str, gid: str) -> np.ndarray:
+    """The vertices, in SVG user units (pixels), of the path drawn in the page's group ``id=gid``.
+
+    matplotlib writes a line as one ``<path d="M x y L x y ...">`` in a ``<g>`` named by the
+    artist's gid; a straight-segment path is all this reads, anything else fails.
+    """
+    (d,) = re.findall(rf'<g id="{gid}">\s*<path d="([^"]+)"', page)
+    tokens = d.split()
+    commands = [t for t in tokens if t.isalpha()]
+    assert commands[0] == "M" and set(commands[1:]) <= {"L", "z"}, commands[:5]
+    return np.array([float(t) for t in tokens if not t.isalpha()]).reshape(-1, 2)
+
+
 def test_html_is_well_formed_with_one_svg_per_plot():
     labels, logits, weights, entities = _entity_data()
     report = evaluate(labels, logits, weights, entities=entities, coordinate_metrics=COORDINATES)
@@ -333,15 +338,23 @@ def test_html_is_well_formed_with_one_svg_per_plot():
                    "Observed positive rate", "Per-entity AUC (memberId)", "Per-entity AUC (itemId)",
                    "per-member", f"{report.metrics['auc']:.4f}", "+0.0400", "\u22120.0100"):
         assert needle in text
-    # ROC polyline has one vertex per point; the diagonal is drawn.
+    # The ROC curve has one vertex per point (matplotlib's path simplification is off); the
+    # diagonals are drawn dashed.
     assert page.count("stroke-dasharray") >= 2
-    (path,) = re.findall(r'<polyline points="([^"]+)" fill="none" stroke="#1a73e8" stroke-width="2"', page)
-    assert len(path.split()) == len(report.roc[0])
+    assert len(_svg_path(page, "roc-curve")) == len(report.roc[0])
+    # Inline-ready and reproducible: no XML prolog or metadata (no date), the same bytes twice,
+    # and every id a chart refers to (clip paths, markers) defined once in the whole page.
+    assert "<?xml" not in page and "<!DOCTYPE svg" not in page and "<metadata" not in page
+    assert render_html(report, "GDMix validation") == page
+    referenced = set(re.findall(r'(?:url\(#|href="#)([^")]+)', page))
+    assert referenced
+    for ref in referenced:
+        assert page.count(f'id="{ref}"') == 1, ref
 
 
 def test_html_escapes_text():
     labels, logits, weights, _ = _entity_data(4, 500)
-    evil = '<script>alert("x")</script> & <img src=x onerror=alert(1)>'
+    evil = '<script>alert("x")</script> & <img src=x onerror=alert(1)> $\\frac{$'  # $: no mathtext
     report = evaluate(
         labels, logits, weights,
         entities={evil: np.arange(500) % 7},
@@ -385,17 +398,20 @@ def test_rendered_roc_and_auc_match_sklearn(tmp_path):
     kept = weights > 0
     sk_fpr, sk_tpr, _ = sk_roc_curve(labels[kept], logits[kept], sample_weight=weights[kept], drop_intermediate=False)
     sk_auc = roc_auc_score(labels[kept], logits[kept], sample_weight=weights[kept])
-    (points,) = re.findall(r'<polyline points="([^"]+)" fill="none" stroke="#1a73e8" stroke-width="2"', page)
-    pixels = np.array([[float(v) for v in point.split(",")] for point in points.split()])
-    # the plot's pixel box (see gdmix.evaluation: 440x346, margins left 62, right 16, top 30, bottom 46)
-    fpr = (pixels[:, 0] - 62) / (440 - 16 - 62)
-    tpr = (300 - pixels[:, 1]) / (300 - 30)
+    # The axes box in pixels (the ROC axes span [0, 1] on both axes), then the curve mapped back
+    # into data space through it; SVG y grows downwards.
+    box = _svg_path(page, "roc-axes")
+    left, right = box[:, 0].min(), box[:, 0].max()
+    top, bottom = box[:, 1].min(), box[:, 1].max()
+    pixels = _svg_path(page, "roc-curve")
+    fpr = (pixels[:, 0] - left) / (right - left)
+    tpr = (bottom - pixels[:, 1]) / (bottom - top)
     assert len(fpr) > 50
     assert (fpr[0], tpr[0]) == pytest.approx((0, 0), abs=1e-4) and (fpr[-1], tpr[-1]) == pytest.approx((1, 1), abs=1e-4)
     assert np.all(np.diff(fpr) >= -1e-4) and np.all(np.diff(tpr) >= -1e-4)
-    # every drawn vertex is a point of sklearn's curve (to the 0.01-pixel rounding of the SVG)
+    # every drawn vertex is a point of sklearn's curve (to the 1e-6-pixel rounding of the SVG)
     nearest = np.min(np.abs(fpr[:, None] - sk_fpr[None, :]) + np.abs(tpr[:, None] - sk_tpr[None, :]), axis=1)
-    assert nearest.max() < 1e-4, nearest.max()
+    assert nearest.max() < 1e-6, nearest.max()
     # the area under the drawn curve is sklearn's AUC up to the thinning of the curve
     assert np.trapezoid(tpr, fpr) == pytest.approx(sk_auc, abs=2e-3)
     assert f"model (AUC {sk_auc:.4f})" in page

@@ -13,7 +13,7 @@ def fixed_effect(config: str, coordinate: str, prepared: Input[Dataset], model: 
                  task_config: dsl.TaskConfig, scores: Input[Dataset] = None, previous: Input[Model] = None,
                  overrides: List[str] = [], data_root: str = "", workload_image: str = ""):
     """Offsets from ``scores`` (the score table), warm start from ``previous`` (the last pass)."""
-    from gdmix.stages.coordinates import fixed_effect_step
+    from components._runtime import fixed_effect_launcher
 
-    fixed_effect_step(config, overrides, coordinate, prepared, model, scores, previous, data_root, workload_image,
-                      task_config)
+    fixed_effect_launcher(config, coordinate, prepared, model, task_config, scores, previous, overrides, data_root,
+                          workload_image)

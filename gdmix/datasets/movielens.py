@@ -106,7 +106,7 @@ UNKNOWN_TITLE = "unknown"  # GroupLens's title of movie 267; also given to any e
 _MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
 
 
-# --------------------------------------------------------------------------- sources
+# sources
 
 
 class _Files:
@@ -265,7 +265,7 @@ def _network_failure(output: str) -> str | None:
     return None
 
 
-# --------------------------------------------------------------------------- parsing
+# parsing
 
 
 @dataclass
@@ -509,7 +509,7 @@ def _parse_recbole(files: _Files) -> tuple[_Ratings, _Users, _Movies]:
     return ratings, users, _Movies(ids, titles, years, genres)
 
 
-# --------------------------------------------------------------------------- features
+# features
 
 
 def _user_features(users: _Users) -> list[list[tuple[str, str, float]]]:

@@ -2,7 +2,7 @@
 
 The in-memory form of a bag is a CSR matrix with float64 values and int32 column indices
 (12 bytes per non-zero and 4 per row while the indices fit in int32): compact enough to hold the fixed effect's data in memory
-for the whole optimisation instead of re-reading files on every evaluation, as GDMix did.
+for the whole optimisation instead of re-reading files on every evaluation.
 """
 
 from __future__ import annotations

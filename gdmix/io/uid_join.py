@@ -1,7 +1,7 @@
 """Values keyed by uid, looked up for the rows of a dataset: offsets, scores.
 
 Every row must find its uid: a missing one is an error naming the file and the first missing
-uid, never a silently dropped row or a silent zero (GDMix's inner join lost rows that way).
+uid, never a silently dropped row or a silent zero (an inner join would lose such rows).
 """
 
 from __future__ import annotations

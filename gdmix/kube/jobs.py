@@ -1,8 +1,8 @@
 """Run one TFJob / MPIJob / SparkApplication to its end: create, watch, stream logs, delete.
 
-This is the body of every launcher component. GDMix's launchers kept polling a failed job for up
-to 24 hours; here a job whose operator says ``Failed`` raises :class:`JobFailed` at the next
-poll, with the operator's reason and message, after printing the last log lines of its pods.
+This is the body of every launcher component. A job whose operator says ``Failed`` raises
+:class:`JobFailed` at the next poll (a step must not outlive the job it waits for), with the
+operator's reason and message, after printing the last log lines of its pods.
 The job object is deleted in a ``finally`` (also on timeout, on errors and on SIGTERM, which is
 how KFP cancels a run), so nothing keeps running after the launcher is gone. A job of the same
 name that already exists is somebody else's: it is reported, never adopted or deleted.

@@ -1,6 +1,6 @@
 """Size-aware assignment of entities to partitions (bin packing), vectorized.
 
-Hash partitioning (GDMix) puts a few giant entities wherever their hash falls, and the slowest
+Hash partitioning puts a few giant entities wherever their hash falls, and the slowest
 partition sets the pace of the whole random-effect stage. Here entities are placed largest
 first, each on the partition with the fewest rows so far (the LPT rule, within 4/3 of the best
 possible maximum). The largest entities are placed one at a time; the long tail, where many

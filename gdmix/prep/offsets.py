@@ -4,8 +4,8 @@ A partitioned random-effect trainer needs, for every row of its partition, the o
 other coordinates. This Spark step sums the ``coordinate_score`` of the given score datasets
 per uid and writes it next to each partition (``<output>/{train,validation,test}/partition=<p>/``:
 uid, offset). Every row is kept: a uid without a score is an error (``missing_offsets:
-error``, the default) or gets 0 with a warning counting such rows (``zero``) - never the silent
-inner-join drop of GDMix.
+error``, the default) or gets 0 with a warning counting such rows (``zero``) - never a silent
+inner-join drop.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Batched Newton solver for many small L2-regularised logistic regressions at once.
 
 A random effect is millions of tiny, independent problems. Solving them one scipy call at a
-time (GDMix) spends almost all its time in Python and call overhead; here a whole batch of
+time spends almost all its time in Python and call overhead; here a whole batch of
 entities with the same padded shape is one set of array operations, so the per-entity cost is
 the arithmetic alone.
 

@@ -1,7 +1,7 @@
 """L-BFGS-B driver: scipy's optimizer with stopping rules that certify the optimum.
 
-scipy's defaults (and GDMix's ``factr = tol/eps``) stop on a small *relative decrease* of the
-objective, which on a summed loss of many rows fires while coefficients are still visibly off.
+scipy's default rule (``factr``: a small *relative decrease* of the objective) fires on a summed
+loss of many rows while coefficients are still visibly off.
 Here the decisive rule is the gradient: stop when ``gradient_measure(grad) <= gtol * scale``
 (the caller passes the total sample weight as ``scale``, making ``gtol`` independent of data
 size), and the relative-decrease rule is left on only at round-off level. The measure is the
