@@ -27,7 +27,8 @@ from gdmix.config import FixedEffectConfig
 from gdmix.dataset import build_index_maps, to_dataset
 from gdmix.datasets.movielens import build_movielens_100k
 from gdmix.io.contract import ContractColumns, read_contract_table
-from gdmix.models.fixed_effect import TfLogisticLoss, fit_fixed_effect
+from gdmix.losses.logistic_tf import TfLogisticLoss
+from gdmix.models.fixed_effect import fit_fixed_effect
 
 
 def _gdmix_style(loss, dimension: int, l2: float, max_iter: int):

@@ -207,7 +207,7 @@ def _gdmix_fit(x, y, collective=None):
 def _evaluations(x, y, collective=None) -> dict:
     """Per-evaluation seconds (median of 5 after a warm-up) and the resident memory the tensors
     add (RSS before and after building them)."""
-    from gdmix.models.fixed_effect import TfLogisticLoss
+    from gdmix.losses.logistic_tf import TfLogisticLoss
 
     before = measure.rss_bytes()
     loss = TfLogisticLoss(x, y, np.ones(len(y)), np.zeros(len(y)))

@@ -12,7 +12,7 @@ def fixed_effect_launcher(config, coordinate, prepared, model, task_config, scor
                           overrides=(), data_root="", workload_image=""):
     """The body of both fixed-effect launchers, ``fixed_effect`` (logistic regression) and ``detext``:
     their parameters, in their order."""
-    from gdmix.stages.coordinates import fixed_effect_step
+    from gdmix.stages.training import fixed_effect_step
 
     fixed_effect_step(config, list(overrides), coordinate, prepared, model, scores, previous, data_root,
                       workload_image, task_config)

@@ -198,7 +198,7 @@ def _train(args) -> int:
 
 def _run_training(config, workers: int = 1) -> int:
     from gdmix.game import train
-    from gdmix.report import ConsoleReporter, print_summary
+    from gdmix.console import ConsoleReporter, print_summary
 
     if workers < 1:
         raise GdmixError(f"--workers must be at least 1, got {workers}")
@@ -322,7 +322,7 @@ def _run_pipeline_locally(config_text: str, overrides: list[str], workdir: str |
                           runner: str = "subprocess", verbose: bool = False) -> int:
     import tempfile
 
-    from gdmix.report import print_summary
+    from gdmix.console import print_summary
     from pipelines.run import run_local
 
     workdir = workdir or tempfile.mkdtemp(prefix="gdmix-pipeline-")
@@ -406,7 +406,7 @@ def _demo(args) -> int:
     from gdmix.config import load_config_text
     from gdmix.datasets.movielens import build_movielens_100k
     from gdmix.errors import DatasetUnavailable
-    from gdmix.report import ConsoleReporter
+    from gdmix.console import ConsoleReporter
 
     reporter = ConsoleReporter()
     workdir = Path(args.workdir).resolve()

@@ -34,7 +34,7 @@ from gdmix.io.contract import ContractColumns, read_contract_table
 from gdmix.metrics import binary_metrics, per_entity_auc_key, per_entity_auc_summary
 from gdmix.jobs.local import fit_on_local_workers
 from gdmix.models.coordinates import Coordinate, FixedEffectCoordinate, Model, make_coordinate
-from gdmix.report import Reporter, SilentReporter
+from gdmix.console import Reporter, SilentReporter
 
 #: the splits a run reads, in order; only ``train`` is required. Index maps come from train.
 SPLITS = ("train", "validation", "test")

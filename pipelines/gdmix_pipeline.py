@@ -39,7 +39,7 @@ from gdmix.config import (
 )
 from gdmix.images import image
 from gdmix.stages.context import run_config, shape_of
-from gdmix.stages.coordinates import partition_groups
+from gdmix.stages.training import partition_groups
 from gdmix.stages.locations import SECRET_NAME_ENV  # names the Secret in every step (see _secured)
 
 # what the object-store Secret's keys become in every step's environment

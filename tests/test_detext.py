@@ -471,7 +471,7 @@ def test_detext_as_an_mpijob_on_a_fake_cluster(text_data, tmp_path):
     """backend: kubernetes renders an MPIJob whose launcher runs horovodrun; the fake operator
     runs that command here."""
     _require_horovod()
-    import gdmix.stages.coordinates as coordinates
+    import gdmix.stages.training as coordinates
     from gdmix.stages.backends import Launch
     from gdmix.stages.context import run_config
     from test_stage_backends import RunningOperator, _options

@@ -6,8 +6,9 @@ from sklearn.linear_model import LogisticRegression
 
 from gdmix.config import FixedEffectConfig
 from gdmix.features.index_map import IndexMap
+from gdmix.losses.logistic_tf import TfLogisticLoss
 from gdmix.models.fixed_effect import (
-    FixedEffectModel, Standardization, TfLogisticLoss, fit_fixed_effect, penalty_vector,
+    FixedEffectModel, Standardization, fit_fixed_effect, penalty_vector,
 )
 
 from oracles import scipy_logistic
@@ -135,7 +136,7 @@ def test_model_table_roundtrip_drops_unknown_features():
 
 def test_native_kernel_matches_stock_tensorflow_ops():
     """The fused op is built and used here, agrees with the composite TF kernel, and is deterministic."""
-    from gdmix.models.fixed_effect import _composite_function
+    from gdmix.losses.logistic_tf import _composite_function
 
     features, labels, weights = _sparse_data(12, rows=3000, width=200)
     offsets = np.random.default_rng(13).normal(size=3000)

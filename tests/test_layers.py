@@ -3,7 +3,7 @@
 * The CLI is the top layer: only ``gdmix/cli.py`` and ``gdmix/__main__.py`` (``python -m gdmix``)
   may import ``gdmix.cli``. What another entry point needs from it (error reporting, ``--set``,
   progress lines) lives in a lower module (``gdmix.command_line``).
-* ``gdmix/solvers`` is the bottom layer: it imports nothing else from gdmix.
+* ``gdmix/solvers`` imports nothing else from gdmix but the losses it minimises (``gdmix.losses``).
 
 Also: the two fixed-effect launcher components (``fixed_effect``, ``detext``) share one body,
 ``components._runtime.fixed_effect_launcher``, which each calls with its own parameters in order;
@@ -72,13 +72,14 @@ def test_only_the_entry_points_import_the_cli():
     assert not offenders, f"modules below the CLI import it (move what they use into a lower module): {offenders}"
 
 
-def test_solvers_import_nothing_else_from_gdmix():
+def test_solvers_import_nothing_from_gdmix_but_the_losses():
     solvers = {path: imported for path, imported in _modules().items() if path.startswith("gdmix/solvers/")}
     assert solvers, "no modules under gdmix/solvers"
-    offenders = {path: sorted(m for m in imported if _is(m, "gdmix") and not _is(m, "gdmix.solvers"))
+    offenders = {path: sorted(m for m in imported if _is(m, "gdmix") and not _is(m, "gdmix.solvers")
+                              and not _is(m, "gdmix.losses"))
                  for path, imported in solvers.items()}
     offenders = {path: names for path, names in offenders.items() if names}
-    assert not offenders, f"gdmix/solvers must import nothing else from gdmix: {offenders}"
+    assert not offenders, f"gdmix/solvers must import nothing from gdmix but gdmix.losses: {offenders}"
 
 
 def test_the_import_reader_sees_relative_and_nested_imports(tmp_path):
@@ -137,9 +138,9 @@ def test_examples_have_one_source_shipped_as_package_data():
 #: The README's "Architecture" table, bottom layer first: a module may import its own layer and
 #: the layers below it. Keys are module paths relative to gdmix/ (a package covers its modules).
 LAYERS = [
-    ("data, utils", {"errors", "io", "features", "config", "metrics", "report", "dataset", "sparse",
+    ("data, utils", {"errors", "io", "features", "config", "metrics", "console", "dataset", "sparse",
                      "tf_runtime", "images", "command_line", "__init__"}),
-    ("numerics", {"solvers", "native"}),
+    ("numerics", {"losses", "solvers", "native"}),
     ("models", {"models", "distributed", "artifacts"}),
     ("runs", {"game", "jobs", "prep", "scoring", "evaluation", "kube", "datasets"}),
     ("steps", {"stages"}),

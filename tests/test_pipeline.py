@@ -15,7 +15,7 @@ from gdmix.errors import ConfigError, DataError, GdmixError
 from gdmix.game import train
 from gdmix.io import fs
 from gdmix.stages.context import check_shape, data_overrides, run_config, shape_of
-from gdmix.stages.coordinates import partition_groups
+from gdmix.stages.training import partition_groups
 from gdmix.stages.locations import input_location, output_location
 from gdmix.stages.score_table import ScoreTable
 from pipelines.compile_all import compile_all

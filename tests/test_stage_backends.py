@@ -20,7 +20,7 @@ from gdmix.errors import GdmixError
 from gdmix.io import fs
 from gdmix.stages.backends import Launch, run_spark_prep, write_job_config
 from gdmix.stages.context import prepared_config, run_config, with_optional_columns
-from gdmix.stages.coordinates import train_fixed_effect
+from gdmix.stages.training import train_fixed_effect
 
 from conftest import synthetic_config
 from test_kube_jobs import FakeCoreV1, condition, failed
@@ -129,7 +129,7 @@ def test_prep_and_fixed_effect_as_kubernetes_jobs(synthetic_dir, tmp_path):
     assert operator.spark_masters() == ["local[2]"]
 
     stage = prepared_config(config, str(tmp_path / "prepared"))
-    import gdmix.stages.coordinates as coordinates
+    import gdmix.stages.training as coordinates
 
     original = coordinates.run_workers
     coordinates.run_workers = lambda *a, **k: original(*a, **k, job_options=_options(operator))
@@ -151,7 +151,7 @@ def test_a_failed_kubernetes_job_fails_the_stage(synthetic_dir, tmp_path):
     raw["pipeline"] = {"backend": "kubernetes", "namespace": "gdmix"}
     config = prepared_config(run_config(yaml.safe_dump(raw)), str(tmp_path / "missing-prepared"))
     launch = Launch.from_config(config, image="img")
-    import gdmix.stages.coordinates as coordinates
+    import gdmix.stages.training as coordinates
 
     operator = RunningOperator()
     original = coordinates.run_workers

@@ -184,7 +184,7 @@ def _with_test(data_dir: str, output: str, **overrides) -> dict:
 
 def test_gdmix_train_reports_test_metrics_of_its_written_test_scores(test_split_dir, tmp_path, capsys):
     from gdmix.game import train
-    from gdmix.report import print_summary
+    from gdmix.console import print_summary
 
     result = train(validate_config(_with_test(test_split_dir, str(tmp_path / "model"))))
     metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())

@@ -15,7 +15,7 @@ def random_effect(config: str, coordinate: str, partitions: str, prepared: Input
     import json
 
     from gdmix.stages.context import stage_config
-    from gdmix.stages.coordinates import train_partition_group
+    from gdmix.stages.training import train_partition_group
     from gdmix.stages.locations import read_location
 
     settings = stage_config(config, overrides, read_location(prepared))

@@ -12,7 +12,7 @@ def random_effect_plan(config: str, coordinate: str, prepared: Input[Dataset], m
                        scores: Input[Dataset] = None, overrides: List[str] = [], data_root: str = "") -> List[str]:
     """Returns the partition groups (``a:b``) the trainers take."""
     from gdmix.stages.context import stage_config
-    from gdmix.stages.coordinates import plan_random_effect
+    from gdmix.stages.training import plan_random_effect
     from gdmix.stages.locations import claim_location, read_location
 
     settings = stage_config(config, overrides, read_location(prepared))

@@ -20,7 +20,7 @@ from gdmix.io import fs
 from gdmix.features.index_map import IndexMap
 from gdmix.models.fixed_effect import FixedEffectModel, fit_fixed_effect
 from gdmix.models.random_effect import RandomEffectModel, fit_random_effect
-from gdmix.report import ProgressCallback
+from gdmix.console import ProgressCallback
 
 Model = Union[FixedEffectModel, RandomEffectModel, "DetextModel"]
 

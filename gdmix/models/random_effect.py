@@ -29,7 +29,7 @@ from gdmix.models.entity_layout import MAX_DENSE_ENTITY, EntityLayout, dense_foo
 from gdmix.models.linear import RANDOM_EFFECT_SCHEMA, check_unique_coefficients, is_intercept, names_and_terms
 from gdmix.solvers.batched_newton import solve_batch, solve_single_rows
 from gdmix.solvers.lbfgs import minimize_lbfgs
-from gdmix.solvers.logistic import penalised_objective
+from gdmix.losses.logistic import penalised_objective
 from gdmix.sparse import csr_values_at, segments, starts_of, take_or
 
 SPARSE_GTOL_FLOOR = 1e-8

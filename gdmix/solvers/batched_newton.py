@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import expit
 
-from gdmix.solvers.logistic import log_loss_terms
+from gdmix.losses.logistic import log_loss_terms
 
 ARMIJO = 1e-4
 MAX_HALVINGS = 60

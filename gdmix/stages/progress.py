@@ -17,7 +17,7 @@ from gdmix.errors import GdmixError
 from gdmix.features.index_map import IndexMap
 from gdmix.io import fs
 from gdmix.models.coordinates import make_coordinate
-from gdmix.stages.coordinates import check_complete
+from gdmix.stages.training import check_complete
 from gdmix.stages.score_table import ScoreTable
 
 
