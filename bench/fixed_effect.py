@@ -25,7 +25,7 @@ from bench import measure
 
 from gdmix.config import FixedEffectConfig
 from gdmix.dataset import build_index_maps, to_dataset
-from gdmix.datasets.movielens import build_movielens_100k
+from gdmix.example_data.movielens import build_movielens_100k
 from gdmix.io.contract import ContractColumns, read_contract_table
 from gdmix.losses.logistic_tf import TfLogisticLoss
 from gdmix.models.fixed_effect import fit_fixed_effect

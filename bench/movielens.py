@@ -52,7 +52,7 @@ class MissingApi(RuntimeError):
 def require_test_split_api() -> None:
     """Fail clearly if this checkout's gdmix cannot build or report a test split yet."""
     from gdmix.config import DataConfig
-    from gdmix.datasets.movielens import build_movielens_100k
+    from gdmix.example_data.movielens import build_movielens_100k
 
     parameters = inspect.signature(build_movielens_100k).parameters
     missing = [name for name in ("test_fraction", "test_seed") if name not in parameters]
@@ -66,7 +66,7 @@ def require_test_split_api() -> None:
 def build(out: Path, seed: int, source: str | None, test_fraction: float = TEST_FRACTION,
           test_seed: int = TEST_SEED) -> dict:
     """MovieLens-100K with train / validation (seeded by ``seed``) / test (fixed by ``test_seed``)."""
-    from gdmix.datasets.movielens import build_movielens_100k
+    from gdmix.example_data.movielens import build_movielens_100k
 
     require_test_split_api()
     return build_movielens_100k(str(out), source=source, seed=seed, test_fraction=test_fraction, test_seed=test_seed)

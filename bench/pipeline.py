@@ -43,7 +43,7 @@ def _final_auc(output: Path) -> float:
 
 
 def run(repeats: int = 3, source: str | None = None, demo: bool = True, demo_repeats: int | None = None) -> dict:
-    from gdmix.datasets.movielens import build_movielens_100k, fetch_recbole_wheel
+    from gdmix.example_data.movielens import build_movielens_100k, fetch_recbole_wheel
 
     if source is None:
         source = fetch_recbole_wheel()  # cached once, outside every clock

@@ -367,7 +367,7 @@ def _evaluate(args) -> int:
 
 
 def _movielens(args) -> int:
-    from gdmix.datasets.movielens import build_movielens_100k
+    from gdmix.example_data.movielens import build_movielens_100k
 
     summary = build_movielens_100k(args.out, source=args.source, seed=args.seed, test_fraction=args.test_fraction,
                                    test_seed=args.test_seed)
@@ -386,7 +386,7 @@ def _parse_entities(text: str) -> dict[str, int]:
 
 
 def _synthetic(args) -> int:
-    from gdmix.datasets.synthetic import generate_synthetic, write_synthetic
+    from gdmix.example_data.synthetic import generate_synthetic, write_synthetic
 
     data = generate_synthetic(
         args.rows, _parse_entities(args.entities), global_features=args.global_features,
@@ -404,7 +404,7 @@ def _demo(args) -> int:
     unreachable (:class:`~gdmix.errors.DatasetUnavailable`) does it run on synthetic data, with a
     warning on stderr; any other error stops the demo with a non-zero status."""
     from gdmix.config import load_config_text
-    from gdmix.datasets.movielens import build_movielens_100k
+    from gdmix.example_data.movielens import build_movielens_100k
     from gdmix.errors import DatasetUnavailable
     from gdmix.console import ConsoleReporter
 
@@ -433,7 +433,7 @@ def _demo(args) -> int:
 def _synthetic_demo_config(workdir: Path) -> str:
     import yaml
 
-    from gdmix.datasets.synthetic import generate_synthetic, write_synthetic
+    from gdmix.example_data.synthetic import generate_synthetic, write_synthetic
 
     data_dir = workdir / "synthetic"
     rows = DEMO_SYNTHETIC_ROWS

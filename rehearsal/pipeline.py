@@ -124,7 +124,7 @@ def run(workdir: Path) -> dict:
     from kfp.local import docker_task_handler
 
     from gdmix.config import validate_config
-    from gdmix.datasets.synthetic import generate_synthetic, write_synthetic
+    from gdmix.example_data.synthetic import generate_synthetic, write_synthetic
     from gdmix.game import train
     from pipelines.gdmix_pipeline import build_pipeline, compile_pipeline
     from rehearsal import FakeCluster, S3Container

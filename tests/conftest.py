@@ -19,7 +19,7 @@ logging.getLogger("py4j").setLevel(logging.WARNING)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-from gdmix.datasets.synthetic import generate_synthetic, write_synthetic  # noqa: E402
+from gdmix.example_data.synthetic import generate_synthetic, write_synthetic  # noqa: E402
 from gdmix.io.contract import FEATURE_BAG_TYPE  # noqa: E402
 
 

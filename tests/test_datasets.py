@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from gdmix.datasets import movielens, synthetic
-from gdmix.datasets.movielens import BAG_FEATURES, build_movielens_100k, load_movielens_100k
-from gdmix.datasets.synthetic import SyntheticData, generate_synthetic, write_synthetic
+from gdmix.example_data import movielens, synthetic
+from gdmix.example_data.movielens import BAG_FEATURES, build_movielens_100k, load_movielens_100k
+from gdmix.example_data.synthetic import SyntheticData, generate_synthetic, write_synthetic
 from gdmix.errors import GdmixError
 from gdmix.io import fs
 from gdmix.io.contract import FEATURE_BAG_TYPE, ContractColumns, read_contract_table

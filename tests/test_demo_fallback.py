@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from gdmix import cli
-from gdmix.datasets import movielens
+from gdmix.example_data import movielens
 from gdmix.errors import DatasetUnavailable, DataError, GdmixError
 
 PIP_OFFLINE = (

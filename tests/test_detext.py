@@ -186,7 +186,7 @@ def test_config_rules():
 
 @pytest.fixture(scope="module")
 def text_data(tmp_path_factory):
-    from gdmix.datasets.synthetic import generate_synthetic, write_synthetic
+    from gdmix.example_data.synthetic import generate_synthetic, write_synthetic
 
     root = tmp_path_factory.mktemp("detext")
     data = generate_synthetic(3000, {"user_id": 60, "item_id": 30}, global_features=8, global_nnz=3,

@@ -133,7 +133,7 @@ def test_any_coordinate_list(synthetic_dir, tmp_path):
 
 
 def test_recovers_the_true_fixed_effect(tmp_path):
-    from gdmix.datasets.synthetic import generate_synthetic, write_synthetic
+    from gdmix.example_data.synthetic import generate_synthetic, write_synthetic
 
     data = generate_synthetic(20000, {"user_id": 200}, global_features=8, global_nnz=4, random_scale=0.5, seed=11)
     write_synthetic(str(tmp_path / "d"), data)

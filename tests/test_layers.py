@@ -142,7 +142,7 @@ LAYERS = [
                      "tf_runtime", "images", "command_line", "__init__"}),
     ("numerics", {"losses", "solvers", "native"}),
     ("models", {"models", "distributed", "artifacts"}),
-    ("runs", {"game", "jobs", "prep", "scoring", "evaluation", "kube", "datasets"}),
+    ("runs", {"game", "jobs", "prep", "scoring", "evaluation", "kube", "example_data"}),
     ("steps", {"stages"}),
     ("entry points", {"cli", "__main__", "prep/submit"}),
 ]

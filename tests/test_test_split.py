@@ -16,8 +16,8 @@ import yaml
 from sklearn.metrics import roc_auc_score
 
 from gdmix.config import validate_config
-from gdmix.datasets.movielens import GENRES, build_movielens_100k, split_masks
-from gdmix.datasets.synthetic import generate_synthetic, write_synthetic
+from gdmix.example_data.movielens import GENRES, build_movielens_100k, split_masks
+from gdmix.example_data.synthetic import generate_synthetic, write_synthetic
 from gdmix.errors import ConfigError, GdmixError
 from gdmix.io import fs
 
