@@ -47,6 +47,21 @@ def synthetic_dir(tmp_path_factory) -> str:
     return str(out)
 
 
+def write_titled_synthetic(root: Path, rows: int, words, splits=("train", "validation")) -> None:
+    """Synthetic data (60 users, 30 items) with a ``title`` per item built from ``words``: DeText's
+    document text, so the item's identity is learnable from text alone."""
+    import pyarrow.parquet as pq
+
+    write_synthetic(str(root), generate_synthetic(rows, {"user_id": 60, "item_id": 30}, global_features=8,
+                                                  global_nnz=3, re_features=3, re_nnz=2, seed=11))
+    for split in splits:
+        for path in (root / split).glob("*.parquet"):
+            table = pq.read_table(path)
+            items = table.column("item_id").to_numpy()
+            titles = [f"{words[i % 8]} {words[(i // 8) % 8]} film {i}" for i in items]
+            pq.write_table(table.append_column("title", pa.array(titles)), path)
+
+
 def synthetic_config(data_dir: str, output: str, **overrides) -> dict:
     raw = {
         "data": {"train": f"{data_dir}/train", "validation": f"{data_dir}/validation"},

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -186,18 +185,10 @@ def test_config_rules():
 
 @pytest.fixture(scope="module")
 def text_data(tmp_path_factory):
-    from gdmix.example_data.synthetic import generate_synthetic, write_synthetic
+    from conftest import write_titled_synthetic
 
     root = tmp_path_factory.mktemp("detext")
-    data = generate_synthetic(3000, {"user_id": 60, "item_id": 30}, global_features=8, global_nnz=3,
-                              re_features=3, re_nnz=2, seed=11)
-    write_synthetic(str(root), data)
-    for split in ("train", "validation"):
-        for path in (root / split).glob("*.parquet"):
-            table = pq.read_table(path)
-            items = table.column("item_id").to_numpy()
-            titles = [f"{WORDS[i % 8]} {WORDS[(i // 8) % 8]} film {i}" for i in items]
-            pq.write_table(table.append_column("title", pa.array(titles)), path)
+    write_titled_synthetic(root, 3000, WORDS)
     return root
 
 

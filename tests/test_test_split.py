@@ -21,7 +21,7 @@ from gdmix.example_data.synthetic import generate_synthetic, write_synthetic
 from gdmix.errors import ConfigError, GdmixError
 from gdmix.io import fs
 
-from conftest import synthetic_config
+from conftest import synthetic_config, write_titled_synthetic
 
 HANG_GUARD = 300
 
@@ -223,14 +223,7 @@ WORDS = ["amber", "basil", "cedar", "delta", "ember", "fjord", "garnet", "harbor
 def text_split_dir(tmp_path_factory) -> Path:
     """Synthetic rows with a title per item; ``test/`` = the validation rows with labels flipped."""
     root = tmp_path_factory.mktemp("detext-test")
-    write_synthetic(str(root), generate_synthetic(2400, {"user_id": 60, "item_id": 30}, global_features=8,
-                                                  global_nnz=3, re_features=3, re_nnz=2, seed=11))
-    for split in ("train", "validation"):
-        for path in (root / split).glob("*.parquet"):
-            table = pq.read_table(path)
-            items = table.column("item_id").to_numpy()
-            titles = [f"{WORDS[i % 8]} {WORDS[(i // 8) % 8]} film {i}" for i in items]
-            pq.write_table(table.append_column("title", pa.array(titles)), path)
+    write_titled_synthetic(root, 2400, WORDS)
     (root / "test").mkdir()
     validation = _read(root / "validation")
     flipped = validation.set_column(validation.column_names.index("label"), "label",
