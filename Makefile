@@ -69,7 +69,7 @@ rehearsal: setup
 # image names of REGISTRY/TAG when given (see above).
 .PHONY: compile
 compile: setup
-	$(IMAGE_ENV) $(BIN)/python -m pipelines.compile_all
+	$(IMAGE_ENV) $(BIN)/python -m gdmix_pipelines.compile_all
 
 # Optional Horovod (TensorFlow + Gloo) for DeText distributed training: scripts/horovod/install.sh
 # builds the wheel once into $${GDMIX_CACHE:-~/.cache/gdmix}/wheels (~5-6 min on 2 cores; later runs

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import yaml
 
 from bench import measure
 from bench.movielens import TEST_FRACTION, TEST_SEED, build, data_overrides
+from gdmix.jobs.specs import DetextJobSpec, gdmix_command
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "movielens-100k"
 GDMIX_PUBLISHED = {"global": 0.7090, "per_user": 0.7665, "per_movie": 0.7680}
@@ -85,8 +85,8 @@ def _throughput(root: Path, overrides: list[str], encoder: str, steps: int, repe
     solvers, processes = [], []
     for _ in range(max(1, repeats)):
         output = root / f"job-{encoder}"
-        processes.append(measure.run_process([sys.executable, "-m", "gdmix", "detext", str(config), "--coordinate",
-                                              "global", "--output", str(output)], env=env, timeout=3600))
+        job = DetextJobSpec(config=str(config), coordinate="global", output=str(output))
+        processes.append(measure.run_process(gdmix_command(job.to_argv()), env=env, timeout=3600))
         solvers.append(json.loads((output / "job.json").read_text())["solver"])
     return {"examples_per_second": measure.summary([s["examples_per_second"] for s in solvers]),
             "seconds": measure.summary([s["seconds"] for s in solvers]),

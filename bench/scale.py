@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from bench import measure
+from gdmix.jobs.specs import PrepJobSpec, RandomEffectJobSpec, gdmix_command
 
 FEATURES = 5
 CHUNK = 2_000_000
@@ -94,17 +95,16 @@ def run(sizes=((3_000_000, 1_000_000), (10_000_000, 3_333_333), (30_000_000, 10_
             generated, generation = measure.timed(lambda: generate_raw(root / "raw", rows, entities))
             partitions = max(1, rows // rows_per_partition)
             (root / "config.yaml").write_text(yaml.safe_dump(_config(root, partitions)))
-            gdmix = [sys.executable, "-m", "gdmix"]
+            config = str(root / "config.yaml")
+            job = RandomEffectJobSpec(config=config, coordinate="per_user", output=str(root / "model"))
             env = measure.machine_threads_env()
             preps, trains, summary = [], [], None
             for k in range(max(1, repeats)):
                 for stale in ("prepared", "model"):
                     if (root / stale).exists():
                         shutil.rmtree(root / stale)
-                preps.append(measure.run_process([*gdmix, "prep", str(root / "config.yaml")], env=env))
-                trains.append(measure.run_process([*gdmix, "train-random-effect", str(root / "config.yaml"),
-                                                   "--coordinate", "per_user", "--output", str(root / "model")],
-                                                  env=env))
+                preps.append(measure.run_process(gdmix_command(PrepJobSpec(config=config).to_argv()), env=env))
+                trains.append(measure.run_process(gdmix_command(job.to_argv()), env=env))
                 summary = json.loads((root / "model" / "done" / "per_user.json").read_text())
 
             def stats(runs, key, scale=1.0):

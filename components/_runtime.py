@@ -4,7 +4,7 @@ A lightweight component embeds only its own function's source; the gdmix wheel i
 package in every image, so a body may import from here. The KFP executor runs with
 ``_KFP_RUNTIME=true``, where ``kfp.dsl`` holds only the run-time types (no ``component``, no
 ``TaskConfigPassthrough``): this module must not import kfp's compile-time API, which is why it
-is not :mod:`components._shared` (tests/test_layers.py imports it that way).
+is not :mod:`gdmix_components._shared` (tests/test_layers.py imports it that way).
 """
 
 

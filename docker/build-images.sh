@@ -75,6 +75,10 @@ CTX="$CACHE/context"
 rm -rf "$CTX"
 mkdir -p "$CTX/dist" "$CTX/horovod"
 say "building the gdmix wheel ($PYTHON -m pip wheel --no-deps .)"
+# setuptools stages the wheel in $REPO/build/lib and never removes what the project no longer
+# ships (e.g. components/ from before it installed as gdmix_components): the wheel would carry
+# that stale tree, so the build starts from none (build/ is setuptools' scratch, git-ignored)
+rm -rf "$REPO/build"
 (cd "$REPO" && "$PYTHON" -m pip wheel --quiet --no-deps --wheel-dir "$CTX/dist" .) \
     || die "pip wheel failed"
 WHEEL="$(ls "$CTX"/dist/gdmix-*.whl)"

@@ -126,7 +126,8 @@ if bad:
     sys.exit("pip check failed:\n" + "\n".join(bad))
 print("pip check: OK" + (f" (excluded on purpose: {', '.join(sorted(skip))})" if skip else ""))
 EOF
-    python3 -c "import gdmix, gdmix.images, kfp; print('gdmix', gdmix.__version__, 'kfp', kfp.__version__)"
+    # component bodies import gdmix_components._runtime (components/ installs under that name)
+    python3 -c "import gdmix, gdmix.images, gdmix_components._runtime, kfp; print('gdmix', gdmix.__version__, 'kfp', kfp.__version__)"
     rm -rf "$BUILD"
     ;;
 *)

@@ -1,10 +1,5 @@
-"""The on-disk layout of a trained GDMix model, shared by training, scoring and warm start::
-
-    <output>/model.json                       what the coordinates are (their full configs)
-    <output>/index_maps/<bag>/*.parquet       index, name, term
-    <output>/models/<coordinate>/*.parquet    coefficients (see gdmix.models.linear)
-    <output>/scores/<coordinate>/{train,validation}/*.parquet
-    <output>/metrics.json                     written last: its presence marks a complete run
+"""A trained GDMix model on disk (laid out as :mod:`gdmix.layout` says), shared by training,
+scoring and warm start.
 
 Models are stored by (name, term) and entity id, never by column index, so they can be read
 back against any index map: features the map does not know are dropped.
@@ -20,23 +15,10 @@ from gdmix.config import DataConfig, DetextConfig, FixedEffectConfig, RandomEffe
 from gdmix.errors import GdmixError
 from gdmix.features.index_map import IndexMap
 from gdmix.io import fs
+from gdmix.layout import SPEC_FILE, index_map_uri, model_uri
 from gdmix.models.coordinates import Coordinate, Model, make_coordinate
 
-SPEC_FILE = "model.json"
-METRICS_FILE = "metrics.json"
 FORMAT_VERSION = 1
-
-
-def index_map_uri(root: str, bag: str) -> str:
-    return fs.join(root, "index_maps", bag)
-
-
-def model_uri(root: str, coordinate: str) -> str:
-    return fs.join(root, "models", coordinate)
-
-
-def scores_uri(root: str, coordinate: str, split: str) -> str:
-    return fs.join(root, "scores", coordinate, split)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from gdmix.command_line import log as _log
 from gdmix.command_line import run_command
 from gdmix.errors import GdmixError
 from gdmix.io.fs import to_json
+from gdmix.jobs.specs import DetextJobSpec, FixedEffectJobSpec, PrepJobSpec, RandomEffectJobSpec, gdmix_command
 
 # shipped inside the package (examples/ at the repository root links here)
 DEMO_CONFIG = Path(__file__).resolve().parent / "examples" / "movielens-100k" / "lr.yaml"
@@ -24,9 +25,7 @@ DEMO_SYNTHETIC_ROWS = 100_000
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(argv)
-    args.argv = argv
+    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
@@ -45,25 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_set(train)
     train.set_defaults(handler=_train)
 
-    fixed = _job_parser(commands, "fixed-effect",
-                        "train one fixed-effect coordinate as a job (one worker of TF_CONFIG, or N local)")
-    fixed.add_argument("--checkpoint-every", type=int, default=50, help="iterations between checkpoints")
-    fixed.add_argument("--timeout", type=float, default=600.0, help="seconds a collective may wait")
-    _add_set(fixed)
-    fixed.set_defaults(handler=_fixed_effect)
-
-    detext = _job_parser(commands, "detext",
-                         "train a DeText coordinate as a job (one worker of TF_CONFIG / horovodrun, or N local)")
-    detext.add_argument("--validation-offsets", help="the same for the validation rows (best-step selection)")
-    detext.add_argument("--launcher", choices=("tf", "horovod"), default="tf",
-                        help="with --workers: TF collective workers (TF_CONFIG) or horovodrun")
-    _add_set(detext)
-    detext.set_defaults(handler=_detext)
-
-    prep = commands.add_parser("prep", help="Spark data preparation: contract data, index maps, partitions")
-    prep.add_argument("config", help="YAML configuration file with a 'prep' section")
-    _add_set(prep)
-    prep.set_defaults(handler=_prep)
+    FixedEffectJobSpec.add_parser(commands).set_defaults(handler=_fixed_effect)
+    DetextJobSpec.add_parser(commands).set_defaults(handler=_detext)
+    PrepJobSpec.add_parser(commands).set_defaults(handler=_prep)
 
     offsets = commands.add_parser("offsets", help="Spark: join other coordinates' scores to a random effect's partitions")
     offsets.add_argument("config")
@@ -73,16 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_set(offsets)
     offsets.set_defaults(handler=_offsets)
 
-    random = commands.add_parser("train-random-effect", help="train a random effect partition by partition")
-    random.add_argument("config")
-    random.add_argument("--coordinate", required=True)
-    random.add_argument("--output", required=True, help="where models, scores and partition markers go")
-    random.add_argument("--partitions", default="all", help="a:b, a list like 0,3,5, or all (default)")
-    random.add_argument("--offsets", help="output of 'gdmix offsets' for this coordinate")
-    random.add_argument("--warm-start", help="an earlier output of this command (or a model directory)")
-    random.add_argument("--workers", type=int, help="split the partitions among N local processes")
-    _add_set(random)
-    random.set_defaults(handler=_train_random_effect)
+    RandomEffectJobSpec.add_parser(commands).set_defaults(handler=_train_random_effect)
 
     score = commands.add_parser("score", help="score a dataset with a trained model")
     score.add_argument("model_dir", help="output directory of a training run")
@@ -176,19 +150,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _job_parser(commands, name: str, help_text: str) -> argparse.ArgumentParser:
-    """The arguments every coordinate job shares (the pipeline's launchers pass them)."""
-    job = commands.add_parser(name, help=help_text)
-    job.add_argument("config", help="YAML configuration file (a local path or a URI)")
-    job.add_argument("--coordinate", required=True, help="name of the coordinate")
-    job.add_argument("--output", required=True, help="where the model and scores are committed")
-    job.add_argument("--offsets", help="Parquet with uid, offset: the other coordinates' scores")
-    job.add_argument("--index-maps", help="a model directory whose index_maps/ to use")
-    job.add_argument("--warm-start", help="a model directory to start from")
-    job.add_argument("--workers", type=int, help="launch N local workers on 127.0.0.1")
-    return job
-
-
 def _train(args) -> int:
     from gdmix.config import load_config
 
@@ -209,60 +170,44 @@ def _run_training(config, workers: int = 1) -> int:
 
 
 def _fixed_effect(args) -> int:
-    """Under ``--workers N`` this process only launches N copies of itself (minus the flag)."""
-    if args.workers is not None:
-        return _launch_copies(args)
-    from gdmix.config import load_config
+    """Under ``--workers N`` this process only launches N copies of the job (minus the flag)."""
+    job = FixedEffectJobSpec.from_args(args)
+    if job.workers is not None:
+        return _launch_copies(job)
     from gdmix.jobs.fixed_effect import run_fixed_effect_job
 
-    config = load_config(args.config, args.overrides)
     summary = run_fixed_effect_job(
-        config, args.coordinate, args.output, offsets=args.offsets, index_maps=args.index_maps,
-        warm_start=args.warm_start, checkpoint_every=args.checkpoint_every, timeout_seconds=args.timeout,
-        log=_log,
+        job.load_config(), job.coordinate, job.output, offsets=job.offsets, index_maps=job.index_maps,
+        warm_start=job.warm_start, checkpoint_every=job.checkpoint_every, timeout_seconds=job.timeout, log=_log,
     )
-    if summary.get("chief", True):
-        print(to_json({k: v for k, v in summary.items() if k != "chief"}), end="", flush=True)
-    return 0
+    return _print_chief_summary(summary)
 
 
 def _detext(args) -> int:
-    """Under ``--workers N`` this process only launches N copies of itself (minus the flag)."""
-    if args.workers is not None:
-        if args.launcher == "horovod":
-            from gdmix.distributed.launcher import launch_horovod
-
-            argv = _without_option(_without_option(args.argv, "--workers"), "--launcher")
-            return launch_horovod([sys.executable, "-m", "gdmix", *argv], args.workers)
-        return _launch_copies(args)
-    from gdmix.config import load_config
+    """Under ``--workers N`` this process only launches N copies of the job (minus the flag):
+    TF collective workers, or Horovod ranks with ``--launcher horovod``."""
+    job = DetextJobSpec.from_args(args)
+    if job.workers is not None:
+        return _launch_copies(job, horovod=job.launcher == "horovod")
     from gdmix.jobs.detext import run_detext_job
 
-    config = load_config(args.config, args.overrides)
-    summary = run_detext_job(config, args.coordinate, args.output, offsets=args.offsets,
-                             validation_offsets=args.validation_offsets, index_maps=args.index_maps, warm_start=args.warm_start, log=_log)
+    summary = run_detext_job(job.load_config(), job.coordinate, job.output, offsets=job.offsets,
+                             validation_offsets=job.validation_offsets, index_maps=job.index_maps,
+                             warm_start=job.warm_start, log=_log)
+    return _print_chief_summary(summary)
+
+
+def _print_chief_summary(summary: dict) -> int:
+    """A distributed job's summary, printed by its chief only (every worker returns it)."""
     if summary.get("chief", True):
         print(to_json({k: v for k, v in summary.items() if k != "chief"}), end="", flush=True)
     return 0
-
-
-def _without_option(argv: list[str], option: str) -> list[str]:
-    """``argv`` without ``option VALUE`` / ``option=VALUE``."""
-    kept, skip = [], False
-    for item in argv:
-        if skip:
-            skip = False
-        elif item == option:
-            skip = True
-        elif not item.startswith(option + "="):
-            kept.append(item)
-    return kept
 
 
 def _prep(args) -> int:
     from gdmix.prep.submit import prep
 
-    return prep(args.config, args.overrides)
+    return prep(PrepJobSpec.from_args(args))
 
 
 def _offsets(args) -> int:
@@ -276,30 +221,32 @@ def _offsets(args) -> int:
 
 
 def _train_random_effect(args) -> int:
-    if args.workers is not None:
-        return _launch_copies(args)
-    from gdmix.config import load_config
+    job = RandomEffectJobSpec.from_args(args)
+    if job.workers is not None:
+        return _launch_copies(job)
     from gdmix.jobs.random_effect import train_partitions
 
-    summary = train_partitions(load_config(args.config, args.overrides), args.coordinate, args.partitions,
-                               args.output, offsets=args.offsets, warm_start=args.warm_start, log=_log)
+    summary = train_partitions(job.load_config(), job.coordinate, job.partitions, job.output, offsets=job.offsets,
+                               warm_start=job.warm_start, log=_log)
     print(to_json(summary), end="", flush=True)
     return 0
 
 
-def _launch_copies(args) -> int:
-    """Run this command as ``--workers`` local processes (each told its place by TF_CONFIG)."""
-    from gdmix.distributed.launcher import launch_local
+def _launch_copies(job: FixedEffectJobSpec | DetextJobSpec | RandomEffectJobSpec, horovod: bool = False) -> int:
+    """Run ``job`` as ``--workers`` local processes (each told its place by TF_CONFIG, or as
+    ``horovodrun``'s ranks), every one of them the job without its launch options."""
+    from gdmix.distributed.launcher import launch_horovod, launch_local
 
-    if args.workers < 1:
-        raise GdmixError(f"--workers must be at least 1, got {args.workers}")
-    return launch_local([sys.executable, "-m", "gdmix", *_without_option(args.argv, "--workers")], args.workers)
+    if job.workers < 1:
+        raise GdmixError(f"--workers must be at least 1, got {job.workers}")
+    argv = gdmix_command(job.for_one_worker().to_argv())
+    return launch_horovod(argv, job.workers) if horovod else launch_local(argv, job.workers)
 
 
 def _pipeline_compile(args) -> int:
     import os
 
-    from pipelines.gdmix_pipeline import compile_pipeline
+    from gdmix_pipelines.gdmix_pipeline import compile_pipeline
 
     for variable, value in (("GDMIX_IMAGE_REGISTRY", args.registry), ("GDMIX_IMAGE_TAG", args.tag)):
         if value:
@@ -323,7 +270,7 @@ def _run_pipeline_locally(config_text: str, overrides: list[str], workdir: str |
     import tempfile
 
     from gdmix.console import print_summary
-    from pipelines.run import run_local
+    from gdmix_pipelines.run import run_local
 
     workdir = workdir or tempfile.mkdtemp(prefix="gdmix-pipeline-")
     log_file = None if verbose else str(Path(workdir) / "pipeline.log")
@@ -337,7 +284,7 @@ def _run_pipeline_locally(config_text: str, overrides: list[str], workdir: str |
 def _pipeline_submit(args) -> int:
     import os
 
-    from pipelines.run import KfpAuth, submit
+    from gdmix_pipelines.run import KfpAuth, submit
 
     auth = KfpAuth(namespace=args.namespace, existing_token=args.token or os.environ.get("KFP_TOKEN"),
                    token_path=args.token_path, cookies=args.cookies or os.environ.get("KFP_COOKIES"),
@@ -360,7 +307,7 @@ def _score(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from gdmix.scoring import evaluate_scores
+    from gdmix.evaluation.score_files import evaluate_scores
 
     print(to_json(evaluate_scores(args.scores, args.label, args.score, args.weight)), end="")
     return 0

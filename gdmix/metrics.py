@@ -45,6 +45,18 @@ def _as_1d(name: str, values, dtype=None) -> np.ndarray:
     return arr.reshape(-1)
 
 
+def _weights(weights, n: int) -> np.ndarray | None:
+    """Row weights as float64 (None stays None): one per row, non-negative, not NaN."""
+    if weights is None:
+        return None
+    w = _as_1d("weights", weights, np.float64)
+    if w.shape[0] != n:
+        raise ValueError(f"labels and weights must have the same length, got {n} and {w.shape[0]}")
+    if np.isnan(w).any() or (w < 0).any():
+        raise ValueError("weights must be non-negative and not NaN")
+    return w
+
+
 def _prepare(labels, scores, weights, score_name: str = "scores"):
     """Validate and convert (labels, scores, weights) to float64 1-D arrays of equal length.
 
@@ -58,16 +70,7 @@ def _prepare(labels, scores, weights, score_name: str = "scores"):
         raise ValueError(
             f"labels and {score_name} must have the same length, got {n} and {s.shape[0]}"
         )
-    if weights is None:
-        w = None
-    else:
-        w = _as_1d("weights", weights, np.float64)
-        if w.shape[0] != n:
-            raise ValueError(
-                f"labels and weights must have the same length, got {n} and {w.shape[0]}"
-            )
-        if np.isnan(w).any() or (w < 0).any():
-            raise ValueError("weights must be non-negative and not NaN")
+    w = _weights(weights, n)
     if n and ((y != 0.0) & (y != 1.0)).any():
         raise ValueError("labels must be 0 or 1")
     if n and np.isnan(s).any():
@@ -404,15 +407,7 @@ def _prepare_ranking(groups, labels, scores, weights):
             "groups, labels and scores must have the same length, got "
             f"{g.shape[0]}, {n} and {s.shape[0]}"
         )
-    w = None
-    if weights is not None:
-        w = _as_1d("weights", weights, np.float64)
-        if w.shape[0] != n:
-            raise ValueError(
-                f"labels and weights must have the same length, got {n} and {w.shape[0]}"
-            )
-        if np.isnan(w).any() or (w < 0).any():
-            raise ValueError("weights must be non-negative and not NaN")
+    w = _weights(weights, n)
     if n and not (np.isfinite(y).all() and (y >= 0).all()):
         raise ValueError("labels must be finite and non-negative (graded relevance)")
     if n and np.isnan(s).any():

@@ -1,4 +1,4 @@
-"""Scoring new data with a trained model, and evaluating score files.
+"""Scoring new data with a trained model (``gdmix score``, the pipeline's score step).
 
 Scores are logits: ``score`` is the data's offset plus every coordinate's score, and
 ``score_<coordinate>`` is each coordinate alone. Rows of entities without a model get 0 from
@@ -12,7 +12,6 @@ import pyarrow as pa
 
 from gdmix.artifacts import load_model
 from gdmix.dataset import to_dataset
-from gdmix.errors import DataError
 from gdmix.io import fs
 from gdmix.io.contract import ContractColumns, read_contract_table
 from gdmix.metrics import binary_metrics
@@ -49,26 +48,3 @@ def score_dataset(model_dir: str, data_uri: str, out_uri: str) -> dict:
         summary["metrics"] = binary_metrics(data.label, total, data.weight)
     return summary
 
-
-def evaluate_scores(uri: str, label: str = "label", score: str = "score", weight: str | None = "weight") -> dict:
-    """AUC, log loss and AUPR of a score dataset (any Parquet with label and logit columns)."""
-    files = fs.list_parquet_files(uri)
-    if not files:
-        raise DataError("no Parquet files found", path=uri)
-    parts = []
-    for path in files:
-        table = fs.read_parquet(path)
-        for column in (label, score):
-            if column not in table.column_names:
-                raise DataError("missing column", path=path, column=column)
-        wanted = [label, score] + ([weight] if weight and weight in table.column_names else [])
-        parts.append(table.select(wanted))
-    table = pa.concat_tables(parts, promote_options="default")
-    labels = table.column(label).to_numpy()
-    logits = table.column(score).to_numpy()
-    weights = table.column(weight).to_numpy() if weight in table.column_names else None
-    if not np.isin(labels, (0, 1)).all():
-        raise DataError("labels must be 0 or 1", path=uri, column=label)
-    if not np.isfinite(logits).all():
-        raise DataError("scores must be finite", path=uri, column=score)
-    return {"rows": len(labels), **binary_metrics(labels, logits, weights)}

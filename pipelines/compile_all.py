@@ -36,12 +36,12 @@ EXAMPLES = {
 
 
 def component(stage: str):
-    module = importlib.import_module(f"components.{stage}.component")
+    module = importlib.import_module(f"gdmix_components.{stage}.component")
     return getattr(module, stage)
 
 
 def compile_all(root: Path = ROOT) -> list[Path]:
-    from pipelines.gdmix_pipeline import compile_pipeline
+    from gdmix_pipelines.gdmix_pipeline import compile_pipeline
 
     written = []
     for stage in COMPONENTS:

@@ -8,32 +8,57 @@ items, as ``gdmix train --set``), the data URIs, and ``data_root``, an object-st
 the stages' data when the artifact store should hold only small artifacts. A run whose
 overrides change the shape fails fast and says so.
 
-    prepare -> per pass, per coordinate: [fixed_effect | detext | random_effect_plan -> ParallelFor(random_effect)]
-            -> update_scores -> evaluate (validation; and test, with a test split)
-            -> export_model -> score (validation, test) -> evaluate
+    prepare -> pass 1 -> pass 2 -> ... -> export_model -> score (validation, test) -> evaluate
+
+Each coordinate-descent pass is a nested pipeline, one task named "pass N" (a sub-DAG in the
+Kubeflow UI) whose steps are named after their coordinate ("per_user: scores"):
+
+    per coordinate: [fixed_effect | detext | random_effect_plan -> ParallelFor(random_effect)]
+                    -> update_scores -> evaluate (validation; and test, with a test split)
+
+A pass takes the score table and every coordinate's model of the pass before (warm starts) and
+hands on its own. Pass 1 has neither, and a nested pipeline's artifact input cannot be left out
+in KFP 2.17, ``= None`` default or not: the backend's driver fails a ``componentInputArtifact``
+the parent DAG lacks (``parent DAG does not have input artifact``, kubeflow/pipelines 2.17.0
+``backend/src/v2/driver/resolve.go`` ``resolveInputArtifact``) and so does kfp.local 2.17.3
+(``Parent pipeline input argument ... not found``). So there are two pass pipelines, the first
+and the later ones, built by one function (:func:`_coordinate_descent_pass`).
+
+KFP's compiler copies a nested pipeline's components and executors for every task that uses
+it; :func:`share_repeated_dags` folds the identical copies of the later pass back into one
+definition, so the compiled YAML does not grow with the number of passes (``lr-tuned``, 5
+passes: 7,761 lines unrolled). The pass number reaches the steps as parameters (``update_scores``'
+``pass_number``, the evaluation reports' titles) rather than in display names, which the one
+definition shares.
 
 A held-out test split (``data.test``, ``prep.test_input`` or ``prep.split.test_fraction``) goes
 through every step beside validation: it is scored, kept in the score table, evaluated after
 every coordinate and at the end, and never selects anything.
 """
 
+import copy
+import hashlib
+import inspect
 import json
+import re
 from pathlib import Path
-from typing import List
+from typing import List, NamedTuple
 
 import yaml
+from google.protobuf import json_format
 from kfp import compiler, dsl, kubernetes
+from kfp.dsl import Dataset, Input, Model
 
-from components._shared import for_backend
-from components.detext.component import detext
-from components.evaluate.component import evaluate
-from components.export_model.component import export_model
-from components.fixed_effect.component import fixed_effect
-from components.prepare.component import prepare
-from components.random_effect.component import random_effect
-from components.random_effect_plan.component import random_effect_plan
-from components.score.component import score
-from components.update_scores.component import update_scores
+from gdmix_components._shared import for_backend
+from gdmix_components.detext.component import detext
+from gdmix_components.evaluate.component import evaluate
+from gdmix_components.export_model.component import export_model
+from gdmix_components.fixed_effect.component import fixed_effect
+from gdmix_components.prepare.component import prepare
+from gdmix_components.random_effect.component import random_effect
+from gdmix_components.random_effect_plan.component import random_effect_plan
+from gdmix_components.score.component import score
+from gdmix_components.update_scores.component import update_scores
 from gdmix.config import (
     DetextConfig, FixedEffectConfig, GdmixConfig, RandomEffectConfig, apply_override, load_config_text,
 )
@@ -66,7 +91,7 @@ def build_pipeline(config_text: str, overrides: list[str] | None = None):
     config_text = with_overrides(config_text, overrides)
     compiled = run_config(config_text)
     shape = _Shape(compiled)
-    prepare_step, fixed_effect_step, detext_step = (for_backend(c, shape.backend) for c in (prepare, fixed_effect, detext))
+    first_pass, later_pass = _pass_pipeline(shape, first=True), _pass_pipeline(shape, first=False)
     # one line: KFP writes parameter defaults into the compiled file's header comment verbatim,
     # and a multi-line default would break that file (JSON is YAML, so stages read it as is)
     default_config = json.dumps(yaml.safe_load(config_text), separators=(",", ":"))
@@ -75,47 +100,20 @@ def build_pipeline(config_text: str, overrides: list[str] | None = None):
     def gdmix_pipeline(config: str = default_config, overrides: List[str] = [], train_data: str = "",
                        validation_data: str = "", data_root: str = "", test_data: str = "") -> dsl.Model:
         common = {"config": config, "overrides": overrides}
-        prep = _secured(shape, prepare_step(train_data=train_data, validation_data=validation_data, test_data=test_data,
-                                            data_root=data_root,
-                                       workload_image=image("spark"), shape=json.dumps(shape_of(compiled)),
-                                       **common), shape.launcher_role("spark")).set_display_name("prepare data")
+        prep = _secured(shape, shape.launcher(prepare)(
+            train_data=train_data, validation_data=validation_data, test_data=test_data, data_root=data_root,
+            workload_image=image("spark"), shape=json.dumps(shape_of(compiled)), **common), shape.launcher_role("spark"))
+        prep.set_display_name("prepare data")
         prepared = prep.outputs["prepared"]
-        table, latest = None, {}
-        for pass_number in range(1, shape.passes + 1):
-            for coordinate in shape.coordinates:
-                label = f"pass {pass_number} {coordinate.name}"
-                optional = {"scores": table} if table is not None else {}
-                if isinstance(coordinate, (FixedEffectConfig, DetextConfig)):
-                    previous = {"previous": latest[coordinate.name]} if coordinate.name in latest else {}
-                    deep = isinstance(coordinate, DetextConfig)
-                    role = "detext" if deep else "trainer"
-                    task = _secured(shape, (detext_step if deep else fixed_effect_step)(
-                        coordinate=coordinate.name, prepared=prepared, data_root=data_root,
-                        workload_image=image(role), **optional, **previous, **common), shape.launcher_role(role))
-                    task.set_display_name(f"{label}: {'DeText' if deep else 'fixed effect'}")
-                    model, collected = task.outputs["model"], {}
-                else:
-                    plan = _secured(shape, random_effect_plan(coordinate=coordinate.name, prepared=prepared,
-                                                              data_root=data_root, **optional, **common))
-                    plan.set_display_name(f"{label}: offsets")
-                    model = plan.outputs["model"]
-                    previous = {"previous": latest[coordinate.name]} if coordinate.name in latest else {}
-                    with dsl.ParallelFor(shape.groups[coordinate.name], parallelism=shape.parallelism) as group:
-                        trainer = _secured(shape, random_effect(coordinate=coordinate.name, partitions=group,
-                                                                prepared=prepared, model=model, **previous,
-                                                                **common))
-                        trainer.set_display_name(f"{label}: partitions").set_retry(RANDOM_EFFECT_RETRIES)
-                    collected = {"partition_summaries": dsl.Collected(trainer.output)}
-                update = _secured(shape, update_scores(coordinate=coordinate.name, pass_number=pass_number,
-                                                       prepared=prepared, model=model, data_root=data_root,
-                                                       **optional, **collected, **common))
-                update.set_display_name(f"{label}: scores")
-                table, latest[coordinate.name] = update.outputs["table"], model
-                _secured(shape, evaluate(scores=table, title=f"GDMix after {label}", entities=shape.entities)
-                         ).set_display_name(f"{label}: evaluation")
-                if shape.has_test:
-                    _secured(shape, evaluate(scores=table, split="test", title=f"GDMix after {label}, test data",
-                                             entities=shape.entities)).set_display_name(f"{label}: test evaluation")
+        carried = {}  # what a pass hands on: the score table, every coordinate's model
+        for number in range(1, shape.passes + 1):
+            one_pass = (later_pass if carried else first_pass)(
+                pass_number=number, pass_name=f"pass {number}", prepared=prepared, data_root=data_root,
+                **carried, **common)
+            one_pass.set_display_name(f"pass {number}")
+            carried = {"scores": one_pass.outputs["table"],
+                       **{f"previous_{key}": one_pass.outputs[f"model_{key}"] for key in shape.keys.values()}}
+        table = carried["scores"]
         exported = _secured(shape, export_model(prepared=prepared, scores=table, data_root=data_root, **common))
         exported.set_display_name("export model")
         if shape.has_validation:
@@ -130,7 +128,74 @@ def build_pipeline(config_text: str, overrides: list[str] | None = None):
                                      entities=shape.entities)).set_display_name("final test evaluation")
         return exported.outputs["model"]
 
+    share_repeated_dags(gdmix_pipeline)
     return gdmix_pipeline
+
+
+def _pass_pipeline(shape: "_Shape", first: bool):
+    """One coordinate-descent pass as a pipeline (``first``: pass 1, which starts from no score
+    table and no models). Its inputs and outputs depend on the coordinates, so its signature is
+    built here: ``previous_<key>`` / ``model_<key>`` per coordinate (:attr:`_Shape.keys`).
+    ``pass_number`` goes to ``update_scores``; ``pass_name`` ("pass 2") into the reports' titles,
+    as text: a number filled into a string reads ``2`` from KFP's launcher but ``2.0`` from
+    kfp.local."""
+    parameter = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    inputs = [inspect.Parameter(name, parameter, annotation=annotation) for name, annotation in (
+        ("config", str), ("overrides", List[str]), ("data_root", str), ("pass_number", int), ("pass_name", str),
+        ("prepared", Input[Dataset]))]
+    if not first:
+        inputs.append(inspect.Parameter("scores", parameter, annotation=Input[Dataset]))
+        inputs += [inspect.Parameter(f"previous_{key}", parameter, annotation=Input[Model]) for key in shape.keys.values()]
+    outputs = NamedTuple("PassOutputs", [("table", Dataset)] + [(f"model_{key}", Model) for key in shape.keys.values()])
+
+    def one_pass(*channels):  # KFP calls a pipeline function with one channel per input, in order
+        return outputs(**_coordinate_descent_pass(shape, dict(zip((i.name for i in inputs), channels))))
+
+    one_pass.__signature__ = inspect.Signature(inputs, return_annotation=outputs)
+    one_pass.__name__ = "first_pass" if first else "later_pass"
+    description = "pass 1 of coordinate descent" if first else "a coordinate-descent pass after the first"
+    return dsl.pipeline(name=one_pass.__name__.replace("_", "-"), description=description)(one_pass)
+
+
+def _coordinate_descent_pass(shape: "_Shape", given: dict) -> dict:
+    """The tasks of one pass over every coordinate, from the pass pipeline's inputs ``given``;
+    returns its outputs (the score table after the last coordinate, every coordinate's model)."""
+    common = {"config": given["config"], "overrides": given["overrides"]}
+    prepared, data_root = given["prepared"], given["data_root"]
+    table, models = given.get("scores"), {}
+    for coordinate in shape.coordinates:
+        name, key = coordinate.name, shape.keys[coordinate.name]
+        optional = {"scores": table} if table is not None else {}
+        previous = {"previous": given[f"previous_{key}"]} if f"previous_{key}" in given else {}
+        if isinstance(coordinate, (FixedEffectConfig, DetextConfig)):
+            deep = isinstance(coordinate, DetextConfig)
+            role = "detext" if deep else "trainer"
+            task = _secured(shape, shape.launcher(detext if deep else fixed_effect)(
+                coordinate=name, prepared=prepared, data_root=data_root, workload_image=image(role), **optional,
+                **previous, **common), shape.launcher_role(role))
+            task.set_display_name(f"{name}: {'DeText' if deep else 'fixed effect'}")
+            model, collected = task.outputs["model"], {}
+        else:
+            plan = _secured(shape, random_effect_plan(coordinate=name, prepared=prepared, data_root=data_root,
+                                                      **optional, **common))
+            plan.set_display_name(f"{name}: offsets")
+            model = plan.outputs["model"]
+            with dsl.ParallelFor(shape.groups[name], parallelism=shape.parallelism) as group:
+                trainer = _secured(shape, random_effect(coordinate=name, partitions=group, prepared=prepared,
+                                                        model=model, **previous, **common))
+                trainer.set_display_name(f"{name}: partitions").set_retry(RANDOM_EFFECT_RETRIES)
+            collected = {"partition_summaries": dsl.Collected(trainer.output)}
+        update = _secured(shape, update_scores(coordinate=name, pass_number=given["pass_number"], prepared=prepared,
+                                               model=model, data_root=data_root, **optional, **collected, **common))
+        update.set_display_name(f"{name}: scores")
+        table, models[f"model_{key}"] = update.outputs["table"], model
+        title = f"GDMix after {given['pass_name']} {name}"  # KFP fills the pass's name in at run time
+        _secured(shape, evaluate(scores=table, title=title, entities=shape.entities)
+                 ).set_display_name(f"{name}: evaluation")
+        if shape.has_test:
+            _secured(shape, evaluate(scores=table, split="test", title=f"{title}, test data", entities=shape.entities)
+                     ).set_display_name(f"{name}: test evaluation")
+    return {"table": table, **models}
 
 
 class _Shape:
@@ -147,7 +212,18 @@ class _Shape:
         self.has_test = bool(config.prep.test_input or (config.prep.split and config.prep.split.test_fraction > 0))
         self.groups = {c.name: partition_groups(c.partitions or config.prep.partitions, config.pipeline.partition_groups)
                        for c in config.coordinates if isinstance(c, RandomEffectConfig)}
+        #: coordinate name -> the identifier that names its model among a pass's inputs and outputs
+        #: (coordinate names may hold '.' and '-'; an index keeps two that differ only there apart)
+        self.keys = {}
+        for index, coordinate in enumerate(config.coordinates):
+            key = re.sub(r"\W", "_", coordinate.name)
+            while key in self.keys.values():
+                key += f"_{index}"
+            self.keys[coordinate.name] = key
 
+    def launcher(self, component):
+        """A launcher component's variant for this backend (see :func:`for_backend`)."""
+        return for_backend(component, self.backend)
 
     def launcher_role(self, workload: str) -> str:
         """A launcher step's image: in a cluster it only creates jobs (the light launcher image);
@@ -170,6 +246,73 @@ def _secured(shape: _Shape, task, role: str = "trainer"):
         kubernetes.use_secret_as_env(task, shape.secret, SECRET_KEYS, optional=False)
         task.set_env_variable(SECRET_NAME_ENV, shape.secret)
     return task
+
+
+def share_repeated_dags(pipeline) -> None:
+    """Fold identical copies of a nested pipeline in ``pipeline`` (a compiled ``@dsl.pipeline``)
+    back into one definition, and identical executors into one; in place, so that the compiled
+    file and a kfp.local run get the same spec.
+
+    KFP's compiler merges a full copy of a nested pipeline's components, executors and platform
+    config into the outer spec for every task that uses it (kfp 2.17.3,
+    ``pipeline_spec_builder.merge_deployment_spec_and_component_spec``), renaming each copy
+    (``comp-later-pass-2``, ``exec-update-scores-7``, ...). The pipeline spec lets tasks share a
+    component, and KFP's backend compiles each component once for all the tasks using it
+    (``backend/src/v2/compiler/visitor.go``: "each component is visited exactly once").
+
+    Two DAG components are identical when their specs are, with every component they refer to
+    compared by content, not name (a Merkle key); the first of each kind is kept and tasks point
+    to it. Only DAGs are shared: the container components of one DAG stay distinct, because
+    kfp.local roots a task's outputs at its component's name within its DAG
+    (``executor_input_utils.construct_local_task_root``) and two tasks of one DAG sharing one
+    would overwrite each other's outputs. Across DAGs, :func:`gdmix_pipelines.run.local_task_roots`
+    keeps them apart under kfp.local, as KFP's driver does with its per-task output URIs.
+    """
+    spec = json_format.MessageToDict(pipeline.pipeline_spec)
+    platform = json_format.MessageToDict(pipeline.platform_spec)
+    components, executors = spec["components"], spec["deploymentSpec"]["executors"]
+    kubernetes_executors = (platform.get("platforms", {}).get("kubernetes", {}).get("deploymentSpec", {})
+                            .get("executors", {}))
+    keys: dict[str, str] = {}
+
+    def key(name: str) -> str:
+        if name not in keys:
+            component = copy.deepcopy(components[name])
+            if "dag" in component:
+                for task in component["dag"]["tasks"].values():
+                    task["componentRef"]["name"] = key(task["componentRef"]["name"])
+            else:
+                label = component.pop("executorLabel")
+                component["executor"] = [executors[label], kubernetes_executors.get(label)]
+            keys[name] = hashlib.sha256(json.dumps(component, sort_keys=True).encode()).hexdigest()
+        return keys[name]
+
+    kept = {}  # key -> the one DAG component of that content (comp-x rather than comp-x-2)
+    for name in sorted((n for n in components if "dag" in components[n]), key=lambda n: (len(n), n)):
+        kept.setdefault(key(name), name)
+    reachable, pending = set(), [spec["root"]]
+    while pending:  # from the root down, pointing every task at the kept DAG of its kind
+        for task in pending.pop().get("dag", {}).get("tasks", {}).values():
+            name = task["componentRef"]["name"]
+            if "dag" in components[name]:
+                name = task["componentRef"]["name"] = kept[key(name)]
+            if name not in reachable:
+                reachable.add(name)
+                pending.append(components[name])
+    containers = [name for name in reachable if "executorLabel" in components[name]]
+    labels = {}  # key -> the one executor of the container components of that content
+    for label, name in sorted((components[n]["executorLabel"], n) for n in containers):
+        labels[key(name)] = min(labels.get(key(name), label), label, key=lambda x: (len(x), x))  # exec-x, not -2
+    for name in containers:
+        components[name]["executorLabel"] = labels[key(name)]
+    used = sorted(set(labels.values()))
+    spec["components"] = {name: components[name] for name in sorted(reachable)}
+    spec["deploymentSpec"]["executors"] = {label: executors[label] for label in used}
+    if kubernetes_executors:
+        platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"] = {
+            label: kubernetes_executors[label] for label in used if label in kubernetes_executors}
+    pipeline.pipeline_spec.CopyFrom(json_format.ParseDict(spec, type(pipeline.pipeline_spec)()))
+    pipeline.platform_spec.CopyFrom(json_format.ParseDict(platform, type(pipeline.platform_spec)()))
 
 
 def with_overrides(config_text: str, overrides: list[str] | None) -> str:

@@ -21,12 +21,12 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from gdmix.artifacts import METRICS_FILE
+from gdmix.layout import METRICS_FILE
 from gdmix.config import load_config_text
 from gdmix.errors import GdmixError
 from gdmix.io import fs
 from gdmix.stages.locations import read_location
-from pipelines.gdmix_pipeline import build_pipeline, compile_pipeline, pipeline_name
+from gdmix_pipelines.gdmix_pipeline import build_pipeline, compile_pipeline, pipeline_name
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -61,7 +61,8 @@ def run_local(config_text: str, overrides: list[str] | None = None, *, workdir: 
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner")
         original_print = builtins.print  # kfp.local indents print() while it runs, and may leave it so
         try:
-            task = pipeline(overrides=list(overrides or ()), data_root=data_root)
+            with local_task_roots():
+                task = pipeline(overrides=list(overrides or ()), data_root=data_root)
         except RuntimeError as exc:  # kfp.local's report of a failed task
             raise GdmixError(f"the pipeline failed: {ANSI.sub('', str(exc))}") from None
         finally:
@@ -70,6 +71,31 @@ def run_local(config_text: str, overrides: list[str] | None = None, *, workdir: 
     fs.remove(config.output)
     _copy_tree(exported, config.output)
     return json.loads(fs.read_text(fs.join(config.output, METRICS_FILE))) | {"output": config.output}
+
+
+@contextlib.contextmanager
+def local_task_roots():
+    """While it lasts, kfp.local gives every task of a nested DAG its own output folder.
+
+    kfp.local roots a task's outputs at ``<pipeline root>/<run>/<component name>``, nesting the
+    run's name only for ParallelFor iterations (kfp 2.17.3,
+    ``kfp.local.orchestrator.task_spec_utils.get_nested_pipeline_resource_name``). The passes after
+    the first share one DAG definition (:func:`gdmix_pipelines.gdmix_pipeline.share_repeated_dags`),
+    so their steps have the same component names, and pass 3 would write its models and score
+    table over pass 2's (and find pass 2's partitions "already committed"). KFP's driver gives
+    every task its own output URIs (a salted task root, kubeflow/pipelines 2.17.0
+    ``backend/src/v2/driver/driver.go``); nesting every DAG task's name, as kfp.local already does
+    for iterations, does the same here: ``<run>/later-pass-2/update-scores/table``.
+    """
+    from kfp.local.orchestrator import task_spec_utils
+
+    original = task_spec_utils.get_nested_pipeline_resource_name
+    task_spec_utils.get_nested_pipeline_resource_name = (
+        lambda task_name, pipeline_resource_name: f"{pipeline_resource_name}/{task_name}")
+    try:
+        yield
+    finally:
+        task_spec_utils.get_nested_pipeline_resource_name = original
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""A fake Kubernetes API server: exactly what ``gdmix.kube.jobs.run_job`` calls, over HTTPS.
+"""A fake Kubernetes API server: exactly what ``gdmix.kube.runner.run_job`` calls, over HTTPS.
 
 Served (JSON, as kubernetes-client 30.1.0 sends and parses it):
 

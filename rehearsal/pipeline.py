@@ -12,7 +12,9 @@ as one machine can:
    with one change: each step's container gets only what the KFP driver would put on its pod
    according to the compiled platform spec (:mod:`rehearsal.kfp_driver`: env resolved from the
    Secret, the TaskConfig in the executor input), the pod's service-account token and the API
-   server's address, on the cluster's network, as uid 1000;
+   server's address, on the cluster's network, as uid 1000; and each step must receive the
+   inputs the driver resolves for it through the pass sub-DAGs and ParallelFor iterations
+   (:func:`rehearsal.kfp_driver.steps`), or it fails before it starts;
 4. the run must end with the same metrics as ``gdmix train`` on the same config (1e-6), no data
    file outside the object store (the local pipeline root holds only KFP's small artifacts),
    and every job deleted with no container left.
@@ -43,10 +45,13 @@ TOLERANCE = 1e-6
 
 
 def rehearsal_config(data: str, output: str) -> dict:
-    """The MovieLens-shaped example (global + per-user + per-item), sized for 2 cores."""
+    """The MovieLens-shaped example (global + per-user + per-item), sized for 2 cores. Three
+    passes: pass 1 and two runs of the one later-pass DAG, each handing its score table and
+    models to the next (the nested pipelines of :mod:`gdmix_pipelines.gdmix_pipeline`)."""
     return {
         "data": {"train": f"{data}/train", "validation": f"{data}/validation"},
         "output": output,
+        "passes": 3,
         "coordinates": [
             {"name": "global", "type": "fixed_effect", "feature_bag": "global"},
             {"name": "per_user", "type": "random_effect", "entity": "user_id", "feature_bag": "per_user_id",
@@ -61,13 +66,18 @@ def rehearsal_config(data: str, output: str) -> dict:
 
 
 class DriverTaskHandler:
-    """kfp.local's DockerTaskHandler, with each step's container set up as the KFP driver's pod.
+    """kfp.local's DockerTaskHandler, with each step's container set up as the KFP driver's pod
+    and checked to get the inputs KFP's driver would give it.
 
-    kfp.local hands over the image, the resolved command and the pipeline root; the compiled
-    pipeline says which executor this is (its ``--function_to_execute``) and what its pod gets.
+    kfp.local hands over the image, the resolved command and the pipeline root. Which task this
+    is comes from where kfp.local roots its outputs (:meth:`rehearsal.kfp_driver.Plumbing.step`);
+    the compiled pipeline says what its pod gets (:func:`rehearsal.kfp_driver.step_pod`) and where
+    each of its inputs comes from: a step whose executor input differs from the driver's
+    (another task's artifact, another value) fails before its container starts.
     """
 
     compiled: tuple[dict, dict] | None = None
+    plumbing: kfp_driver.Plumbing | None = None
     cluster = None
     secrets: dict[str, dict[str, str]] = {}
     steps: list[dict] = []
@@ -75,48 +85,42 @@ class DriverTaskHandler:
     def __init__(self, image, full_command, pipeline_root, runner, env_vars=None):
         self.image, self.full_command, self.pipeline_root = image, list(full_command), pipeline_root
 
+    @classmethod
+    def prepare(cls, compiled: Path, arguments: dict) -> None:
+        """Read the compiled pipeline and resolve its steps' inputs for a run with ``arguments``."""
+        cls.compiled = kfp_driver.load(compiled)
+        cls.plumbing = kfp_driver.Plumbing(cls.compiled[0], arguments)
+        cls.steps = []
+
     def run(self):
         from kfp.local import status
 
         pipeline, platform = self.compiled
-        pod = self._pod(pipeline, platform)
+        command = list(self.full_command)
+        at = command.index("--executor_input") + 1
+        executor_input = json.loads(command[at])
+        step = self.plumbing.step(executor_input, self.pipeline_root)
+        pod = kfp_driver.step_pod(pipeline, platform, step.executor)
+        record = {"task": "/".join(step.path), "executor": step.executor, "image": self.image}
+        differences = self.plumbing.differences(step, executor_input)
+        if differences:
+            print(f"{record['task']}: kfp.local's inputs are not the KFP driver's: " + "; ".join(differences))
+            self.steps.append(record | {"status": "inputs differ", "differences": differences})
+            return status.Status.FAILURE
+        if pod.task_config is not None:  # the driver's TaskConfig in the executor input
+            component = pipeline["components"][step.component]
+            command[at] = json.dumps(kfp_driver.with_task_config(executor_input, component, pod.task_config))
         env = kfp_driver.resolve_env(pod.env, self.secrets)
-        command = self._with_task_config(pipeline, pod)
         started = time.monotonic()
         code, log = self.cluster.run_in_pod(
             self.image, command, env=env, namespace=STEP_NAMESPACE, account="pipeline-runner", timeout=3600,
             binds={self.pipeline_root: {"bind": self.pipeline_root, "mode": "rw"}})
         print(log, end="")
-        self.steps.append({"executor": pod.executor, "image": self.image, "status": code,
-                           "seconds": round(time.monotonic() - started, 1), "env": sorted(env)})
-        return status.Status.SUCCESS if code == 0 else status.Status.FAILURE
-
-    def _function(self) -> str:
-        return self.full_command[self.full_command.index("--function_to_execute") + 1]
-
-    def _pod(self, pipeline: dict, platform: dict) -> kfp_driver.StepPod:
-        """The step's pod; every executor of the same function must get the same one."""
-        function = self._function()
-        executors = [name for name, spec in pipeline["deploymentSpec"]["executors"].items()
-                     if function in spec["container"].get("args", [])]
-        pods = [kfp_driver.step_pod(pipeline, platform, name) for name in executors]
-        if not pods:
-            raise RuntimeError(f"no executor runs {function}")
-        first = pods[0]
-        for other in pods[1:]:
-            if (other.env, other.volumes, other.task_config) != (first.env, first.volumes, first.task_config):
-                raise RuntimeError(f"executors of {function} differ in their pods: cannot tell which one this is")
-        return first
-
-    def _with_task_config(self, pipeline: dict, pod: kfp_driver.StepPod) -> list[str]:
-        """The command with the driver's TaskConfig in the executor input (``--executor_input``)."""
-        command = list(self.full_command)
-        if pod.task_config is None:
-            return command
-        at = command.index("--executor_input") + 1
-        component = kfp_driver.components_by_executor(pipeline)[pod.executor]
-        command[at] = json.dumps(kfp_driver.with_task_config(json.loads(command[at]), component, pod.task_config))
-        return command
+        self.steps.append(record | {"status": code, "seconds": round(time.monotonic() - started, 1), "env": sorted(env)})
+        if code != 0:
+            return status.Status.FAILURE
+        self.plumbing.record(step, executor_input)
+        return status.Status.SUCCESS
 
 
 def run(workdir: Path) -> dict:
@@ -126,7 +130,8 @@ def run(workdir: Path) -> dict:
     from gdmix.config import validate_config
     from gdmix.example_data.synthetic import generate_synthetic, write_synthetic
     from gdmix.game import train
-    from pipelines.gdmix_pipeline import build_pipeline, compile_pipeline
+    from gdmix_pipelines.gdmix_pipeline import build_pipeline, compile_pipeline
+    from gdmix_pipelines.run import local_task_roots
     from rehearsal import FakeCluster, S3Container
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -151,7 +156,8 @@ def run(workdir: Path) -> dict:
             config_file = workdir / "rehearsal.yaml"
             config_file.write_text(yaml.safe_dump(config, sort_keys=False))
             compiled = compile_pipeline(config_file, workdir / "rehearsal-pipeline.yaml")
-            DriverTaskHandler.compiled = kfp_driver.load(compiled)
+            arguments = {"data_root": f"s3://{BUCKET}/runs"}
+            DriverTaskHandler.prepare(compiled, arguments)
             DriverTaskHandler.cluster = cluster
             DriverTaskHandler.secrets = {SECRET: dict(credentials)}  # the Secrets of the step pods' namespace
             root = workdir / "pipeline-root"
@@ -162,7 +168,8 @@ def run(workdir: Path) -> dict:
             try:
                 local.init(runner=local.DockerRunner(), pipeline_root=str(root), raise_on_error=True)
                 pipeline = build_pipeline(config_file.read_text())
-                task = pipeline(data_root=f"s3://{BUCKET}/runs")
+                with local_task_roots():
+                    task = pipeline(**arguments)
             finally:
                 docker_task_handler.DockerTaskHandler = original
             report["pipeline_seconds"] = round(time.monotonic() - t0, 1)

@@ -128,7 +128,7 @@ def test_failed_rerun_keeps_the_previous_complete_output(synthetic_dir, tmp_path
     def explode(*args, **kwargs):
         raise GdmixError("simulated failure while writing")
 
-    monkeypatch.setattr("gdmix.game._write_scores", explode)
+    monkeypatch.setattr("gdmix.ledger.Ledger.write_scores", explode)
     assert cli.main(["train", config]) == 1
     assert (out / "metrics.json").read_text() == before
     assert not list(tmp_path.glob(".model.staging-*"))

@@ -63,7 +63,7 @@ def test_evaluate_component_runs_in_the_trainer_image(tmp_path):
     from kfp.dsl import Dataset, Output
     from sklearn.metrics import log_loss, roc_auc_score
 
-    from components.evaluate.component import evaluate
+    from gdmix_components.evaluate.component import evaluate
 
     assert evaluate.component_spec.implementation.container.image == trainer_image
 

@@ -439,7 +439,7 @@ def test_pipeline_with_a_detext_fixed_effect_matches_gdmix_train(text_data, tmp_
     """The kfp.local pipeline: DeText on 2 workers (Horovod ranks when installed, else TF
     collective workers), then a partitioned random effect; the same metrics as gdmix train."""
     from gdmix.game import train
-    from pipelines.run import run_local
+    from gdmix_pipelines.run import run_local
 
     raw = {"data": {"train": str(text_data / "train"), "validation": str(text_data / "validation")},
            "output": str(tmp_path / "pipeline-model"), "passes": 2,  # pass 2: DeText on the residuals
@@ -452,7 +452,7 @@ def test_pipeline_with_a_detext_fixed_effect_matches_gdmix_train(text_data, tmp_
     expected = train(validate_config(raw | {"output": str(tmp_path / "train-model")}))
     for got, want in zip(metrics["coordinates"], expected.coordinates, strict=True):
         assert got["validation"]["auc"] == pytest.approx(want["validation"]["auc"], abs=1e-3)
-    jobs = [json.loads(p.read_text()) for p in (tmp_path / "root").glob("*/detext*/model/job.json")]
+    jobs = [json.loads(p.read_text()) for p in (tmp_path / "root").glob("**/detext*/model/job.json")]
     assert len(jobs) == 2 and all(job["workers"] == 2 for job in jobs)
     expected_steps = [c["solver"]["best_step"] for c in expected.coordinates if c["type"] == "detext"]
     assert sorted(job["solver"]["best_step"] for job in jobs) == sorted(expected_steps)

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import tomllib
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -148,12 +149,25 @@ def test_makefile_passes_registry_and_tag_to_images_push_and_compile():
                          cwd=REPO, capture_output=True, text=True, check=True).stdout
     env = "GDMIX_IMAGE_REGISTRY=registry.example.com/ml GDMIX_IMAGE_TAG=1.2.3"
     lines = {cmd: [line for line in out.splitlines() if cmd in line]
-             for cmd in ("docker/build-images.sh", "docker/push-images.sh", "pipelines.compile_all")}
+             for cmd in ("docker/build-images.sh", "docker/push-images.sh", "-m gdmix_pipelines.compile_all")}
     for cmd, found in lines.items():
         assert len(found) == 1 and found[0].startswith(env), (cmd, out)
     plain = subprocess.run(["make", "-n", "-o", ".venv/.installed", "images"], cwd=REPO,
                            capture_output=True, text=True, check=True).stdout
     assert "GDMIX_IMAGE_" not in plain  # no REGISTRY/TAG: the environment's (or the defaults) apply
+
+
+def test_the_wheel_lists_every_package():
+    """pyproject.toml lists the wheel's packages (its package-dir installs components/ and
+    pipelines/ as gdmix_components and gdmix_pipelines, which packages.find cannot name): a package
+    folder missing from the list would be missing from the wheel, so from every image, while
+    still importable in the editable install the other tests use."""
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {"gdmix": "gdmix", **setuptools["package-dir"]}
+    found = {".".join((name, *init.parent.relative_to(REPO / folder).parts))
+             for name, folder in folders.items() for init in (REPO / folder).rglob("__init__.py")}
+    assert {"gdmix_components", "gdmix_components.evaluate", "gdmix_pipelines"} <= found
+    assert sorted(found - set(setuptools["packages"])) == [], "add these to pyproject.toml's packages"
 
 
 def test_scripts_parse():
@@ -356,6 +370,16 @@ def test_no_layer_of_the_image_holds_the_ca_bundle(daemon, role):
     config = json.loads(_docker("image", "inspect", tag).stdout)[0]["Config"]
     assert config["User"] == "1000:1000"
     assert config["Labels"]["io.gdmix.role"] == role
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_images_hold_the_kubeflow_code_under_its_installed_names(daemon, role):
+    """Component bodies import ``gdmix_components._runtime``; the bare ``components`` and
+    ``pipelines`` must not be installed (a stale setuptools build/ tree once put them in the wheel)."""
+    probe = ("import importlib.util, gdmix_components._runtime, gdmix_pipelines; "
+             "print([n for n in ('components', 'pipelines') if importlib.util.find_spec(n)])")
+    out = _docker(*_restricted("--entrypoint", "python3", _built(role), "-c", probe), timeout=120).stdout
+    assert out.strip() == "[]", out
 
 
 def test_layer_check_catches_a_real_image_that_removed_the_bundle_later(daemon, tmp_path):

@@ -11,6 +11,8 @@ that produced them, then hand the resulting TaskConfig to the launchers and chec
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -148,7 +150,7 @@ def test_jobs_go_to_the_launcher_pods_own_namespace(tmp_path, monkeypatch):
     has no rights; now the default is the namespace the launcher pod runs in."""
     namespace_file = tmp_path / "namespace"
     namespace_file.write_text("team-a\n")
-    monkeypatch.setattr("gdmix.kube.jobs.SERVICE_ACCOUNT_NAMESPACE", str(namespace_file))
+    monkeypatch.setattr("gdmix.kube.runner.SERVICE_ACCOUNT_NAMESPACE", str(namespace_file))
     options = _succeeding_cluster()
     launch = Launch(backend="kubernetes", image="registry/gdmix-trainer:1", secret=SECRET)
     assert launch.namespace is None and launch.job_namespace() == "team-a"
@@ -211,3 +213,108 @@ def test_mpijob_workers_are_ready_only_when_sshd_listens():
     probe = replicas["Worker"]["template"]["spec"]["containers"][0]["readinessProbe"]
     assert probe["tcpSocket"] == {"port": m.SSHD_PORT}
     assert "readinessProbe" not in replicas["Launcher"]["template"]["spec"]["containers"][0]
+
+
+# --- the nested pass DAGs, as KFP's driver resolves their steps' inputs (rehearsal/kfp_driver.py) --
+
+TUNED = ROOT / "pipelines" / "compiled" / "movielens-100k-lr-tuned.yaml"
+
+
+def _passes(pipeline: dict) -> list[str]:
+    """The root's pass tasks, in pass order (their display names are "pass N")."""
+    tasks = pipeline["root"]["dag"]["tasks"]
+    named = {spec["taskInfo"]["name"]: name for name, spec in tasks.items() if spec["taskInfo"]["name"].startswith("pass ")}
+    return [named[f"pass {n}"] for n in range(1, len(named) + 1)]
+
+
+@pytest.mark.parametrize("compiled", COMPILED, ids=lambda p: p.stem)
+def test_every_step_input_resolves_as_the_driver_resolves_it(compiled):
+    """Through the pass sub-DAGs and their ParallelFor iterations, every input a step's component
+    requires reaches it, from a task that exists where the driver looks for it."""
+    pipeline, _ = driver.load(compiled)
+    steps = driver.steps(pipeline)
+    for path, step in steps.items():
+        definitions = pipeline["components"][step.component].get("inputDefinitions", {})
+        required = {name for name, spec in definitions.get("artifacts", {}).items() if not spec.get("isOptional")}
+        assert required <= set(step.artifacts), (path, sorted(required - set(step.artifacts)))
+        produced = [p for v in list(step.artifacts.values()) + list(step.parameters.values())
+                    for p in (v if isinstance(v, list) else [v]) if isinstance(p, driver.Produced)]
+        assert all(p.task in steps for p in produced), path
+
+
+def test_each_pass_takes_the_table_and_models_of_the_pass_before():
+    pipeline, _ = driver.load(TUNED)
+    passes = _passes(pipeline)
+    assert len(passes) == 5
+    tasks = pipeline["root"]["dag"]["tasks"]
+    assert len({tasks[name]["componentRef"]["name"] for name in passes[1:]}) == 1  # one later-pass definition
+    steps = driver.steps(pipeline)
+    in_pass = {n: {step.component: step for path, step in steps.items() if path[0] == name} for n, name in
+               enumerate(passes, 1)}
+    first = {path[1]: step for path, step in steps.items() if path[0] == passes[0]}
+    assert "scores" not in first["fixed-effect"].artifacts and "previous" not in first["fixed-effect"].artifacts
+    for number in range(2, 6):
+        before, now = passes[number - 2], passes[number - 1]
+        fixed = next(step for path, step in steps.items() if path == (now, "fixed-effect"))
+        assert fixed.artifacts["previous"] == driver.Produced((before, "fixed-effect"), "model")
+        last_update = max((path for path in steps if path[0] == before and path[1].startswith("update-scores")),
+                          key=lambda path: (len(path[1]), path[1]))
+        assert fixed.artifacts["scores"] == driver.Produced(last_update, "table")
+        trainers = [step for path, step in steps.items() if path[0] == now and path[-1] == "random-effect"]
+        assert trainers and all(t.artifacts["previous"] == driver.Produced((before, "random-effect-plan"), "model")
+                                for t in trainers)
+        assert len(in_pass[number]) == len(in_pass[2])
+    summaries = next(step for path, step in steps.items() if path == (passes[2], "update-scores-2"))
+    assert summaries.parameters["partition_summaries"] == [
+        driver.Produced((passes[2], f"for-loop-2[{i}]", "random-effect"), "Output") for i in range(4)]
+    assert summaries.parameters["pass_number"] == 3
+
+
+def test_a_nested_pipeline_cannot_leave_out_an_artifact_input():
+    """Why pass 1 has a pipeline of its own: the driver fails a componentInputArtifact its parent
+    DAG lacks, as KFP 2.17.0's resolveInputArtifact does, ``= None`` default or not."""
+    pipeline, _ = driver.load(TUNED)
+    del pipeline["root"]["dag"]["tasks"][_passes(pipeline)[1]]["inputs"]["artifacts"]["scores"]
+    with pytest.raises(driver.DriverError, match="parent DAG does not have input artifact scores"):
+        driver.steps(pipeline)
+
+
+def test_the_plumbing_check_catches_what_kfp_local_would_resolve_otherwise(tmp_path):
+    """The rehearsal's check of kfp.local's executor inputs: the step comes from where kfp.local
+    roots its outputs, and an input artifact from the wrong pass, or a title the launcher would
+    fill in otherwise, is a difference."""
+    pipeline, _ = driver.load(TUNED)
+    plumbing = driver.Plumbing(pipeline, {"data_root": "s3://b/runs"})
+    passes = _passes(pipeline)
+    root = tmp_path / "run-1"
+
+    def executor_input(step):
+        folder = root.joinpath(*(re.sub(r"\[(\d+)\]$", r"-iteration-\1", p) for p in step.path[:-1]),
+                               step.component.removeprefix("comp-"))
+        outputs = pipeline["components"][step.component].get("outputDefinitions", {})
+        return {"outputs": {"outputFile": str(folder / "executor_output.json"),
+                            "artifacts": {k: {"artifacts": [{"uri": str(folder / k)}]} for k in outputs.get("artifacts", {})},
+                            "parameters": {k: {"outputFile": str(folder / k)} for k in outputs.get("parameters", {})}}}
+
+    for path, step in driver.steps(pipeline, {"data_root": "s3://b/runs"}).items():  # in order, as kfp.local runs them
+        given = executor_input(step)
+        assert plumbing.step(given, str(tmp_path)) is plumbing.by_place[(path[:-1], step.component)]
+        parameters, uris = plumbing.expected(step)
+        defaults = {name: spec["defaultValue"] for name, spec in pipeline["components"][step.component]
+                    .get("inputDefinitions", {}).get("parameters", {}).items() if "defaultValue" in spec}
+        given["inputs"] = {"parameterValues": defaults | parameters,  # kfp.local passes the defaults too
+                           "artifacts": {k: {"artifacts": [{"uri": u} for u in v]} for k, v in uris.items()}}
+        assert plumbing.differences(step, given) == [], path
+        if path == (passes[2], "fixed-effect"):
+            wrong = json.loads(json.dumps(given))
+            wrong["inputs"]["artifacts"]["previous"]["artifacts"][0]["uri"] = uris["scores"][0]
+            assert [d.split(":")[0] for d in plumbing.differences(step, wrong)] == ["artifact previous"]
+        if path == (passes[2], "evaluate"):
+            assert parameters["title"] == "GDMix after pass 3 global"
+            wrong = json.loads(json.dumps(given))
+            wrong["inputs"]["parameterValues"]["title"] = "GDMix after pass 3.0 global"  # kfp.local's text of a number
+            assert [d.split(":")[0] for d in plumbing.differences(step, wrong)] == ["parameter title"]
+        for name in given["outputs"]["parameters"]:
+            Path(given["outputs"]["outputFile"]).parent.mkdir(parents=True, exist_ok=True)
+            Path(given["outputs"]["outputFile"]).write_text(json.dumps({"parameterValues": {name: f"{path}"}}))
+        plumbing.record(step, given)

@@ -1,4 +1,4 @@
-"""gdmix.kube.jobs.run_job against a scripted fake Kubernetes API (no cluster, no real sleeping)."""
+"""gdmix.kube.runner.run_job against a scripted fake Kubernetes API (no cluster, no real sleeping)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from kubernetes.client.exceptions import ApiException
 
 from gdmix.errors import GdmixError
 from gdmix.kube import manifests as m
-from gdmix.kube.jobs import JobConflict, JobError, JobFailed, JobTimeout, job_kind, job_outcome, run_job
+from gdmix.kube.runner import JobConflict, JobError, JobFailed, JobTimeout, job_kind, job_outcome, run_job
 
 # --- fakes -------------------------------------------------------------------------------------
 

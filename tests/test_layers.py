@@ -6,7 +6,7 @@
 * ``gdmix/solvers`` imports nothing else from gdmix but the losses it minimises (``gdmix.losses``).
 
 Also: the two fixed-effect launcher components (``fixed_effect``, ``detext``) share one body,
-``components._runtime.fixed_effect_launcher``, which each calls with its own parameters in order;
+``gdmix_components._runtime.fixed_effect_launcher``, which each calls with its own parameters in order;
 every component body's imports work in the KFP executor's run-time mode; the example configs have
 one source, ``gdmix/examples`` (package data), which the top-level ``examples`` links to.
 """
@@ -94,10 +94,10 @@ def test_the_import_reader_sees_relative_and_nested_imports(tmp_path):
 def test_fixed_effect_launchers_pass_their_parameters_to_the_shared_body(stage):
     import importlib
 
-    from components._runtime import fixed_effect_launcher
-    from components._shared import IN_POD
+    from gdmix_components._runtime import fixed_effect_launcher
+    from gdmix_components._shared import IN_POD
 
-    component = getattr(importlib.import_module(f"components.{stage}.component"), stage)
+    component = getattr(importlib.import_module(f"gdmix_components.{stage}.component"), stage)
     for variant in (component, getattr(component, IN_POD)):
         func = variant.python_func
         params = list(inspect.signature(func).parameters)
@@ -108,19 +108,63 @@ def test_fixed_effect_launchers_pass_their_parameters_to_the_shared_body(stage):
         assert [a.id for a in calls[0].value.args] == params and not calls[0].value.keywords
 
 
-def test_component_bodies_import_where_components_run():
+def test_component_bodies_import_where_components_run(tmp_path):
     """A component's embedded source holds only its function, so its body imports what it uses;
     the KFP executor runs it with ``_KFP_RUNTIME=true``, where ``kfp.dsl`` lacks its compile-time
-    API (a body importing ``components._shared``, which needs ``dsl.TaskConfigPassthrough``,
-    fails there). Every body's imports, run in that mode."""
+    API (a body importing ``gdmix_components._shared``, which needs ``dsl.TaskConfigPassthrough``,
+    fails there). Every body's imports, run in that mode, away from the repository (as in an
+    image, where only the installed names exist)."""
     imports = set()
     for path in sorted((ROOT / "components").glob("*/component.py")):
         for func in (n for n in ast.parse(path.read_text()).body if isinstance(n, ast.FunctionDef)):
             imports.update(ast.unparse(n) for n in ast.walk(func) if isinstance(n, (ast.Import, ast.ImportFrom)))
-    assert "from components._runtime import fixed_effect_launcher" in imports
-    done = subprocess.run([sys.executable, "-c", "\n".join(sorted(imports))], cwd=ROOT,
+    assert "from gdmix_components._runtime import fixed_effect_launcher" in imports
+    done = subprocess.run([sys.executable, "-c", "\n".join(sorted(imports))], cwd=tmp_path,
                           env=dict(os.environ, _KFP_RUNTIME="true"), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_kubeflow_code_is_imported_by_its_installed_names():
+    """``components/`` and ``pipelines/`` install as ``gdmix_components`` and ``gdmix_pipelines``
+    (pyproject.toml's package-dir): the bare folder names would collide with other distributions'
+    top-level packages, and resolve only from the repository root, never in an image. No Python
+    file may import them (``import``, ``from``, ``importlib.import_module`` strings) and no
+    Makefile, script or document may run them (``python -m pipelines...``)."""
+    import re
+
+    bare = ("components", "pipelines")
+    run_bare = re.compile(r"-m\s+(?:components|pipelines)\b")
+
+    def imported(source: str) -> list[str]:
+        names = []
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Import):
+                names += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names.append(node.module or "")
+            elif isinstance(node, ast.Call) and node.args and "import_module" in ast.unparse(node.func):
+                first = node.args[0]  # a constant, or an f-string whose first part names the package
+                head = first.values[0] if isinstance(first, ast.JoinedStr) and first.values else first
+                names.append(head.value if isinstance(head, ast.Constant) else "")
+        return [name for name in names if name.split(".")[0] in bare]
+
+    # the reader itself catches every form
+    sample = "import pipelines.run\nfrom components.evaluate import component\nimport_module(f'components.{s}')"
+    assert imported(sample) == ["pipelines.run", "components.evaluate", "components."]
+    assert imported("from gdmix_components import _runtime\nimport_module('gdmix_pipelines.run')") == []
+
+    skip = {".git", ".venv", "build", "demo-output", "__pycache__", ".pytest_cache", "upstream"}
+    offenders = []
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if d not in skip and not d.endswith(".egg-info")]
+        for name in files:
+            path = Path(folder, name)
+            relative = path.relative_to(ROOT)
+            if name.endswith(".py"):
+                offenders += [f"{relative}: imports {m}" for m in imported(path.read_text())]
+            elif name in ("Makefile", "Dockerfile", "run") or name.endswith((".sh", ".md")):
+                offenders += [f"{relative}: runs {m.group()}" for m in run_bare.finditer(path.read_text())]
+    assert not offenders, "use gdmix_components / gdmix_pipelines:\n" + "\n".join(offenders)
 
 
 def test_examples_have_one_source_shipped_as_package_data():
@@ -138,11 +182,11 @@ def test_examples_have_one_source_shipped_as_package_data():
 #: The README's "Architecture" table, bottom layer first: a module may import its own layer and
 #: the layers below it. Keys are module paths relative to gdmix/ (a package covers its modules).
 LAYERS = [
-    ("data, utils", {"errors", "io", "features", "config", "metrics", "console", "dataset", "sparse",
+    ("data, utils", {"errors", "io", "features", "config", "metrics", "console", "dataset", "sparse", "layout",
                      "tf_runtime", "images", "command_line", "__init__"}),
     ("numerics", {"losses", "solvers", "native"}),
     ("models", {"models", "distributed", "artifacts"}),
-    ("runs", {"game", "jobs", "prep", "scoring", "evaluation", "kube", "example_data"}),
+    ("runs", {"game", "ledger", "jobs", "prep", "scoring", "evaluation", "kube", "example_data"}),
     ("steps", {"stages"}),
     ("entry points", {"cli", "__main__", "prep/submit"}),
 ]

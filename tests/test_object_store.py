@@ -78,7 +78,7 @@ def test_prep_and_partitioned_training_on_s3(s3, tmp_path):
     from test_prep import _config as prep_config, _raw
 
     from gdmix.jobs.random_effect import train_partitions
-    from gdmix.prep.job import run_prep
+    from gdmix.prep.run import run_prep
 
     (tmp_path / "raw").mkdir()
     pq.write_table(_raw(seed=4), tmp_path / "raw" / "part-0.parquet")
@@ -98,7 +98,7 @@ def test_pipeline_with_all_data_in_s3(s3, synthetic_dir, tmp_path):
     under an s3:// data root; its metrics equal gdmix train's on the same data."""
     from conftest import synthetic_config
     from gdmix.game import train
-    from pipelines.run import run_local
+    from gdmix_pipelines.run import run_local
 
     s3fs = fs.url_to_fs(f"s3://{BUCKET}")[0]
     for split in ("train", "validation"):

@@ -17,10 +17,10 @@ from gdmix.io import fs
 from gdmix.stages.context import check_shape, data_overrides, run_config, shape_of
 from gdmix.stages.training import partition_groups
 from gdmix.stages.locations import input_location, output_location
-from gdmix.stages.score_table import ScoreTable
-from pipelines.compile_all import compile_all
-from pipelines.gdmix_pipeline import compile_pipeline, structure
-from pipelines.run import run_local
+from gdmix.ledger import Ledger
+from gdmix_pipelines.compile_all import compile_all
+from gdmix_pipelines.gdmix_pipeline import compile_pipeline, structure
+from gdmix_pipelines.run import run_local
 
 from conftest import synthetic_config
 from fake_kfp_api import FakeKfpApi
@@ -38,11 +38,13 @@ def _pipeline_config(data_dir: str, output: str, **pipeline) -> dict:
 
 
 def test_pipeline_runs_locally_and_matches_gdmix_train(synthetic_dir, tmp_path):
-    raw = _pipeline_config(synthetic_dir, str(tmp_path / "pipeline-model"))
+    """Three passes: pass 1 and two runs of the one later-pass DAG, each starting from the score
+    table and models of the pass before."""
+    raw = _pipeline_config(synthetic_dir, str(tmp_path / "pipeline-model")) | {"passes": 3}
     metrics = run_local(yaml.safe_dump(raw), workdir=str(tmp_path / "root"))
     reference = train(validate_config(raw | {"output": str(tmp_path / "train-model")}))
     expected = json.loads((tmp_path / "train-model" / "metrics.json").read_text())
-    assert len(metrics["coordinates"]) == len(expected["coordinates"]) == 6
+    assert len(metrics["coordinates"]) == len(expected["coordinates"]) == 9
     for got, want in zip(metrics["coordinates"], expected["coordinates"]):
         assert (got["name"], got["pass"]) == (want["name"], want["pass"])
         for split in ("train", "validation"):
@@ -54,9 +56,12 @@ def test_pipeline_runs_locally_and_matches_gdmix_train(synthetic_dir, tmp_path):
     theirs = fs.read_parquet_dir(str(tmp_path / "train-model" / "scores" / "per_item" / "validation")).sort_by("uid")
     np.testing.assert_allclose(ours.column("score").to_numpy(), theirs.column("score").to_numpy(), atol=1e-6)
     assert reference.coordinates[-1]["validation"]["auc"] > 0.6
-    # every step left its KFP outputs: an HTML report with plots for the final evaluation
+    # every step left its KFP outputs: an HTML report with plots for the final evaluation, and one
+    # per coordinate and pass (passes 2 and 3 run one DAG definition; local_task_roots keeps their
+    # outputs apart, where kfp.local alone would write pass 3's over pass 2's)
     reports = sorted((tmp_path / "root").glob("*/evaluate*/report"))
     assert reports and "<svg" in reports[-1].read_text()
+    assert len(list((tmp_path / "root").rglob("report"))) == 3 * 3 + 1
 
 
 def test_a_run_may_not_change_the_compiled_shape(synthetic_dir, tmp_path):
@@ -92,13 +97,36 @@ def test_compiled_pipeline_images_parallelism_secrets(synthetic_dir, tmp_path, m
     # kfp is baked into the images: no pip install at task start
     assert not any("pip install" in " ".join(e["container"]["command"]) for e in executors.values())
     text = (tmp_path / "pipeline.yaml").read_text()
-    assert text.count("parallelismLimit: 3") == 4  # 2 random effects x 2 passes
+    assert text.count("parallelismLimit: 3") == 4  # 2 random effects x 2 pass definitions (first, later)
     groups = [json.loads(s) for s in _raw_items(compiled["pipeline"])]
     assert ["0:1", "1:3", "3:4"] in groups and ["0:1", "1:2"] in groups
     secrets = compiled["platform"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert secrets and all(e["secretAsEnv"][0]["secretName"] == "team-s3" for e in secrets.values())
     assert "AWS_SECRET_ACCESS_KEY" in text and "aws_secret_access_key:" not in text.lower()
     assert "retryPolicy" in text  # partition trainers are retried (finished partitions are skipped)
+
+
+def test_later_passes_share_one_definition(synthetic_dir, tmp_path):
+    """Each pass is a task running a nested pipeline; KFP's compiler copies a nested pipeline for
+    every use, share_repeated_dags folds the copies back: more passes add only their tasks."""
+    compiled = {}
+    for passes in (2, 6):
+        config = tmp_path / f"passes-{passes}.yaml"
+        config.write_text(yaml.safe_dump(_pipeline_config(synthetic_dir, str(tmp_path / "model")) | {"passes": passes}))
+        compiled[passes] = compile_pipeline(config, tmp_path / f"pipeline-{passes}.yaml")
+    two, six = (structure(compiled[n])["pipeline"] for n in (2, 6))
+    assert len(two["components"]) == len(six["components"])  # (the outer steps' numbering differs)
+    assert sorted(two["deploymentSpec"]["executors"]) == sorted(six["deploymentSpec"]["executors"])
+    assert len(six["deploymentSpec"]["executors"]) == 8  # one per step function
+    tasks = six["root"]["dag"]["tasks"]
+    passes = {spec["taskInfo"]["name"]: spec["componentRef"]["name"] for spec in tasks.values()
+              if spec["taskInfo"]["name"].startswith("pass ")}
+    assert sorted(passes) == [f"pass {n}" for n in range(1, 7)]
+    assert passes["pass 1"] == "comp-first-pass" and {passes[f"pass {n}"] for n in range(2, 7)} == {"comp-later-pass"}
+    names = {t["taskInfo"]["name"] for t in six["components"]["comp-later-pass"]["dag"]["tasks"].values()}
+    assert {"global: fixed effect", "per_user: offsets", "per_user: scores", "per_item: evaluation"} <= names
+    growth = len(compiled[6].read_text().splitlines()) - len(compiled[2].read_text().splitlines())
+    assert growth < 4 * 60, growth  # 4 more pass tasks of about 50 lines each
 
 
 def _raw_items(spec: dict) -> list[str]:
@@ -142,22 +170,20 @@ def test_locations_and_data_overrides():
 
 def test_score_table_never_drops_rows(synthetic_dir, tmp_path):
     config = run_config(yaml.safe_dump(synthetic_config(synthetic_dir, str(tmp_path / "o"))))
-    table = ScoreTable.initial(config)
+    table = Ledger.initial(config)
     train_rows = table.splits["train"]
     scores = tmp_path / "scores"
     for split, rows in table.splits.items():
-        uids = rows.column("uid").to_numpy()
-        fs.write_parquet(pa.table({"uid": uids, "coordinate_score": np.full(len(uids), 0.5)}),
+        fs.write_parquet(pa.table({"uid": rows.uid, "coordinate_score": np.full(rows.num_rows, 0.5)}),
                          str(scores / split))
-    table.update("global", str(scores), "model-uri")
+    table.read_scores("global", str(scores), "model-uri")
     assert np.allclose(table.offsets("per_user").column("offset").to_numpy(), 0.5)
     assert np.allclose(table.offsets("global").column("offset").to_numpy(), 0.0)
     short = tmp_path / "short"
-    fs.write_parquet(pa.table({"uid": train_rows.column("uid").to_numpy()[1:],
-                                                   "coordinate_score": np.zeros(train_rows.num_rows - 1)}),
+    fs.write_parquet(pa.table({"uid": train_rows.uid[1:], "coordinate_score": np.zeros(train_rows.num_rows - 1)}),
                      str(short / "train"))
     with pytest.raises(DataError, match="no score for uid"):
-        table.update("per_user", str(short), "model-uri")
+        table.read_scores("per_user", str(short), "model-uri")
 
 
 def test_submit_uploads_a_version_and_runs_it(synthetic_dir, tmp_path, capsys):

@@ -21,7 +21,7 @@ from gdmix.features.index_map import IndexMap
 from gdmix.io import fs
 from gdmix.io.contract import ContractColumns, read_contract_table
 from gdmix.models.random_effect import fit_random_effect
-from gdmix.prep.job import run_prep
+from gdmix.prep.run import run_prep
 from gdmix.prep.offsets import join_offsets
 
 ROWS = 3000

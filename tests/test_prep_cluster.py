@@ -31,7 +31,7 @@ from gdmix.distributed.launcher import free_ports
 from gdmix.errors import DataError
 from gdmix.features.index_map import IndexMap
 from gdmix.io import fs
-from gdmix.prep.job import run_prep
+from gdmix.prep.run import run_prep
 from gdmix.prep.offsets import join_offsets
 
 from test_prep import _config, _raw

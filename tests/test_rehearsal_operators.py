@@ -1,4 +1,4 @@
-"""Cluster rehearsal of gdmix.kube.jobs.run_job: the unmodified launcher code, in the launcher
+"""Cluster rehearsal of gdmix.kube.runner.run_job: the unmodified launcher code, in the launcher
 image, against the fake API server of rehearsal/ whose fake operators run the rendered jobs as
 containers of the rendered images (rehearsal/README.md).
 
@@ -69,7 +69,7 @@ def _launch(cluster, image: str, manifest: dict, timeout_seconds: float = 240) -
     """run_job(manifest) in a launcher container running as KFP standalone's step account."""
     script = textwrap.dedent(f"""
         import json, os, sys
-        from gdmix.kube.jobs import JobFailed, JobTimeout, run_job
+        from gdmix.kube.runner import JobFailed, JobTimeout, run_job
         try:
             status = run_job(json.loads(os.environ["MANIFEST"]), poll_seconds=1, timeout_seconds={timeout_seconds})
         except JobFailed as exc:
@@ -160,7 +160,7 @@ def test_deleting_a_running_job_removes_its_containers(cluster, images):
 def test_the_api_server_enforces_the_repository_rbac_and_the_crd_schema(cluster, images):
     from kubernetes import client
 
-    from gdmix.kube.jobs import JobError, run_job
+    from gdmix.kube.runner import JobError, run_job
 
     def apis(token):
         api_client = client.ApiClient(cluster.kube_config(token))
@@ -268,7 +268,7 @@ def _spark_images(images):
 def _run_in_process(cluster, manifest: dict, timeout_seconds: float = 400) -> list[str]:
     from kubernetes import client
 
-    from gdmix.kube.jobs import run_job
+    from gdmix.kube.runner import run_job
 
     api = client.ApiClient(cluster.kube_config(cluster.token()))  # the launcher's account
     lines: list[str] = []

@@ -124,6 +124,7 @@ def test_prep_and_fixed_effect_as_kubernetes_jobs(synthetic_dir, tmp_path):
     run_spark_prep(config, config_uri, launch, "prep", log=lambda m: None, job_options=_options(operator))
     application = operator.created[0]
     assert application["kind"] == "SparkApplication" and application["spec"]["image"] == "registry/gdmix-trainer:1"
+    assert application["spec"]["arguments"] == [config_uri, "--set", "prep.spark.master=null"]
     assert json.loads(fs.read_text(str(tmp_path / "prepared" / "prep.json")))["train_rows"] > 0
     # cluster mode: gdmix prep took its master from spark-submit, not from its own config
     assert operator.spark_masters() == ["local[2]"]
@@ -141,6 +142,9 @@ def test_prep_and_fixed_effect_as_kubernetes_jobs(synthetic_dir, tmp_path):
     assert job["kind"] == "TFJob" and job["spec"]["tfReplicaSpecs"]["Worker"]["replicas"] == 2
     container = job["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
     assert {"secretRef": {"name": "s3-creds"}} in container["envFrom"]
+    assert container["command"] == ["python", "-m", "gdmix", "fixed-effect", str(tmp_path / "global.job" / "config.yaml"),
+                                    "--coordinate", "global", "--output", str(tmp_path / "global"),
+                                    "--index-maps", str(tmp_path / "prepared")]
     assert summary["workers"] == 2 and fs.exists(str(tmp_path / "global" / "models" / "global"))
     assert len(operator.deleted) == 2  # every job is deleted at the end
     assert not fs.exists(str(tmp_path / "global.job"))  # the job's config and offsets are cleaned up
@@ -162,3 +166,24 @@ def test_a_failed_kubernetes_job_fails_the_stage(synthetic_dir, tmp_path):
     finally:
         coordinates.run_workers = original
     assert operator.deleted and not fs.exists(str(tmp_path / "global"))
+
+
+@pytest.mark.parametrize("coordinate, command", [("global", "fixed-effect"), ("deep", "detext")])
+def test_a_fixed_effect_stage_launches_its_jobs_spec(synthetic_dir, tmp_path, monkeypatch, coordinate, command):
+    """The stage's job: the coordinate's command with the prepared index maps and the warm start."""
+    raw = synthetic_config(synthetic_dir, str(tmp_path / "out"))
+    raw["coordinates"].append({"name": "deep", "type": "detext", "doc_text": ["title"], "distribution": "horovod"})
+    config = prepared_config(run_config(yaml.safe_dump(raw)), str(tmp_path / "prepared"))
+    output = str(tmp_path / coordinate)
+    launched = []
+
+    def run_workers(args, workers, launch, name, log, horovod=False):
+        launched.append((args, workers, name, horovod))
+        fs.write_text(fs.join(output, "job.json"), '{"workers": 1}')
+
+    monkeypatch.setattr("gdmix.stages.training.run_workers", run_workers)
+    assert train_fixed_effect(config, coordinate, output, None, "prev", Launch(), log=lambda m: None) == {"workers": 1}
+    assert launched == [([command, f"{output}.job/config.yaml", "--coordinate", coordinate, "--output", output,
+                          "--index-maps", str(tmp_path / "prepared"), "--warm-start", "prev"],
+                         config.pipeline.fixed_effect_workers, f"{coordinate}-{command}", command == "detext")]
+    assert not fs.exists(f"{output}.job")

@@ -295,7 +295,7 @@ def test_the_detext_job_scores_the_test_split_it_never_trains_on(text_split_dir,
 
 def test_prep_writes_a_disjoint_test_split_beside_an_unchanged_validation(tmp_path):
     from gdmix.prep.features import UID_SEED
-    from gdmix.prep.job import run_prep
+    from gdmix.prep.run import run_prep
     from gdmix.prep.spark import spark_session
 
     rows = 2000
@@ -343,7 +343,7 @@ def test_prep_writes_a_disjoint_test_split_beside_an_unchanged_validation(tmp_pa
 
 def test_pipeline_test_metrics_equal_gdmix_train(test_split_dir, tmp_path):
     from gdmix.game import train
-    from pipelines.run import run_local
+    from gdmix_pipelines.run import run_local
 
     raw = _with_test(test_split_dir, str(tmp_path / "pipeline-model"))
     raw["coordinates"][1]["partitions"] = 2
@@ -367,7 +367,7 @@ def test_pipeline_test_metrics_equal_gdmix_train(test_split_dir, tmp_path):
     logged = {name for o in outputs for artifact in o.get("artifacts", {}).values()
               for a in artifact.get("artifacts", []) for name in a.get("metadata", {})}
     assert {"test_auc", "validation_auc", "test_logloss"} <= logged
-    pages = [p.read_text() for p in (tmp_path / "root").glob("*/evaluate*/report")]
+    pages = [p.read_text() for p in (tmp_path / "root").glob("**/evaluate*/report")]  # a pass's are in its sub-DAG
     assert any("Metrics (test data)" in page for page in pages)
     assert any("GDMix model on test data" in page for page in pages)
     history = [page for page in pages if "Metrics after each coordinate" in page]
@@ -379,7 +379,7 @@ def test_pipeline_data_parameters_and_a_missing_test_split(tmp_path):
     from gdmix.errors import DataError
     from gdmix.stages.context import data_overrides, derived_prep
     from gdmix.stages.evaluation import evaluate_location
-    from gdmix.stages.score_table import META_FILE
+    from gdmix.layout import SCORE_TABLE_FILE
 
     contract = synthetic_config("/d", "/o")
     assert data_overrides(yaml.safe_dump(contract), "", "", "s3://b/test") == ["data.test=s3://b/test"]
@@ -391,6 +391,6 @@ def test_pipeline_data_parameters_and_a_missing_test_split(tmp_path):
     # a score table without a test split is an error, never an evaluation of all its splits together
     table = tmp_path / "table"
     fs.write_parquet(pa.table({"uid": [1, 2], "label": [0.0, 1.0], "score": [0.1, 0.2]}), str(table / "train"))
-    (table / META_FILE).write_text(json.dumps({"splits": ["train"], "models": {}, "history": []}))
+    (table / SCORE_TABLE_FILE).write_text(json.dumps({"splits": ["train"], "models": {}, "history": []}))
     with pytest.raises(DataError, match="no test split"):
         evaluate_location(str(table), "test", [], "t")

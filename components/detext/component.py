@@ -6,7 +6,7 @@ from typing import List
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
 
-from components._shared import component
+from gdmix_components._shared import component
 
 
 @component("detext", launcher=True)
@@ -14,7 +14,7 @@ def detext(config: str, coordinate: str, prepared: Input[Dataset], model: Output
            task_config: dsl.TaskConfig, scores: Input[Dataset] = None, previous: Input[Model] = None,
            overrides: List[str] = [], data_root: str = "", workload_image: str = ""):
     """Offsets from ``scores`` let later passes re-fit the deep model on the random effects' residuals."""
-    from components._runtime import fixed_effect_launcher
+    from gdmix_components._runtime import fixed_effect_launcher
 
     fixed_effect_launcher(config, coordinate, prepared, model, task_config, scores, previous, overrides, data_root,
                           workload_image)

@@ -4,7 +4,7 @@ from typing import List
 
 from kfp.dsl import ClassificationMetrics, Dataset, HTML, Input, Metrics, Output
 
-from components._shared import component
+from gdmix_components._shared import component
 
 
 @component("trainer")

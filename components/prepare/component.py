@@ -5,7 +5,7 @@ from typing import List
 from kfp import dsl
 from kfp.dsl import Dataset, Output
 
-from components._shared import component
+from gdmix_components._shared import component
 
 
 @component("spark", launcher=True)

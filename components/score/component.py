@@ -2,7 +2,7 @@
 
 from kfp.dsl import Dataset, Input, Model, Output
 
-from components._shared import component
+from gdmix_components._shared import component
 
 
 @component("trainer")

@@ -9,7 +9,8 @@ Kubeflow.
 
 One module per job, so each can be read and tested alone: :mod:`.curves` (ROC and calibration
 data, numpy only), :mod:`.report` (:class:`EvaluationReport` and :func:`evaluate`),
-:mod:`.charts` (matplotlib rendering), :mod:`.html_report` (the page). The names below are the
+:mod:`.charts` (matplotlib rendering), :mod:`.html_report` (the page), :mod:`.score_files`
+(reading a score dataset; ``gdmix evaluate``). The names below are the
 package's interface; importers use ``from gdmix.evaluation import ...``.
 
 Typical use in a pipeline component::

@@ -7,28 +7,27 @@ validation rows (DeText's inputs: texts, the wide bag, dense columns), builds th
 vocabulary and feature statistics, and takes its share of every global batch
 (:mod:`gdmix.models.detext.training`); the best step is chosen on validation only. Then each
 worker scores its slice of the rows (and of the test rows, ``data.test``, which training never
-sees); the chief writes the model, commits the output in one step and writes ``job.json`` last.
+sees); the chief writes the model, commits the output in one step and writes ``job.json`` last
+(:class:`gdmix.jobs.commit.StagedOutput`, shared with the fixed-effect job).
 """
 
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
 
-from gdmix.artifacts import TrainedModel, index_map_uri, load_models, save_model, scores_uri
+from gdmix.artifacts import TrainedModel, load_models
 from gdmix.config import DetextConfig, GdmixConfig
 from gdmix.dataset import build_index_maps, to_dataset
 from gdmix.distributed.cluster import worker_info
-from gdmix.distributed.collective import agree, barrier, connect
+from gdmix.distributed.collective import agree, connect
 from gdmix.distributed.horovod import HorovodCollective, launched_by_horovod
 from gdmix.features.index_map import IndexMap
-from gdmix.io import fs
 from gdmix.io.contract import ContractColumns, read_contract_table
 from gdmix.io.uid_join import read_offsets
+from gdmix.jobs.commit import StagedOutput
+from gdmix.layout import index_map_uri
 from gdmix.models.detext.coordinate import DetextCoordinate, detext_rows, new_model
 from gdmix.models.detext.training import train_network
-
-JOB_FILE = "job.json"
 
 
 def run_detext_job(config: GdmixConfig, coordinate: str, output: str, *, offsets: str | None = None,
@@ -72,23 +71,13 @@ def run_detext_job(config: GdmixConfig, coordinate: str, output: str, *, offsets
     report = train_network(model.network, spec, rows["train"], base["train"], rows.get("validation"),
                            base.get("validation"), collective, log=log if rank == 0 else (lambda m: None))
 
-    staging = fs.join(output.rstrip("/") + ".staging", "output")
+    staged = StagedOutput(output.rstrip("/") + ".staging", output)
     for split, dataset in data.items():  # each worker scores its slice of the rows
         mine = np.array_split(np.arange(dataset.num_rows), size)[rank]
-        own = model.score(rows[split].take(mine))
-        fs.write_parquet(pa.table({"uid": dataset.uid[mine], "label": dataset.label[mine],
-                                   "weight": dataset.weight[mine], "score": base[split][mine] + own,
-                                   "coordinate_score": own}),
-                         scores_uri(staging, spec.name, split), f"part-{rank:05d}.parquet")
-    barrier(collective)
+        staged.write_scores(spec.name, split, rank, dataset, base[split], model.score(rows[split].take(mine)), mine)
     summary = {"coordinate": spec.name, "workers": size, "backend": "horovod" if launched_by_horovod() else "tf",
                "rows": {split: int(d.num_rows) for split, d in data.items()}, "solver": report.as_dict(),
                "train_seconds": report.seconds}
-    if rank == 0:
-        save_model(staging, TrainedModel(config.data, [handle], maps, {spec.name: model}))
-        fs.commit_directory(staging, output)
-        fs.write_text_atomic(fs.join(output, JOB_FILE), fs.to_json(summary))
-        fs.remove(output.rstrip("/") + ".staging")
-    barrier(collective)
+    staged.commit(collective, rank == 0, TrainedModel(config.data, [handle], maps, {spec.name: model}), summary)
     log(f"{who}: done in {report.seconds:.1f}s ({report.examples_per_second:,.0f} examples/s)")
     return summary | {"chief": rank == 0}

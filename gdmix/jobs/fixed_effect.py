@@ -12,7 +12,8 @@ which worker it is. A worker
 4. scores its shards and writes ``scores/<coordinate>/{train,validation,test}/part-<worker>.parquet``.
 
 The chief then writes the model, commits the whole output in one step (no half-written score
-set is ever visible) and writes ``job.json`` last as the completion marker. Any worker's
+set is ever visible) and writes ``job.json`` last as the completion marker
+(:class:`gdmix.jobs.commit.StagedOutput`, shared with the DeText job). Any worker's
 failure fails every worker (see :func:`gdmix.distributed.collective.agree`).
 """
 
@@ -27,11 +28,11 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from gdmix.artifacts import TrainedModel, index_map_uri, load_models, save_model, scores_uri
+from gdmix.artifacts import TrainedModel, load_models
 from gdmix.config import FixedEffectConfig, GdmixConfig
 from gdmix.dataset import Dataset, build_index_maps, to_dataset
 from gdmix.distributed.cluster import worker_info
-from gdmix.distributed.collective import agree, barrier, connect
+from gdmix.distributed.collective import agree, connect
 from gdmix.distributed.exchange import Exchange
 from gdmix.errors import DataError
 from gdmix.features.index_map import IndexMap
@@ -39,11 +40,10 @@ from gdmix.io import fs
 from gdmix.io.checkpoint import Checkpoint
 from gdmix.io.contract import ContractColumns, ContractTable, read_contract_table
 from gdmix.io.uid_join import read_offsets
+from gdmix.jobs.commit import StagedOutput
+from gdmix.layout import SPLITS, index_map_uri
 from gdmix.models.coordinates import FixedEffectCoordinate
 from gdmix.models.fixed_effect import FixedEffectModel, FixedEffectProblem
-
-JOB_FILE = "job.json"
-SPLITS = ("train", "validation", "test")
 
 
 def run_fixed_effect_job(
@@ -93,10 +93,10 @@ def run_fixed_effect_job(
     )
     theta = np.concatenate([[model.intercept], model.coef])
     memory = collective.sum(np.array([report.memory_bytes, report.nonzeros, report.nonzero_bytes]))
-    staging = fs.join(workdir, "output")
+    staged = StagedOutput(workdir, output)
     for split, dataset in data.items():
         own = problem.data_term.logits(theta) if split == "train" else model.score(dataset.bag(spec.feature_bag))
-        _write_shard_scores(staging, spec.name, split, info.index, dataset, base[split], own)
+        staged.write_scores(spec.name, split, info.index, dataset, base[split], own)
     summary = {
         "coordinate": spec.name,
         "workers": info.count,
@@ -106,14 +106,8 @@ def run_fixed_effect_job(
                                       "bytes_per_row": (memory[0] - memory[2]) / max(counts[0], 1.0)},
         "train_seconds": time.perf_counter() - started,
     }
-    barrier(collective)  # every shard's scores are written
-    if info.is_chief:
-        trained = TrainedModel(config.data, [FixedEffectCoordinate(spec)], maps, {spec.name: model})
-        save_model(staging, trained)
-        fs.commit_directory(staging, output)
-        fs.write_text_atomic(fs.join(output, JOB_FILE), fs.to_json(summary))
-        fs.remove(workdir)
-    barrier(collective)  # nobody reports success before the output is committed
+    staged.commit(collective, info.is_chief,
+                  TrainedModel(config.data, [FixedEffectCoordinate(spec)], maps, {spec.name: model}), summary)
     log(f"{who}: done in {summary['train_seconds']:.1f}s ({report.iterations} iterations)")
     return summary | {"chief": info.is_chief}
 
@@ -198,9 +192,3 @@ def _warm_start_model(uri: str | None, spec: FixedEffectConfig, maps: dict[str, 
         return None
     return load_models(uri, [FixedEffectCoordinate(spec)], maps).get(spec.name)
 
-
-def _write_shard_scores(root: str, name: str, split: str, worker: int, data: Dataset, base: np.ndarray,
-                        own: np.ndarray) -> None:
-    table = pa.table({"uid": pa.array(data.uid), "label": pa.array(data.label), "weight": pa.array(data.weight),
-                      "score": pa.array(base + own), "coordinate_score": pa.array(own)})
-    fs.write_parquet(table, scores_uri(root, name, split), f"part-{worker:05d}.parquet")

@@ -2,15 +2,14 @@
 
 ``gdmix train --workers N`` trains fixed effects exactly as a TFJob would: the other
 coordinates' scores are written as uid-keyed offsets, the current model as the warm start and
-the bag's index map as the job's index map, then ``python -m gdmix fixed-effect`` runs on N
-workers through :func:`gdmix.distributed.launcher.launch_local`, and the committed model is
-read back.
+the bag's index map as the job's index map, then ``python -m gdmix fixed-effect``
+(:class:`~gdmix.jobs.specs.FixedEffectJobSpec`) runs on N workers through
+:func:`gdmix.distributed.launcher.launch_local`, and the committed model is read back.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -25,7 +24,8 @@ from gdmix.distributed.launcher import launch_local
 from gdmix.errors import GdmixError
 from gdmix.features.index_map import IndexMap
 from gdmix.io import fs
-from gdmix.jobs.fixed_effect import JOB_FILE
+from gdmix.jobs.specs import FixedEffectJobSpec, gdmix_command
+from gdmix.layout import JOB_FILE
 from gdmix.models.coordinates import FixedEffectCoordinate
 from gdmix.models.fixed_effect import FixedEffectModel
 
@@ -48,13 +48,13 @@ def fit_on_local_workers(
         fs.write_parquet(pa.table({"uid": data.uid, "offset": offsets - data.offset}), str(root / "offsets"))
         maps = {coordinate.feature_bag: index_maps[coordinate.feature_bag]} if coordinate.feature_bag else {}
         save_model(str(root / "maps"), TrainedModel(config.data, [], maps, {}))
-        argv = [sys.executable, "-m", "gdmix", "fixed-effect", str(root / "config.yaml"),
-                "--coordinate", coordinate.name, "--output", str(root / "out"),
-                "--offsets", str(root / "offsets"), "--index-maps", str(root / "maps")]
+        warm_start = None
         if initial is not None:
-            save_model(str(root / "warm"), TrainedModel(config.data, [coordinate], maps, {coordinate.name: initial}))
-            argv += ["--warm-start", str(root / "warm")]
-        status = launch_local(argv, workers)
+            warm_start = str(root / "warm")
+            save_model(warm_start, TrainedModel(config.data, [coordinate], maps, {coordinate.name: initial}))
+        job = FixedEffectJobSpec(config=str(root / "config.yaml"), coordinate=coordinate.name, output=str(root / "out"),
+                                 offsets=str(root / "offsets"), index_maps=str(root / "maps"), warm_start=warm_start)
+        status = launch_local(gdmix_command(job.to_argv()), workers)
         if status != 0:
             raise GdmixError(f"fixed effect '{coordinate.name}' failed on its {workers} workers (status {status}); "
                              "see the worker logs above")

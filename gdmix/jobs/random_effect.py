@@ -24,7 +24,6 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from gdmix.artifacts import index_map_uri
 from gdmix.config import GdmixConfig, RandomEffectConfig
 from gdmix.dataset import Dataset, to_dataset
 from gdmix.distributed.cluster import worker_info
@@ -33,9 +32,12 @@ from gdmix.features.index_map import IndexMap
 from gdmix.io import fs
 from gdmix.io.contract import ContractColumns, read_contract_table
 from gdmix.io.uid_join import read_offsets
+from gdmix.layout import (
+    PARTITION_MANIFEST, SPLITS, coordinate_done_uri, index_map_uri, model_uri, partition_done_uri, partition_name,
+    partitions_uri, scores_uri,
+)
 from gdmix.models.random_effect import RandomEffectModel, fit_random_effect
 
-SPLITS = ("train", "validation", "test")
 
 
 def partition_list(text: str, total: int) -> list[int]:
@@ -60,7 +62,7 @@ def train_partitions(config: GdmixConfig, coordinate: str, partitions: str, outp
                      offsets: str | None = None, warm_start: str | None = None, log=print) -> dict:
     """Train this worker's share of ``partitions``; returns what it did."""
     spec, prep_dir = _coordinate(config, coordinate)
-    manifest = json.loads(fs.read_text(fs.join(prep_dir, "partitions", coordinate, "manifest.json")))
+    manifest = json.loads(fs.read_text(fs.join(partitions_uri(prep_dir, coordinate), PARTITION_MANIFEST)))
     chosen = partition_list(partitions, manifest["partitions"])
     info = worker_info()
     mine = chosen[info.index::info.count]
@@ -96,7 +98,7 @@ def _write_summary(output: str, coordinate: str, partitions: int) -> None:
                                                                  "unconverged_entities")}
     summary = totals | {"partitions": partitions, "seconds": sum(s["seconds"] for s in stats),
                         "largest_partition_seconds": max(s["seconds"] for s in stats)}
-    fs.write_text_atomic(fs.join(output, "done", f"{coordinate}.json"), fs.to_json(summary))
+    fs.write_text_atomic(coordinate_done_uri(output, coordinate), fs.to_json(summary))
 
 
 def _coordinate(config: GdmixConfig, name: str) -> tuple[RandomEffectConfig, str]:
@@ -106,7 +108,7 @@ def _coordinate(config: GdmixConfig, name: str) -> tuple[RandomEffectConfig, str
 
 
 def _marker(output: str, coordinate: str, partition: int) -> str:
-    return fs.join(output, "done", coordinate, f"partition={partition}.json")
+    return partition_done_uri(output, coordinate, partition)
 
 
 def _fault_injection(partitions_done: int) -> None:
@@ -120,7 +122,7 @@ def _fault_injection(partitions_done: int) -> None:
 def _read_partition(prep_dir: str, spec: RandomEffectConfig, split: str, partition: int,
                     index_map: IndexMap, offsets: str | None) -> tuple[Dataset | None, np.ndarray | None]:
     """A partition's rows of one split (offsets added) and, for training rows, the active flags."""
-    uri = fs.join(prep_dir, "partitions", spec.name, split, f"partition={partition}")
+    uri = fs.join(partitions_uri(prep_dir, spec.name, split), partition_name(partition))
     if not fs.exists(uri) or not fs.list_parquet_files(uri):
         return None, None
     flags = ("active",) if split == "train" else ()
@@ -129,7 +131,7 @@ def _read_partition(prep_dir: str, spec: RandomEffectConfig, split: str, partiti
     table = read_contract_table(uri, columns)
     data = to_dataset(table, {spec.feature_bag: index_map} if spec.feature_bag else {}, [spec.entity])
     if offsets:
-        data.offset = data.offset + read_offsets(fs.join(offsets, split, f"partition={partition}"), data.uid)
+        data.offset = data.offset + read_offsets(fs.join(offsets, split, partition_name(partition)), data.uid)
     active = table.table.column("active").to_numpy(zero_copy_only=False).astype(bool) if flags else None
     return data, active
 
@@ -152,7 +154,7 @@ def _train_one(config, spec: RandomEffectConfig, prep_dir: str, partition: int, 
         entities.codes[active], train.bag(spec.feature_bag)[active], train.label[active], train.weight[active],
         train.offset[active], settings, initial)
     model = RandomEffectModel(entities.strings().take(codes), intercepts, coef)
-    staging = fs.join(output, ".staging", spec.name, f"partition={partition}")
+    staging = fs.join(output, ".staging", spec.name, partition_name(partition))
     fs.remove(staging)
     fs.write_parquet(model.to_table(index_map), fs.join(staging, "model"))
     for split, dataset in data.items():
@@ -170,10 +172,10 @@ def _train_one(config, spec: RandomEffectConfig, prep_dir: str, partition: int, 
 
 def _commit_partition(staging: str, output: str, coordinate: str, partition: int, data: dict) -> None:
     """Move a partition's staged files to their final places (replacing a half-done earlier try)."""
-    targets = {"model": fs.join(output, "models", coordinate, f"partition={partition}")}
+    targets = {"model": fs.join(model_uri(output, coordinate), partition_name(partition))}
     for split in SPLITS:
         if data[split] is not None:
-            targets[split] = fs.join(output, "scores", coordinate, split, f"partition={partition}")
+            targets[split] = fs.join(scores_uri(output, coordinate, split), partition_name(partition))
     for name, target in targets.items():
         fs.commit_directory(fs.join(staging, name), target)
     fs.remove(staging)
@@ -183,9 +185,9 @@ def _warm_start(uri: str | None, spec: RandomEffectConfig, partition: int, index
     """The prior model of this partition (the same partitioning), if there is one."""
     if not uri:
         return None
-    source = fs.join(uri, "models", spec.name, f"partition={partition}")
+    source = fs.join(model_uri(uri, spec.name), partition_name(partition))
     if not fs.exists(source):
-        source = fs.join(uri, "models", spec.name)
+        source = model_uri(uri, spec.name)
         if not fs.exists(source):
             return None
     prior = RandomEffectModel.from_table(fs.read_parquet_dir(source), index_map, source)

@@ -2,12 +2,12 @@
 
 :mod:`gdmix.kube.manifests` renders TFJob / MPIJob / SparkApplication resources as plain dicts
 (pure functions, tested offline against schemas); :mod:`gdmix.kube.task_config` turns KFP's
-``dsl.TaskConfig`` passthrough into pod settings; :mod:`gdmix.kube.jobs` creates a resource,
+``dsl.TaskConfig`` passthrough into pod settings; :mod:`gdmix.kube.runner` creates a resource,
 follows it to its end while streaming its pods' logs, and deletes it. The rest of gdmix knows
 nothing of Kubernetes: only the launcher components import this package.
 """
 
-from gdmix.kube.jobs import JobConflict, JobError, JobFailed, JobTimeout, job_outcome, own_namespace, run_job
+from gdmix.kube.runner import JobConflict, JobError, JobFailed, JobTimeout, job_outcome, own_namespace, run_job
 from gdmix.kube.manifests import (
     PodSettings,
     module_file_uri,

@@ -1,7 +1,7 @@
 """Custom resources for the distributed stages, rendered as plain dicts (no cluster, no I/O).
 
 A KFP v2 pipeline cannot create a custom resource itself, so a *launcher* component renders one
-of these manifests, hands it to :func:`gdmix.kube.jobs.run_job` and waits. Keeping the rendering
+of these manifests, hands it to :func:`gdmix.kube.runner.run_job` and waits. Keeping the rendering
 pure means every field we send to the cluster is unit-testable and schema-checked offline
 (``tests/test_manifests.py``), and a different backend (Trainer v2 TrainJob) can be added next to
 these functions without touching the launchers.

@@ -45,8 +45,9 @@ class Coordinate(Protocol):
 
 
 @dataclass(frozen=True)
-class _Configured:
-    """Name and feature bag come straight from the coordinate's config."""
+class ConfiguredCoordinate:
+    """Name and feature bag come straight from the coordinate's config (DeText's coordinate
+    names its wide bag instead)."""
 
     config: FixedEffectConfig | RandomEffectConfig | DetextConfig
     columns = ()
@@ -71,7 +72,7 @@ class _Tabular:
 
 
 @dataclass(frozen=True)
-class FixedEffectCoordinate(_Tabular, _Configured):
+class FixedEffectCoordinate(_Tabular, ConfiguredCoordinate):
     config: FixedEffectConfig
     entity = None
 
@@ -94,7 +95,7 @@ class FixedEffectCoordinate(_Tabular, _Configured):
 
 
 @dataclass(frozen=True)
-class RandomEffectCoordinate(_Tabular, _Configured):
+class RandomEffectCoordinate(_Tabular, ConfiguredCoordinate):
     config: RandomEffectConfig
 
     @property

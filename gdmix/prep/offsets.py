@@ -13,6 +13,7 @@ from __future__ import annotations
 from gdmix.config import GdmixConfig, RandomEffectConfig
 from gdmix.errors import ConfigError, DataError
 from gdmix.io import fs
+from gdmix.layout import SPLITS, partitions_uri
 from gdmix.prep.partition import write_partitioned
 from gdmix.prep.spark import executor_errors, spark_session
 from gdmix.prep.storage import read_parquet
@@ -36,8 +37,8 @@ def join_offsets(config: GdmixConfig, coordinate: str, scores: list[str], output
             for frame in frames[1:]:
                 total = total.unionByName(frame)
             total = total.groupBy("uid").agg(F.sum("coordinate_score").alias("offset"))
-            for split in ("train", "validation", "test"):
-                source = fs.join(prep.output, "partitions", coordinate, split)
+            for split in SPLITS:
+                source = partitions_uri(prep.output, coordinate, split)
                 if not fs.exists(source):
                     continue
                 rows = read_parquet(spark, source, partition_key="partition").select("uid", "partition")

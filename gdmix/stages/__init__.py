@@ -10,6 +10,6 @@ Data flow of a pipeline run::
     prepare -> [per pass, per coordinate: train -> update_scores -> (evaluate)] -> export -> score
 
 ``update_scores`` keeps one score table (uid, label, weight, offset, entity ids and one score
-column per coordinate) that carries each coordinate's offsets to the next one, exactly as
-``gdmix train`` does in memory.
+column per coordinate) that carries each coordinate's offsets to the next one: the Parquet store
+of :class:`gdmix.ledger.Ledger`, whose rules ``gdmix train`` follows in memory.
 """

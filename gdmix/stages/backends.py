@@ -9,7 +9,6 @@ once when it fails (:mod:`gdmix.kube`).
 
 from __future__ import annotations
 
-import sys
 import uuid
 from dataclasses import dataclass, field
 
@@ -18,6 +17,7 @@ import yaml
 from gdmix.config import GdmixConfig
 from gdmix.errors import GdmixError
 from gdmix.io import fs
+from gdmix.jobs.specs import PrepJobSpec, gdmix_command
 
 
 # an MPIJob worker: sshd in the foreground as the image's user (the detext target of docker/Dockerfile sets it up)
@@ -60,22 +60,24 @@ def write_job_config(config: GdmixConfig, job_dir: str) -> str:
 
 def run_workers(gdmix_args: list[str], workers: int, launch: Launch, name: str, log=print,
                 job_options: dict | None = None, horovod: bool = False) -> None:
-    """``gdmix <args>`` on ``workers`` workers; raises when the job fails.
+    """``gdmix <args>`` (a job spec's :meth:`~gdmix.jobs.specs.JobSpec.to_argv`) on ``workers``
+    workers; raises when the job fails.
 
     TF collective workers (``TF_CONFIG``): local processes or a TFJob. ``horovod``: Horovod
     ranks started by ``horovodrun``: locally, or by an MPIJob's launcher. ``job_options``:
     extra arguments of :func:`gdmix.kube.run_job` (API clients, polling; for tests).
     """
-    command = ["python", "-m", "gdmix", *gdmix_args]
     if launch.backend == "local":
         from gdmix.distributed.launcher import launch_horovod, launch_local
 
-        argv = [sys.executable, *command[1:]]
+        argv = gdmix_command(gdmix_args)
         status = launch_horovod(argv, workers) if horovod else launch_local(argv, workers)
         if status != 0:
             raise GdmixError(f"{name}: {workers} local worker(s) failed (status {status}); see their logs above")
         return
     from gdmix.kube import PodSettings, mpijob, tfjob, with_task_config
+
+    command = gdmix_command(gdmix_args, python="python")  # the image's interpreter
 
     def pod(run: list[str]):
         return with_task_config(PodSettings(image=launch.image, command=run, secret_env=_secrets(launch)),
@@ -93,7 +95,7 @@ def run_spark_prep(config: GdmixConfig, config_uri: str, launch: Launch, name: s
                    job_options: dict | None = None) -> None:
     """``gdmix prep`` in this process (Spark local) or as a SparkApplication."""
     if launch.backend == "local":
-        from gdmix.prep.job import run_prep
+        from gdmix.prep.run import run_prep
 
         run_prep(config, log=log)
         return
@@ -103,7 +105,7 @@ def run_spark_prep(config: GdmixConfig, config_uri: str, launch: Launch, name: s
     passed = spark_pod_overrides(launch.task_config)
     manifest = spark_application(
         job_name(name), launch.job_namespace(), launch.image, module_file_uri(),
-        [config_uri, "--set", "prep.spark.master=null"],
+        PrepJobSpec(config=config_uri, overrides=("prep.spark.master=null",)).arguments(),
         driver={"memory": spark.driver_memory, **passed.pod}, executor={"memory": spark.executor_memory, **passed.pod},
         instances=spark.executor_instances, spark_conf=dict(spark.conf), secret_env=_secrets(launch),
         volumes=passed.volumes)

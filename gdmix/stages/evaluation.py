@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 from gdmix.errors import DataError
 from gdmix.evaluation import evaluate, render_html
+from gdmix.evaluation.score_files import read_scored
 from gdmix.io import fs
-from gdmix.stages.score_table import META_FILE, SPLITS
+from gdmix.layout import SCORE_TABLE_FILE, SPLITS
 
 
 @dataclass
@@ -24,18 +25,13 @@ def evaluate_location(location: str, split: str, entities: list[str], title: str
     (scores of ``split``'s rows); the report names the split its metrics come from."""
     source = fs.join(location, split)
     if not fs.exists(source):
-        if fs.exists(fs.join(location, META_FILE)):  # never the union of a score table's splits
+        if fs.exists(fs.join(location, SCORE_TABLE_FILE)):  # never the union of a score table's splits
             raise DataError(f"the score table has no {split} split (is data.{split} set?)", path=location)
         source = location
-    table = fs.read_parquet_dir(source)
-    for column in ("label", "score"):
-        if column not in table.column_names:
-            raise DataError("missing column", path=source, column=column)
-    weights = table.column("weight").to_numpy() if "weight" in table.column_names else None
-    ids = {name: table.column(name).to_numpy(zero_copy_only=False) for name in entities if name in table.column_names}
+    rows = read_scored(source, entities=entities)
     try:
-        report = evaluate(table.column("label").to_numpy(), table.column("score").to_numpy(), weights, ids,
-                          _history(location), split=split or None)
+        report = evaluate(rows.labels, rows.logits, rows.weights, rows.entities, _history(location),
+                          split=split or None)
     except ValueError as exc:
         raise DataError(str(exc), path=source) from None
     metrics = {name: float(value) for name, value in report.metrics.items() if _finite(value)}
@@ -48,7 +44,7 @@ def evaluate_location(location: str, split: str, entities: list[str], title: str
 
 def _history(location: str) -> list[dict]:
     """The score table's metrics after every coordinate, as rows of the report's table."""
-    meta = fs.join(location, META_FILE)
+    meta = fs.join(location, SCORE_TABLE_FILE)
     if not fs.exists(meta):
         return []
     rows = []

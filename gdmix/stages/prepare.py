@@ -6,7 +6,7 @@ import json
 
 from gdmix.config import validate_config
 from gdmix.io import fs
-from gdmix.prep.job import SUMMARY_FILE
+from gdmix.layout import PREP_SUMMARY_FILE
 from gdmix.stages.backends import Launch, run_spark_prep, write_job_config
 from gdmix.stages.context import check_shape, run_config, with_optional_columns
 
@@ -31,4 +31,4 @@ def prepare(config_text: str, overrides: list[str], output: str, image: str = ""
         run_spark_prep(config, config_uri, launch, "prep", log)
     finally:
         fs.remove(job_dir)
-    return json.loads(fs.read_text(fs.join(output, SUMMARY_FILE)))
+    return json.loads(fs.read_text(fs.join(output, PREP_SUMMARY_FILE)))

@@ -1,32 +1,29 @@
 """After each coordinate: the score table update; at the end: the model export.
 
-``update_scores`` folds a finished coordinate's scores into the score table and records the
-metrics of the total score (what ``gdmix train`` reports after every coordinate);
-``export_model`` assembles the trained model in the layout of ``gdmix train`` (so ``gdmix
-score`` and warm starts read it) with its ``metrics.json``.
+``update_scores`` folds a finished coordinate's scores into the score table (the pipeline's
+store of :class:`gdmix.ledger.Ledger`) and records the metrics of the total score, what
+``gdmix train`` reports after every coordinate; ``export_model`` assembles the trained model and
+commits it as ``gdmix train`` does (so ``gdmix score`` and warm starts read it).
 """
 
 from __future__ import annotations
 
-import pyarrow as pa
-
-from gdmix import __version__
-from gdmix.artifacts import METRICS_FILE, TrainedModel, index_map_uri, load_models, save_model, scores_uri
+from gdmix.artifacts import TrainedModel, load_models
 from gdmix.config import GdmixConfig, RandomEffectConfig
 from gdmix.errors import GdmixError
 from gdmix.features.index_map import IndexMap
-from gdmix.io import fs
+from gdmix.layout import coordinate_scores_uri, index_map_uri
+from gdmix.ledger import Ledger
 from gdmix.models.coordinates import make_coordinate
 from gdmix.stages.training import check_complete
-from gdmix.stages.score_table import ScoreTable
 
 
 def update_scores(config: GdmixConfig, name: str, pass_number: int, model: str, scores: str | None,
                   output: str) -> dict:
     """The score table with ``name``'s new scores, written to ``output``; returns this step's metrics."""
     summary = check_complete(config, name, model)
-    table = ScoreTable.load(scores) if scores else ScoreTable.initial(config)
-    table.update(name, fs.join(model, "scores", name), model)
+    table = Ledger.load(scores) if scores else Ledger.initial(config)
+    table.read_scores(name, coordinate_scores_uri(model, name), model)
     spec = next(c for c in config.coordinates if c.name == name)
     entity = spec.entity if isinstance(spec, RandomEffectConfig) else None
     row = table.record({"name": name, "type": spec.type, "pass": pass_number,
@@ -38,7 +35,7 @@ def update_scores(config: GdmixConfig, name: str, pass_number: int, model: str, 
 
 def export_model(config: GdmixConfig, scores: str, output: str) -> dict:
     """The whole model (every coordinate's latest) and the final scores, committed to ``output``."""
-    table = ScoreTable.load(scores)
+    table = Ledger.load(scores)
     coordinates = [make_coordinate(c) for c in config.coordinates]
     missing = [c.name for c in coordinates if c.name not in table.models]
     if missing:
@@ -48,23 +45,4 @@ def export_model(config: GdmixConfig, scores: str, output: str) -> dict:
     models = {}
     for coordinate in coordinates:
         models.update(load_models(table.models[coordinate.name], [coordinate], maps))
-    with fs.staged_directory(output) as staging:
-        save_model(staging, TrainedModel(config.data, coordinates, maps, models))
-        for split, rows in table.splits.items():
-            cumulative = rows.column("offset").to_numpy().copy()
-            for coordinate in coordinates:  # as gdmix train: the total after each coordinate, and its own
-                own = rows.column(f"score_{coordinate.name}")
-                cumulative = cumulative + own.to_numpy()
-                fs.write_parquet(pa.table({"uid": rows.column("uid"), "label": rows.column("label"),
-                                           "weight": rows.column("weight"), "score": cumulative,
-                                           "coordinate_score": own}),
-                                 scores_uri(staging, coordinate.name, split))
-    metrics = {
-        "gdmix_version": __version__,
-        "data": {split: {"uri": getattr(config.data, split), "rows": rows.num_rows}
-                 for split, rows in table.splits.items()},
-        "coordinates": table.history,
-        "final": {split: table.history[-1][split] for split in table.splits},
-    }
-    fs.write_text_atomic(fs.join(output, METRICS_FILE), fs.to_json(metrics))
-    return metrics
+    return table.commit(output, TrainedModel(config.data, coordinates, maps, models))

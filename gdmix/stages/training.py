@@ -1,10 +1,10 @@
 """Training one coordinate of one coordinate-descent pass, from the score table's offsets.
 
-A fixed effect runs ``gdmix fixed-effect`` on ``pipeline.fixed_effect_workers`` workers (local
-processes or a TFJob). A random effect first writes its offsets next to its partitions
-(:func:`plan_random_effect`), then partition groups train in parallel tasks
-(:func:`train_partition_group`, idempotent: finished partitions are skipped on a retry), each
-writing into the same coordinate output.
+A fixed effect runs ``gdmix fixed-effect`` or ``gdmix detext`` (:mod:`gdmix.jobs.specs`) on
+``pipeline.fixed_effect_workers`` workers (local processes, a TFJob or an MPIJob). A random
+effect first writes its offsets next to its partitions (:func:`plan_random_effect`), then
+partition groups train in parallel tasks (:func:`train_partition_group`, idempotent: finished
+partitions are skipped on a retry), each writing into the same coordinate output.
 """
 
 from __future__ import annotations
@@ -20,10 +20,12 @@ from gdmix.errors import DataError
 from gdmix.io import fs
 from gdmix.io.uid_join import lookup
 from gdmix.jobs.random_effect import train_partitions
+from gdmix.jobs.specs import DetextJobSpec, FixedEffectJobSpec
+from gdmix.layout import (
+    JOB_FILE, PARTITION_MANIFEST, PLAN_FILE, SPLITS, coordinate_done_uri, partition_name, partitions_uri,
+)
 from gdmix.stages.backends import Launch, run_workers, write_job_config
-from gdmix.stages.score_table import SPLITS, ScoreTable
-
-PLAN_FILE = "plan.json"
+from gdmix.ledger import Ledger
 
 
 def partition_groups(partitions: int, groups: int) -> list[str]:
@@ -37,26 +39,25 @@ def train_fixed_effect(config: GdmixConfig, name: str, output: str, scores: str 
     """A fixed effect (logistic regression or DeText) on the prepared data, offsets from the
     score table, warm start from ``previous``."""
     spec = config.coordinate(name, FixedEffectConfig, DetextConfig)
+    deep = isinstance(spec, DetextConfig)
     job_dir = output.rstrip("/") + ".job"
-    command = "detext" if isinstance(spec, DetextConfig) else "fixed-effect"
-    args = [command, write_job_config(config, job_dir), "--coordinate", name, "--output", output,
-            "--index-maps", config.prep.output]
+    job = {"config": write_job_config(config, job_dir), "coordinate": name, "output": output,
+           "index_maps": config.prep.output, "warm_start": previous or None}
     if scores:
-        table = ScoreTable.load(scores)
+        table = Ledger.load(scores)
         offsets = fs.join(job_dir, "offsets")
         fs.write_parquet(table.offsets(name), offsets)
-        args += ["--offsets", offsets]
-        if isinstance(spec, DetextConfig) and "validation" in table.splits:
+        job["offsets"] = offsets
+        if deep and "validation" in table.splits:
             fs.write_parquet(table.offsets(name, "validation"), fs.join(job_dir, "validation-offsets"))
-            args += ["--validation-offsets", fs.join(job_dir, "validation-offsets")]
-    if previous:
-        args += ["--warm-start", previous]
+            job["validation_offsets"] = fs.join(job_dir, "validation-offsets")
+    command = DetextJobSpec(**job) if deep else FixedEffectJobSpec(**job)
     try:
-        run_workers(args, config.pipeline.fixed_effect_workers, launch, f"{name}-{command}", log,
-                    horovod=isinstance(spec, DetextConfig) and uses_horovod(spec, launch))
+        run_workers(command.to_argv(), config.pipeline.fixed_effect_workers, launch, f"{name}-{command.command}", log,
+                    horovod=deep and uses_horovod(spec, launch))
     finally:
         fs.remove(job_dir)
-    return json.loads(fs.read_text(fs.join(output, "job.json")))
+    return json.loads(fs.read_text(fs.join(output, JOB_FILE)))
 
 
 def fixed_effect_step(config_text: str, overrides: list[str], name: str, prepared, model, scores, previous,
@@ -89,11 +90,11 @@ def uses_horovod(spec: DetextConfig, launch: Launch) -> bool:
 def plan_random_effect(config: GdmixConfig, name: str, output: str, scores: str | None) -> list[str]:
     """Start the coordinate's output: its offsets beside every partition; returns the partition groups."""
     spec = config.coordinate(name, RandomEffectConfig)
-    root = fs.join(config.prep.output, "partitions", name)
-    manifest = json.loads(fs.read_text(fs.join(root, "manifest.json")))
+    root = partitions_uri(config.prep.output, name)
+    manifest = json.loads(fs.read_text(fs.join(root, PARTITION_MANIFEST)))
     fs.remove(output)
     if scores:
-        table = ScoreTable.load(scores)
+        table = Ledger.load(scores)
         for split in SPLITS:
             if split in table.splits:
                 _partition_offsets(table.offsets(name, split), fs.join(root, split),
@@ -109,12 +110,12 @@ def _partition_offsets(offsets: pa.Table, rows_root: str, out_root: str, partiti
     one is an error, never dropped."""
     uids, values = offsets.column("uid").to_numpy(), offsets.column("offset").to_numpy()
     for partition in range(partitions):
-        source = fs.join(rows_root, f"partition={partition}")
+        source = fs.join(rows_root, partition_name(partition))
         if not fs.exists(source) or not fs.list_parquet_files(source):
             continue
         wanted = fs.read_parquet_dir(source, columns=["uid"]).column("uid").to_numpy()
         fs.write_parquet(pa.table({"uid": wanted, "offset": lookup(uids, values, wanted, source, "score")}),
-                         fs.join(out_root, f"partition={partition}"))
+                         fs.join(out_root, partition_name(partition)))
 
 
 def train_partition_group(config: GdmixConfig, name: str, output: str, partitions: str, previous: str | None,
@@ -128,8 +129,7 @@ def train_partition_group(config: GdmixConfig, name: str, output: str, partition
 def check_complete(config: GdmixConfig, name: str, output: str) -> dict:
     """The coordinate's completion record: ``job.json`` (fixed effect) or ``done/<name>.json``."""
     spec = config.coordinate(name)
-    marker = fs.join(output, "done", f"{name}.json") if isinstance(spec, RandomEffectConfig) \
-        else fs.join(output, "job.json")
+    marker = coordinate_done_uri(output, name) if isinstance(spec, RandomEffectConfig) else fs.join(output, JOB_FILE)
     if not fs.exists(marker):
         raise DataError(f"coordinate '{name}' did not finish: {marker} is missing", path=output)
     return json.loads(fs.read_text(marker))

@@ -9,6 +9,7 @@ import numpy as np
 from gdmix.config import DetextConfig
 from gdmix.dataset import Dataset
 from gdmix.features.index_map import IndexMap
+from gdmix.models.coordinates import ConfiguredCoordinate
 from gdmix.models.detext.data import DetextRows, rows_from_columns
 from gdmix.models.detext.model import DetextModel
 from gdmix.models.detext.network import text_columns
@@ -30,13 +31,9 @@ def new_model(config: DetextConfig, rows: DetextRows, wide_features: int) -> Det
 
 
 @dataclass(frozen=True)
-class DetextCoordinate:
+class DetextCoordinate(ConfiguredCoordinate):
     config: DetextConfig
     entity = None
-
-    @property
-    def name(self) -> str:
-        return self.config.name
 
     @property
     def feature_bag(self) -> str | None:

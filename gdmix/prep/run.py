@@ -25,6 +25,7 @@ import time
 from gdmix.config import DetextConfig, GdmixConfig, RandomEffectConfig, RawInputConfig
 from gdmix.errors import ConfigError
 from gdmix.io import fs
+from gdmix.layout import HELD_OUT, PARTITION_MANIFEST, PREP_SUMMARY_FILE, SPLITS, index_map_uri, partitions_uri
 from gdmix.models.coordinates import make_coordinate
 from gdmix.prep.features import (
     build_index_map, check_contract, contract_frame, drop_rare_features, feature_counts, split_held_out,
@@ -34,9 +35,6 @@ from gdmix.prep.partition import partition_rows, write_partitioned
 from gdmix.prep.spark import executor_errors, spark_session
 from gdmix.prep.storage import read_input, read_parquet, write_parquet
 
-SUMMARY_FILE = "prep.json"
-SPLITS = ("train", "validation", "test")
-HELD_OUT = ("validation", "test")
 
 
 def run_prep(config: GdmixConfig, log=print) -> dict:
@@ -71,7 +69,7 @@ def run_prep(config: GdmixConfig, log=print) -> dict:
             summary = {"bags": {}, "partitions": {}}
             for bag in prep.bags:
                 index_map = build_index_map(feature_counts(frames["train"], bag), prep.min_feature_count)
-                index_map.save(fs.join(out, "index_maps", bag))
+                index_map.save(index_map_uri(out, bag))
                 summary["bags"][bag] = {"features": len(index_map)}
                 if prep.min_feature_count > 1:
                     frames = {split: drop_rare_features(frame, bag, index_map, spark) for split, frame in frames.items()}
@@ -87,11 +85,11 @@ def run_prep(config: GdmixConfig, log=print) -> dict:
                 rows, held_out_rows, manifest = partition_rows(
                     spark, frames["train"], {split: frames[split] for split in HELD_OUT if split in frames},
                     coordinate, partitions)
-                target = fs.join(out, "partitions", coordinate.name)
+                target = partitions_uri(out, coordinate.name)
                 write_partitioned(rows, fs.join(target, "train"))
                 for split, split_rows in held_out_rows.items():
                     write_partitioned(split_rows, fs.join(target, split))
-                fs.write_text(fs.join(target, "manifest.json"), json.dumps(manifest, indent=2) + "\n")
+                fs.write_text(fs.join(target, PARTITION_MANIFEST), json.dumps(manifest, indent=2) + "\n")
                 loads = [p["active_rows"] for p in manifest["partition_stats"]]
                 summary["partitions"][coordinate.name] = {
                     "partitions": partitions, "entities": manifest["entities"],
@@ -101,7 +99,7 @@ def run_prep(config: GdmixConfig, log=print) -> dict:
             summary["seconds"] = time.perf_counter() - started
     finally:
         spark.stop()
-    fs.write_text_atomic(fs.join(prep.output, SUMMARY_FILE), fs.to_json(summary))
+    fs.write_text_atomic(fs.join(prep.output, PREP_SUMMARY_FILE), fs.to_json(summary))
     return summary
 
 
