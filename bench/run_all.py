@@ -16,9 +16,10 @@ movielens             ~1.5 min 6 split seeds
 detext                ~5 min
 pipeline              ~6 min   2 repeats of pipeline and gdmix train, 1 gdmix demo
 movielens_tune        ~10 min  only when named (the grid search behind lr-tuned.yaml)
+empirical_bayes       ~3 min   l2: auto against a fixed l2 (3 repeats); lr-auto against lr-tuned
 ==================== ======== ==========================================================
 
-``make bench`` (no names) runs :data:`DEFAULT`: about 46 minutes on the 2-core VM (estimates
+``make bench`` (no names) runs :data:`DEFAULT`: about 49 minutes on the 2-core VM (estimates
 scaled from small runs; each JSON records ``benchmark_wall_seconds``). ``scale`` (with the 3M
 size) and ``movielens_tune`` run when named: ``python -m bench.run_all scale movielens_tune``.
 """
@@ -30,8 +31,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench import (detext, fixed_effect, fixed_effect_scale, measure, movielens, movielens_tune, photon, pipeline,
-                   random_effect, scale)
+from bench import (detext, empirical_bayes, fixed_effect, fixed_effect_scale, measure, movielens, movielens_tune,
+                   photon, pipeline, random_effect, scale)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BENCHMARKS = {
@@ -45,10 +46,11 @@ BENCHMARKS = {
     "movielens_tune": movielens_tune.run,
     "detext": detext.run,
     "pipeline": lambda: pipeline.run(repeats=2, demo_repeats=1),
+    "empirical_bayes": empirical_bayes.run,
 }
 # what `make bench` runs: every comparison, within ~45 minutes on 2 cores
 DEFAULT = ["random_effect", "fixed_effect", "fixed_effect_scale", "photon", "scale_large", "movielens", "detext",
-           "pipeline"]
+           "pipeline", "empirical_bayes"]
 # a benchmark saved under another name than its key
 SAVED_AS = {"scale_large": "scale"}
 

@@ -62,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("model_dir", help="output directory of a training run")
     score.add_argument("data", help="dataset to score (Parquet, data contract)")
     score.add_argument("out", help="where to write the scores")
+    score.add_argument("--posterior", choices=("mean", "sample"), default="mean",
+                       help="score at the coefficients (mean) or at one draw from the posterior of every coordinate "
+                            "saved with variances (sample: exploration)")
+    score.add_argument("--sample-seed", type=int, default=0, help="seed of --posterior sample's draw")
     score.set_defaults(handler=_score)
 
     evaluate = commands.add_parser("evaluate", help="AUC, log loss and AUPR of a score dataset")
@@ -301,7 +305,7 @@ def _pipeline_submit(args) -> int:
 def _score(args) -> int:
     from gdmix.scoring import score_dataset
 
-    summary = score_dataset(args.model_dir, args.data, args.out)
+    summary = score_dataset(args.model_dir, args.data, args.out, args.posterior, args.sample_seed)
     print(to_json(summary), end="")
     return 0
 

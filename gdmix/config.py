@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gdmix.errors import ConfigError
 
@@ -92,6 +92,16 @@ class FixedEffectConfig(StrictModel):
     optimizer: LbfgsConfig = LbfgsConfig()
 
 
+class L2Auto(StrictModel):
+    """``l2: auto``: the ridge is the prior precision ``1 / sigma^2`` of every entity's
+    coefficients, estimated in every pass by maximising the Laplace approximation of the
+    coordinate's marginal likelihood (empirical Bayes, as glmer's Laplace fit), starting at ``init``
+    (or at the previous pass's or warm start's estimate)."""
+
+    auto: Literal[True] = True
+    init: float = Field(1.0, gt=0)
+
+
 class RandomEffectConfig(StrictModel):
     """One logistic regression per entity of column ``entity``, on that entity's rows only.
 
@@ -104,9 +114,12 @@ class RandomEffectConfig(StrictModel):
     type: Literal["random_effect"]
     entity: str
     feature_bag: str | None = None
-    l2: float = Field(1.0, gt=0)
+    l2: float | L2Auto = Field(1.0, description="the ridge weight, or 'auto' (learned from the data; see L2Auto)")
     regularize_intercept: bool = True
     one_label_intercept_l2: float | None = Field(None, gt=0)
+    variance: Literal["none", "simple", "full"] = Field(
+        "none", description="coefficient variances saved beside the coefficients: 1 / diag(H) (simple) or "
+                            "diag(H^-1) (full), H the Hessian at the optimum")
     min_rows: int = Field(1, ge=1)
     max_rows: int | None = Field(None, ge=1)
     seed: int = 0
@@ -115,6 +128,23 @@ class RandomEffectConfig(StrictModel):
                                 "(default: prep.partitions)."
     )
     solver: NewtonConfig = NewtonConfig()
+
+    @field_validator("l2", mode="before")
+    @classmethod
+    def _auto(cls, value):
+        return {"auto": True} if value == "auto" else value
+
+    @field_validator("l2")
+    @classmethod
+    def _positive(cls, value):
+        if isinstance(value, float) and not value > 0:
+            raise ValueError(f"l2 must be positive (or 'auto'), got {value}")
+        return value
+
+    @property
+    def l2_auto(self) -> L2Auto | None:
+        """The settings of a learned ``l2``, None for a fixed one."""
+        return self.l2 if isinstance(self.l2, L2Auto) else None
 
     @model_validator(mode="after")
     def _rows_bounds(self) -> "RandomEffectConfig":

@@ -102,6 +102,9 @@ def _notes(row: dict) -> str:
                            ("entities_down_sampled", "down-sampled")]:
             if solver.get(key):
                 notes.append(f"{solver[key]} {label}")
+        if solver.get("l2") is not None:  # l2: auto
+            notes.append(f"learned l2 {solver['l2']:.4g} (prior variance {solver['prior_variance']:.4g}"
+                         + (", at the edge of the search" if solver.get("l2_at_search_bound") else "") + ")")
     return ", ".join(notes)
 
 

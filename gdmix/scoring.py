@@ -12,14 +12,33 @@ import pyarrow as pa
 
 from gdmix.artifacts import load_model
 from gdmix.dataset import to_dataset
+from gdmix.errors import GdmixError
 from gdmix.io import fs
 from gdmix.io.contract import ContractColumns, read_contract_table
 from gdmix.metrics import binary_metrics
 
 
-def score_dataset(model_dir: str, data_uri: str, out_uri: str) -> dict:
-    """Score every row of ``data_uri`` and write ``out_uri`` (staged); returns a summary."""
+def score_dataset(model_dir: str, data_uri: str, out_uri: str, posterior: str = "mean",
+                  sample_seed: int = 0) -> dict:
+    """Score every row of ``data_uri`` and write ``out_uri`` (staged); returns a summary.
+
+    ``posterior="sample"`` scores with one draw (seeded by ``sample_seed``) from the posterior
+    of every coordinate saved with variances (``variance: simple | full``), the others at their
+    mean: a sampled score for exploration. Without any such coordinate it is an error.
+    """
+    if posterior not in ("mean", "sample"):
+        raise GdmixError(f"posterior must be 'mean' or 'sample', got {posterior!r}")
     trained = load_model(model_dir)
+    sampled = []
+    if posterior == "sample":
+        rng = np.random.default_rng(sample_seed)
+        for name, model in trained.models.items():
+            if getattr(model, "variances", None) is not None:
+                trained.models[name] = model.sample(rng)
+                sampled.append(name)
+        if not sampled:
+            raise GdmixError(f"{model_dir}: --posterior sample needs a coordinate trained with variance: simple or "
+                             "full; this model has none")
     entities = sorted({c.entity for c in trained.coordinates if c.entity})
     extra = tuple(dict.fromkeys(name for c in trained.coordinates for name in c.columns))
     columns = ContractColumns(
@@ -44,6 +63,8 @@ def score_dataset(model_dir: str, data_uri: str, out_uri: str) -> dict:
     with fs.staged_directory(out_uri) as staging:
         fs.write_parquet(pa.table(output), staging)
     summary = {"rows": data.num_rows, "output": out_uri}
+    if posterior == "sample":
+        summary["sampled"] = {"coordinates": sampled, "seed": sample_seed}
     if data.label is not None:
         summary["metrics"] = binary_metrics(data.label, total, data.weight)
     return summary

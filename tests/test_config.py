@@ -105,6 +105,7 @@ def test_load_config_reads_yaml_and_applies_overrides(tmp_path):
 
 
 def test_examples_are_valid():
-    for name in ("lr.yaml", "lr-tuned.yaml"):
+    for name in ("lr.yaml", "lr-tuned.yaml", "lr-auto.yaml"):
         config = load_config(Path(__file__).parents[1] / "examples" / "movielens-100k" / name)
         assert [c.name for c in config.coordinates] == ["global", "per_user", "per_movie"]
+    assert all(c.l2_auto is not None for c in config.coordinates[1:])  # lr-auto: learned, not tuned

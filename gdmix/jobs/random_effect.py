@@ -36,7 +36,7 @@ from gdmix.layout import (
     PARTITION_MANIFEST, SPLITS, coordinate_done_uri, index_map_uri, model_uri, partition_done_uri, partition_name,
     partitions_uri, scores_uri,
 )
-from gdmix.models.random_effect import RandomEffectModel, fit_random_effect
+from gdmix.models.random_effect import RandomEffectModel, fit_random_effect_model
 
 
 
@@ -104,7 +104,19 @@ def _write_summary(output: str, coordinate: str, partitions: int) -> None:
 def _coordinate(config: GdmixConfig, name: str) -> tuple[RandomEffectConfig, str]:
     if config.prep is None:
         raise ConfigError("partitioned training reads the partitions of 'gdmix prep': the config needs 'prep'")
-    return config.coordinate(name, RandomEffectConfig), config.prep.output
+    spec = config.coordinate(name, RandomEffectConfig)
+    check_fixed_l2(spec)
+    return spec, config.prep.output
+
+
+def check_fixed_l2(spec: RandomEffectConfig) -> None:
+    """Partitions train independently, so a learned ``l2`` (one value from every entity's
+    evidence) cannot be estimated per partition; until the partitions' evidence is reduced into
+    one search, partitioned training needs a fixed ``l2``."""
+    if spec.l2_auto is not None:
+        raise ConfigError(f"coordinate '{spec.name}': l2: auto is supported by 'gdmix train' (in process) only, "
+                          "not yet by partitioned training or the pipeline; set a number (e.g. the l2 that "
+                          "'gdmix train' reports in metrics.json)")
 
 
 def _marker(output: str, coordinate: str, partition: int) -> str:
@@ -150,10 +162,9 @@ def _train_one(config, spec: RandomEffectConfig, prep_dir: str, partition: int, 
     # prep already applied min_rows and max_rows (the active flag): train every active entity
     settings = spec.model_copy(update={"min_rows": 1, "max_rows": None})
     initial = _warm_start(warm_start, spec, partition, index_map, entities)
-    codes, intercepts, coef, report = fit_random_effect(
-        entities.codes[active], train.bag(spec.feature_bag)[active], train.label[active], train.weight[active],
+    model, report = fit_random_effect_model(
+        entities.take(active), train.bag(spec.feature_bag)[active], train.label[active], train.weight[active],
         train.offset[active], settings, initial)
-    model = RandomEffectModel(entities.strings().take(codes), intercepts, coef)
     staging = fs.join(output, ".staging", spec.name, partition_name(partition))
     fs.remove(staging)
     fs.write_parquet(model.to_table(index_map), fs.join(staging, "model"))

@@ -19,7 +19,7 @@ from gdmix.dataset import Dataset
 from gdmix.io import fs
 from gdmix.features.index_map import IndexMap
 from gdmix.models.fixed_effect import FixedEffectModel, fit_fixed_effect
-from gdmix.models.random_effect import RandomEffectModel, fit_random_effect
+from gdmix.models.random_effect import RandomEffectModel, fit_random_effect_model
 from gdmix.console import ProgressCallback
 
 Model = Union[FixedEffectModel, RandomEffectModel, "DetextModel"]
@@ -105,11 +105,8 @@ class RandomEffectCoordinate(_Tabular, ConfiguredCoordinate):
     def fit(self, data, offsets, initial=None, progress=None, validation=None):
         entities = data.entities[self.entity]
         start = initial.warm_start_for(entities) if initial is not None else None
-        codes, intercepts, coef, report = fit_random_effect(
-            entities.codes, data.bag(self.feature_bag), data.label, data.weight, offsets,
-            self.config, start, progress,
-        )
-        model = RandomEffectModel(entities.strings().take(codes), intercepts, coef)
+        model, report = fit_random_effect_model(entities, data.bag(self.feature_bag), data.label, data.weight,
+                                                offsets, self.config, start, progress)
         if initial is not None:
             model = model.carry_over(initial, entities.strings())
         return model, report.as_dict()

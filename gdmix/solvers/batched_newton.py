@@ -114,6 +114,80 @@ def solve_batch(
     return BatchSolution(b, space.finish(out_coef), iterations, converged, gradient_max)
 
 
+def laplace_terms(problem: BatchProblem, intercept: np.ndarray, coef: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per problem, at ``(intercept, coef)`` (the optimum): the penalised objective and the log
+    determinant of the full Hessian (intercept and every padded column), the two numbers the
+    Laplace approximation of a problem's marginal likelihood needs.
+
+    The Hessian is ``[[sum s + r0, c'], [c, F'SF + rI]]`` with ``s = w mu (1 - mu)``, ``c = F's``:
+    its log determinant is that of the ``q x q`` block plus the log of the intercept's Schur
+    complement. With fewer rows than columns the block's determinant comes from the row space,
+    ``det(F'SF + rI_q) = r^(q-n) det(SK + rI_n)`` (``K = FF'``), as the row-space Newton solver
+    works. A padded column adds ``log r`` to the determinant, which the prior's normalisation
+    (``q/2 log r``) cancels, so padding does not change the evidence.
+    """
+    p = problem
+    num, n, q = p.features.shape
+    z = np.matmul(p.features, coef[:, :, None])[:, :, 0] + intercept[:, None] + p.offsets
+    penalty = p.intercept_ridge * intercept * intercept + p.ridge * np.einsum("eq,eq->e", coef, coef)
+    value = _loss(p, z) + 0.5 * penalty
+    _, s = _row_terms(p, z)
+    if q == 0:
+        return value, np.log(_schur_floor(p, s.sum(axis=1) + p.intercept_ridge))
+    if n < q:
+        gram = np.matmul(p.features, p.features.transpose(0, 2, 1))
+        system = s[:, :, None] * gram
+        system[:, np.arange(n), np.arange(n)] += p.ridge[:, None]
+        _, log_det = np.linalg.slogdet(system)
+        log_det += (q - n) * np.log(p.ridge)
+        cross = np.einsum("en,en->e", s, np.matmul(gram, np.linalg.solve(system, s[:, :, None]))[:, :, 0])
+    else:
+        block = np.matmul(p.features.transpose(0, 2, 1) * s[:, None, :], p.features)
+        block[:, np.arange(q), np.arange(q)] += p.ridge[:, None]
+        _, log_det = np.linalg.slogdet(block)
+        c = np.matmul(s[:, None, :], p.features)[:, 0, :]
+        cross = np.einsum("eq,eq->e", c, np.linalg.solve(block, c[:, :, None])[:, :, 0])
+    return value, log_det + np.log(_schur_floor(p, s.sum(axis=1) + p.intercept_ridge - cross))
+
+
+def coefficient_variances(problem: BatchProblem, intercept: np.ndarray, coef: np.ndarray,
+                          full: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per problem, the variances of the intercept ``(E,)`` and coefficients ``(E, q)`` at
+    ``(intercept, coef)`` (the optimum): ``1 / diag(H)`` (``full`` False, what GDMix calls
+    "simple") or ``diag(H^-1)`` (the Laplace posterior's marginal variances).
+
+    ``H = [[d, c'], [c, A]]`` with ``A = F'SF + rI``, ``c = F's``, ``d = sum s + r0``; by the block
+    inverse, with ``sigma = d - c'A^-1 c``: ``(H^-1)_00 = 1 / sigma`` and
+    ``diag(H^-1)_beta = diag(A^-1) + (A^-1 c)^2 / sigma``. With fewer rows than columns
+    ``A^-1 = (I - G'M^-1 G) / r`` (Woodbury; ``G = S^1/2 F``, ``M = rI + GG'``), so only ``n x n``
+    systems are solved. Padded columns get ``1 / r``, padded rows add nothing.
+    """
+    p = problem
+    num, n, q = p.features.shape
+    z = np.matmul(p.features, coef[:, :, None])[:, :, 0] + intercept[:, None] + p.offsets
+    _, s = _row_terms(p, z)
+    d = s.sum(axis=1) + p.intercept_ridge
+    if not full:
+        diagonal = np.einsum("en,enq->eq", s, p.features * p.features) + p.ridge[:, None]
+        return 1.0 / _schur_floor(p, d), 1.0 / diagonal
+    c = np.matmul(s[:, None, :], p.features)[:, 0, :]
+    if n < q:
+        g = np.sqrt(s)[:, :, None] * p.features
+        m = np.matmul(g, g.transpose(0, 2, 1))
+        m[:, np.arange(n), np.arange(n)] += p.ridge[:, None]
+        solved = np.linalg.solve(m, np.concatenate([g, np.matmul(g, c[:, :, None])], axis=2))  # M^-1 [G, Gc]
+        diagonal = (1.0 - np.einsum("enq,enq->eq", g, solved[:, :, :q])) / p.ridge[:, None]
+        a_inv_c = (c - np.matmul(g.transpose(0, 2, 1), solved[:, :, q:])[:, :, 0]) / p.ridge[:, None]
+    else:
+        block = np.matmul(p.features.transpose(0, 2, 1) * s[:, None, :], p.features)
+        block[:, np.arange(q), np.arange(q)] += p.ridge[:, None]
+        inverse = np.linalg.inv(block)
+        diagonal = np.diagonal(inverse, axis1=1, axis2=2).copy()
+        a_inv_c = np.matmul(inverse, c[:, :, None])[:, :, 0]
+    sigma = _schur_floor(p, d - np.einsum("eq,eq->e", c, a_inv_c))
+    return 1.0 / sigma, diagonal + a_inv_c * a_inv_c / sigma[:, None]
+
+
 @dataclass
 class _State:
     """The working set: current point, linear predictor and objective of unfinished problems."""
