@@ -4,8 +4,9 @@ For each split seed, builds the dataset as GDMix's example does (fetched at run 
 held-out test split: ``--test-fraction`` of all rows (default 0.1) drawn with ``--test-seed``
 (default 1000), the same rows for every split seed; validation is 20 % of all rows, drawn with
 the split seed; the rest trains. Then trains ``examples/movielens-100k/lr.yaml`` (GDMix's
-settings) and ``lr-tuned.yaml`` (more passes, tuned per-entity L2; chosen by
-``python -m bench.movielens_tune`` on validation AUC only) and records, after every coordinate of
+settings), ``lr-tuned.yaml`` (more passes, tuned per-entity L2; chosen by
+``python -m bench.movielens_tune`` on validation AUC only) and ``lr-auto.yaml`` (the same passes,
+per-entity L2 learned by ``l2: auto``, nothing tuned) and records, after every coordinate of
 every pass, the AUC of the cumulative model on TEST (the reported figure) and on validation.
 
 Columns, honestly: ``after_last_pass`` holds, for each coordinate, the full model as it stood
@@ -20,7 +21,7 @@ and range over the split seeds. GDMix's published "2 minutes" is its whole Kubef
 compare it with ``bench.pipeline``, not with these in-process seconds. DeText: ``bench.detext``.
 
     python -m bench.movielens [--seeds 42 1 2 3 4 5] [--test-fraction 0.1] [--test-seed 1000]
-        [--configs lr lr-tuned] [--source PATH]
+        [--configs lr lr-tuned lr-auto] [--source PATH]
 
 Full size (6 seeds, 2 configs) on the 2-core VM: about 1.5 minutes.
 """
@@ -97,7 +98,7 @@ def train_config(name: str, data: Path, out: Path, extra: list[str] | None = Non
 
 
 def run(seeds=SEEDS, source: str | None = None, test_fraction: float = TEST_FRACTION, test_seed: int = TEST_SEED,
-        configs=("lr", "lr-tuned")) -> dict:
+        configs=("lr", "lr-tuned", "lr-auto")) -> dict:
     require_test_split_api()
     runs, splits = [], []
     with tempfile.TemporaryDirectory(prefix="gdmix-movielens-") as tmp:
@@ -140,7 +141,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--test-fraction", type=float, default=TEST_FRACTION)
     parser.add_argument("--test-seed", type=int, default=TEST_SEED)
-    parser.add_argument("--configs", nargs="+", default=["lr", "lr-tuned"])
+    parser.add_argument("--configs", nargs="+", default=["lr", "lr-tuned", "lr-auto"])
     parser.add_argument("--source", help="MovieLens source (default: fetch the recbole wheel)")
     args = parser.parse_args()
     print(json.dumps(run(args.seeds, args.source, args.test_fraction, args.test_seed, args.configs), indent=2))

@@ -12,7 +12,7 @@ fixed_effect          ~0.5 min
 fixed_effect_scale    ~10 min  3 repeats (sklearn newton-cg reference once)
 photon                ~11 min  3 repeats of the GAME job from Parquet
 scale_large           ~9.5 min 10M and 30M rows, once each (``scale`` adds 3M: ~11 min)
-movielens             ~1.5 min 6 split seeds
+movielens             ~2 min   6 split seeds, lr / lr-tuned / lr-auto
 detext                ~5 min
 pipeline              ~6 min   2 repeats of pipeline and gdmix train, 1 gdmix demo
 movielens_tune        ~10 min  only when named (the grid search behind lr-tuned.yaml)
