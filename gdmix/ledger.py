@@ -128,7 +128,6 @@ class Ledger:
         """One Parquet dataset per split (uid, label, weight, offset, entity ids, ``score_<c>`` per
         coordinate trained so far, ``score``: their total) and ``table.json``, committed together."""
         with fs.staged_directory(uri) as staging:
-            entities: list[str] = []
             for split, rows in self.splits.items():
                 columns = {"uid": rows.uid, "label": rows.label, "weight": rows.weight, "offset": rows.offset}
                 columns |= rows.entities
@@ -136,7 +135,7 @@ class Ledger:
                 columns["score"] = rows.total()
                 fs.write_parquet(pa.table({name: pa.array(values) for name, values in columns.items()}),
                                  fs.join(staging, split))
-                entities = list(rows.entities)
+            entities = list(self.splits["train"].entities)  # every split carries the same entity columns
             meta = {"splits": list(self.splits), "entities": entities, "models": self.models,
                     "history": self.history}
             fs.write_text(fs.join(staging, SCORE_TABLE_FILE), fs.to_json(meta))

@@ -521,7 +521,8 @@ def _solve_single_rows(layout: EntityLayout, entities: np.ndarray, labels, weigh
         # H = [[s + r0, s x'], [s x, s x x' + l2 I]]: det = l2^q (1 + s|x|^2 / l2) (r0 + s l2 / (l2 + s|x|^2))
         u = solution.intercept + solution.scale * norm2
         z = u + o
-        s = w * expit(z) * (1.0 - expit(z))
+        mu = expit(z)
+        s = w * mu * (1.0 - mu)
         value = w * log_loss_terms(z, y) + 0.5 * (ridge * solution.intercept ** 2 + l2 * solution.scale ** 2 * norm2)
         q = layout.feature_count[entities]
         tiny = np.finfo(float).tiny
@@ -561,21 +562,27 @@ def _solve_sparse(layout: EntityLayout, k: int, labels, weights, offsets, config
                           scale=float(weights[rows].sum()))
 
 
+def _entity_curvature(layout: EntityLayout, k: int, weights, offsets, theta: np.ndarray):
+    """One large entity's rows, sparse design, logits and Hessian weights ``w mu (1 - mu)`` at ``theta``."""
+    rows, design = layout.entity_design(k)
+    z = design @ theta[1:] + theta[0] + offsets[rows]
+    mu = expit(z)
+    return rows, design, z, weights[rows] * mu * (1.0 - mu)
+
+
 def _sparse_laplace_terms(layout: EntityLayout, k: int, labels, weights, offsets, l2: float, intercept_ridge: float,
                           theta: np.ndarray) -> tuple[float, float]:
     """:func:`gdmix.solvers.batched_newton.laplace_terms` of one large entity from its sparse
     rows: the dense matrix is ``n x n`` (row space) or ``q x q``, whichever is smaller."""
-    rows, design = layout.entity_design(k)
+    rows, design, z, s = _entity_curvature(layout, k, weights, offsets, theta)
     n, q = design.shape
     if min(n, q) > MAX_EVIDENCE_DIMENSION:
         raise GdmixError(f"l2: auto: an entity with {n:,} rows and {q:,} local features is too large for the "
                          f"evidence's determinant (at most {MAX_EVIDENCE_DIMENSION:,} of either); cap its rows "
                          "with max_rows or use a fixed l2")
-    y, w = labels[rows], weights[rows]
-    z = design @ theta[1:] + theta[0] + offsets[rows]
+    w = weights[rows]
     penalty = intercept_ridge * theta[0] ** 2 + l2 * theta[1:] @ theta[1:]
-    value = float(np.dot(w, log_loss_terms(z, y)) + 0.5 * penalty)
-    s = w * expit(z) * (1.0 - expit(z))
+    value = float(np.dot(w, log_loss_terms(z, labels[rows])) + 0.5 * penalty)
     if n < q:
         gram = (design @ design.T).toarray()
         system = s[:, None] * gram + l2 * np.eye(n)
@@ -594,9 +601,7 @@ def _sparse_variances(layout: EntityLayout, k: int, labels, weights, offsets, l2
                       theta: np.ndarray, full: bool) -> np.ndarray:
     """Intercept and coefficient variances of one large entity from its sparse rows (the dense
     Hessian is ``(q + 1) x (q + 1)``)."""
-    rows, design = layout.entity_design(k)
-    z = design @ theta[1:] + theta[0] + offsets[rows]
-    s = weights[rows] * expit(z) * (1.0 - expit(z))
+    _, design, _, s = _entity_curvature(layout, k, weights, offsets, theta)
     penalty = np.concatenate([[intercept_ridge], np.full(design.shape[1], l2)])
     if not full:
         return 1.0 / (np.concatenate([[s.sum()], design.multiply(design).T @ s]) + penalty)

@@ -128,10 +128,9 @@ def laplace_terms(problem: BatchProblem, intercept: np.ndarray, coef: np.ndarray
     """
     p = problem
     num, n, q = p.features.shape
-    z = np.matmul(p.features, coef[:, :, None])[:, :, 0] + intercept[:, None] + p.offsets
+    z, s = _curvature(p, intercept, coef)
     penalty = p.intercept_ridge * intercept * intercept + p.ridge * np.einsum("eq,eq->e", coef, coef)
     value = _loss(p, z) + 0.5 * penalty
-    _, s = _row_terms(p, z)
     if q == 0:
         return value, np.log(_schur_floor(p, s.sum(axis=1) + p.intercept_ridge))
     if n < q:
@@ -164,8 +163,7 @@ def coefficient_variances(problem: BatchProblem, intercept: np.ndarray, coef: np
     """
     p = problem
     num, n, q = p.features.shape
-    z = np.matmul(p.features, coef[:, :, None])[:, :, 0] + intercept[:, None] + p.offsets
-    _, s = _row_terms(p, z)
+    _, s = _curvature(p, intercept, coef)
     d = s.sum(axis=1) + p.intercept_ridge
     if not full:
         diagonal = np.einsum("en,enq->eq", s, p.features * p.features) + p.ridge[:, None]
@@ -312,6 +310,12 @@ class _RowSpace:
         # grad_beta . delta_beta = v' K delta_a = v . (delta_z - delta_b)
         slope = grad_b * delta_b + np.einsum("en,en->e", v, delta_z - delta_b[:, None])
         return gmax, (delta_b, delta_a, delta_z, slope)
+
+
+def _curvature(problem: BatchProblem, intercept: np.ndarray, coef: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and Hessian weights ``w mu (1 - mu)`` of every row at ``(intercept, coef)``."""
+    z = np.matmul(problem.features, coef[:, :, None])[:, :, 0] + intercept[:, None] + problem.offsets
+    return z, _row_terms(problem, z)[1]
 
 
 def _row_terms(problem: BatchProblem, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
