@@ -5,7 +5,9 @@ Cost: one random-effect coordinate (synthetic, ``--entities`` entities of ``--ro
 ``fit_random_effect`` in this process, one BLAS thread, 3 repeats:
 
 * pass 1 (cold): ``l2: auto`` against a fixed ``l2`` equal to the value it learns;
-* pass 2 (warm, started from pass 1's model, as coordinate descent's later passes are): the same.
+* pass 2 (warm, started from pass 1's model, as coordinate descent's later passes are): the same;
+* pass 1 (cold) with ``per_group`` (a prior variance for the intercept and one for the coefficients)
+  against the same fixed ``l2``.
 
 Both sides include grouping the rows into entities (the layout); data generation is excluded.
 The acceptance target is at most 3x the fixed-``l2`` time per pass.
@@ -64,6 +66,7 @@ def cost(entities: int, rows: int, features: int, sigma: float = 1.0, repeats: i
     fixed_cold, fixed_cold_time = measure.repeat(lambda: fit(learned), repeats, threads=1)
     auto_warm, auto_warm_time = measure.repeat(lambda: fit("auto", as_start(auto_cold)), repeats, threads=1)
     _, fixed_warm_time = measure.repeat(lambda: fit(learned, as_start(fixed_cold)), repeats, threads=1)
+    per_group, per_group_time = measure.repeat(lambda: fit({"auto": True, "per_group": True}), repeats, threads=1)
 
     def ratio(auto, fixed):
         return auto["wall_seconds"]["median"] / fixed["wall_seconds"]["median"]
@@ -76,6 +79,11 @@ def cost(entities: int, rows: int, features: int, sigma: float = 1.0, repeats: i
                         "ratio_wall": ratio(auto_cold_time, fixed_cold_time)},
         "pass_2_warm": {"auto": auto_warm_time, "fixed": fixed_warm_time,
                         "ratio_wall": ratio(auto_warm_time, fixed_warm_time)},
+        "pass_1_cold_per_group": {"auto": per_group_time, "fixed": fixed_cold_time,
+                                  "ratio_wall": ratio(per_group_time, fixed_cold_time),
+                                  "evaluations": per_group[3].l2_evaluations,
+                                  "learned_prior_deviations": {"intercept": per_group[3].intercept_l2 ** -0.5,
+                                                               "coefficients": per_group[3].l2 ** -0.5}},
         "what_is_timed": "fit_random_effect in this process (entity layout, solves, evidence); one BLAS thread; "
                          "data generation excluded; fixed side at the l2 the auto side learned",
     }

@@ -89,6 +89,9 @@ class FixedEffectConfig(StrictModel):
     feature_bag: str | None = None
     l2: float = Field(1.0, gt=0)
     regularize_intercept: bool = False
+    variance: Literal["none", "simple", "full"] = Field(
+        "none", description="coefficient variances saved beside the coefficients: 1 / diag(H) (simple) or "
+                            "diag(H^-1) (full: a dense Hessian, so few features), H the Hessian at the optimum")
     optimizer: LbfgsConfig = LbfgsConfig()
 
 
@@ -96,10 +99,15 @@ class L2Auto(StrictModel):
     """``l2: auto``: the ridge is the prior precision ``1 / sigma^2`` of every entity's
     coefficients, estimated in every pass by maximising the Laplace approximation of the
     coordinate's marginal likelihood (empirical Bayes, as glmer's Laplace fit), starting at ``init``
-    (or at the previous pass's or warm start's estimate)."""
+    (or at the previous pass's or warm start's estimate).
+
+    ``per_group``: the intercept and the coefficients get a prior variance each (they live on
+    different scales: a group's base rate against its features' effects), both learned together;
+    it needs ``regularize_intercept`` (an unpenalised intercept has no prior to learn)."""
 
     auto: Literal[True] = True
     init: float = Field(1.0, gt=0)
+    per_group: bool = False
 
 
 class RandomEffectConfig(StrictModel):
@@ -150,6 +158,14 @@ class RandomEffectConfig(StrictModel):
     def _rows_bounds(self) -> "RandomEffectConfig":
         if self.max_rows is not None and self.max_rows < self.min_rows:
             raise ValueError(f"max_rows ({self.max_rows}) is below min_rows ({self.min_rows})")
+        return self
+
+    @model_validator(mode="after")
+    def _per_group_prior(self) -> "RandomEffectConfig":
+        if self.l2_auto is not None and self.l2_auto.per_group and not self.regularize_intercept:
+            raise ValueError(f"coordinate '{self.name}': l2: auto with per_group learns the intercept's prior "
+                             "variance, but regularize_intercept is false (the intercept has a flat prior); "
+                             "drop per_group or set regularize_intercept: true")
         return self
 
 

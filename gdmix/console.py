@@ -103,8 +103,13 @@ def _notes(row: dict) -> str:
             if solver.get(key):
                 notes.append(f"{solver[key]} {label}")
         if solver.get("l2") is not None:  # l2: auto
+            intercept = ""
+            if solver.get("intercept_l2") is not None:  # per_group: the intercept's own prior
+                intercept = (f", intercept l2 {solver['intercept_l2']:.4g} "
+                             f"(prior variance {solver['intercept_prior_variance']:.4g})")
             notes.append(f"learned l2 {solver['l2']:.4g} (prior variance {solver['prior_variance']:.4g}"
-                         + (", at the edge of the search" if solver.get("l2_at_search_bound") else "") + ")")
+                         + (", at the edge of the search" if solver.get("l2_at_search_bound") else "") + ")"
+                         + intercept)
     return ", ".join(notes)
 
 

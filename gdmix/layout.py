@@ -22,6 +22,7 @@ A coordinate's job output (one step of the pipeline)::
     <job>/plan.json                           a random effect's plan (partition groups, offsets)
     <job>/done/<coordinate>.json              a random effect's completion record
     <job>/done/<coordinate>/partition=<p>.json   one finished partition (a retry skips it)
+    <job>/learned_l2/<coordinate>.json        a random effect's ``l2: auto`` result (before any partition)
 
 The score table between pipeline steps: ``<table>/<split>/`` and ``<table>/table.json``.
 """
@@ -77,6 +78,10 @@ def partitions_uri(prep_root: str, coordinate: str, split: str | None = None) ->
 
 def coordinate_done_uri(output: str, coordinate: str) -> str:
     return fs.join(output, "done", f"{coordinate}.json")
+
+
+def learned_l2_uri(output: str, coordinate: str) -> str:
+    return fs.join(output, "learned_l2", f"{coordinate}.json")
 
 
 def partition_done_uri(output: str, coordinate: str, partition: int) -> str:

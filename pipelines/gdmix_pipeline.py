@@ -177,7 +177,7 @@ def _coordinate_descent_pass(shape: "_Shape", given: dict) -> dict:
             model, collected = task.outputs["model"], {}
         else:
             plan = _secured(shape, random_effect_plan(coordinate=name, prepared=prepared, data_root=data_root,
-                                                      **optional, **common))
+                                                      **optional, **previous, **common))
             plan.set_display_name(f"{name}: offsets")
             model = plan.outputs["model"]
             with dsl.ParallelFor(shape.groups[name], parallelism=shape.parallelism) as group:

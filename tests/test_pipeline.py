@@ -64,6 +64,44 @@ def test_pipeline_runs_locally_and_matches_gdmix_train(synthetic_dir, tmp_path):
     assert len(list((tmp_path / "root").rglob("report"))) == 3 * 3 + 1
 
 
+def test_pipeline_learns_l2_like_gdmix_train(synthetic_dir, tmp_path):
+    """l2: auto in the pipeline (per_user with its intercept's ridge learned apart, per_group):
+    the plan step searches over all partitions (from the previous pass's ridges), every partition
+    group trains at them, and the numbers are gdmix train's; the KFP metrics and the HTML report
+    show what was learned."""
+    raw = _pipeline_config(synthetic_dir, str(tmp_path / "pipeline-model"))
+    raw["coordinates"][1]["l2"] = {"auto": True, "per_group": True}  # the intercept's ridge learned apart
+    raw["coordinates"][2]["l2"] = "auto"
+    metrics = run_local(yaml.safe_dump(raw), workdir=str(tmp_path / "root"))
+    train(validate_config(raw | {"output": str(tmp_path / "train-model")}))
+    expected = json.loads((tmp_path / "train-model" / "metrics.json").read_text())
+    learned = {"l2": [], "intercept_l2": []}
+    for got, want in zip(metrics["coordinates"], expected["coordinates"], strict=True):
+        assert (got["name"], got["pass"]) == (want["name"], want["pass"])
+        assert got["validation"]["auc"] == pytest.approx(want["validation"]["auc"], abs=1e-7)
+        assert got["train"]["logloss"] == pytest.approx(want["train"]["logloss"], rel=1e-7)
+        if got["name"] == "global":
+            assert "l2" not in got["solver"]
+            continue
+        assert got["solver"]["l2_evaluations"] == want["solver"]["l2_evaluations"]
+        for key in learned:
+            assert (key in got["solver"]) == (key in want["solver"]) == (key == "l2" or got["name"] == "per_user")
+            if key in got["solver"]:
+                assert got["solver"][key] == pytest.approx(want["solver"][key], rel=1e-7)
+                learned[key].append(got["solver"][key])
+    assert [len(values) for values in learned.values()] == [4, 2]
+    logged = {key: [] for key in learned}  # what the update-scores steps logged as KFP Metrics
+    for path in (tmp_path / "root").glob("*/*/update-scores*/executor_output.json"):
+        metadata = json.loads(path.read_text())["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+        for key in learned:
+            if f"learned_{key}" in metadata:
+                logged[key].append(metadata[f"learned_{key}"])
+    for key in learned:
+        assert sorted(logged[key]) == pytest.approx(sorted(learned[key]))
+    reports = [path.read_text() for path in (tmp_path / "root").glob("*/later-pass/evaluate*/report")]
+    assert reports and all("learned intercept l2" in report for report in reports)  # the per-coordinate table
+
+
 def test_a_run_may_not_change_the_compiled_shape(synthetic_dir, tmp_path):
     raw = _pipeline_config(synthetic_dir, str(tmp_path / "model"))
     with pytest.raises(GdmixError, match="failed"):

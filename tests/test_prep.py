@@ -180,6 +180,18 @@ def _models(output: Path) -> dict:
     return {(r["entity"], r["name"], r["term"]): r["value"] for r in table.to_pylist()}
 
 
+def _active_rows(root: Path, config):
+    """Every active training row of per_user, all partitions at once (the in-memory reference)."""
+    base = root / "prepared" / "partitions" / "per_user" / "train"
+    index_map = IndexMap.load(str(root / "prepared" / "index_maps" / "per_user"))
+    table = read_contract_table(str(base), ContractColumns(entities=("user_id",), bags=("per_user",), extra=("active",)))
+    data = to_dataset(table, {"per_user": index_map}, ["user_id"])
+    active = np.flatnonzero(table.table.column("active").to_numpy(zero_copy_only=False))
+    users = data.entities["user_id"]
+    return (users, active, (users.codes[active], data.bags["per_user"][active], data.label[active],
+                            data.weight[active], data.offset[active]))
+
+
 def test_partitioned_training_matches_in_memory_and_survives_interruption(prepared, tmp_path):
     root, _, config, _ = prepared
     path = tmp_path / "config.yaml"
@@ -189,16 +201,9 @@ def test_partitioned_training_matches_in_memory_and_survives_interruption(prepar
     assert json.loads((tmp_path / "whole" / "done" / "per_user.json").read_text())["partitions"] == 5
 
     # the in-memory reference: all active rows at once (entities are independent problems)
-    base = root / "prepared" / "partitions" / "per_user" / "train"
     spec = config.coordinates[1]
-    index_map = IndexMap.load(str(root / "prepared" / "index_maps" / "per_user"))
-    table = read_contract_table(str(base), ContractColumns(entities=("user_id",), bags=("per_user",), extra=("active",)))
-    data = to_dataset(table, {"per_user": index_map}, ["user_id"])
-    active = np.flatnonzero(table.table.column("active").to_numpy(zero_copy_only=False))
-    users = data.entities["user_id"]
-    codes, intercepts, coef, _ = fit_random_effect(
-        users.codes[active], data.bags["per_user"][active], data.label[active], data.weight[active],
-        data.offset[active], spec.model_copy(update={"min_rows": 1, "max_rows": None}))
+    users, _, rows = _active_rows(root, config)
+    codes, intercepts, coef, _ = fit_random_effect(*rows, spec.model_copy(update={"min_rows": 1, "max_rows": None}))
     ids = users.strings().take(codes).to_pylist()
     reference = {(e, "(INTERCEPT)", ""): b for e, b in zip(ids, intercepts)}
     models = _models(tmp_path / "whole")
@@ -207,7 +212,7 @@ def test_partitioned_training_matches_in_memory_and_survives_interruption(prepar
         assert abs(models[key] - value) < 1e-9
     scored = sum(_read(tmp_path / "whole" / "scores" / "per_user" / "train" / f"partition={p}").num_rows
                  for p in range(5))
-    assert scored == table.num_rows  # every row scored, active or passive
+    assert scored == len(users.codes)  # every row scored, active or passive
 
     # killed after its second partition, then rerun: the same models, finished partitions skipped
     died = _train_random_effect(path, tmp_path / "again", env={"GDMIX_FAULT_AFTER_PARTITIONS": "2"})
@@ -217,6 +222,88 @@ def test_partitioned_training_matches_in_memory_and_survives_interruption(prepar
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads(resumed.stdout)["skipped"] == [0, 1]
     assert _models(tmp_path / "again") == models
+
+
+def _learned_on_two_workers(prepared, tmp_path, l2) -> tuple[dict, Path, dict, str]:
+    """``train-random-effect --workers 2`` of per_user with ``l2``; checks that the recorded
+    search equals gdmix train's on the same rows (every ridge, evidence, solves) and that the
+    partitions trained at it. Returns the record, the config file, the raw config and the log."""
+    root, _, config, _ = prepared
+    raw = config.model_dump(mode="json")
+    raw["coordinates"][1]["l2"] = l2
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    two = _train_random_effect(path, tmp_path / "two", "--workers", "2")
+    assert two.returncode == 0, two.stderr[-3000:]
+    record = json.loads((tmp_path / "two" / "learned_l2" / "per_user.json").read_text())
+    assert record["l2_search_workers"] == 2
+
+    spec = validate_config(raw).coordinates[1]
+    users, _, rows = _active_rows(root, config)
+    codes, intercepts, _, report = fit_random_effect(*rows, spec.model_copy(update={"min_rows": 1, "max_rows": None}))
+    for key in ("l2", "intercept_l2"):
+        assert (key in record) == (getattr(report, key) is not None)
+        if key in record:
+            assert record[key] == pytest.approx(getattr(report, key), rel=1e-9)
+    assert record["log_evidence"] == pytest.approx(report.log_evidence, rel=1e-10)
+    assert record["l2_evaluations"] == report.l2_evaluations
+    models = _models(tmp_path / "two")
+    for entity, intercept in zip(users.strings().take(codes).to_pylist(), intercepts):
+        assert abs(models[(entity, "(INTERCEPT)", "")] - intercept) < 1e-6
+    return record, path, raw, two.stdout + two.stderr
+
+
+def test_partitioned_l2_auto_searches_over_all_partitions_like_gdmix_train(prepared, tmp_path):
+    """l2: auto partition by partition: two workers reduce their partitions' evidence into one
+    search, which finds gdmix train's l2 on the same rows; every partition trains at it, and a
+    rerun after a kill trains at the recorded l2 without searching again."""
+    root, _, config, _ = prepared
+    record, path, raw, _ = _learned_on_two_workers(prepared, tmp_path, "auto")
+    summary = json.loads((tmp_path / "two" / "done" / "per_user.json").read_text())
+    assert summary["l2"] == record["l2"] and summary["l2_evaluations"] >= 3
+    learned = pq.read_schema(next((tmp_path / "two" / "models" / "per_user" / "partition=0").glob("*.parquet")))
+    assert float(learned.metadata[b"gdmix.l2"]) == record["l2"]  # a warm start's search starts there
+
+    # one process, every partition read again at every evaluation (nothing cached): the same search
+    from gdmix.jobs import learned_l2 as search
+
+    source = search.PartitionSource(validate_config(raw).coordinates[1], str(root / "prepared"), IndexMap.load(
+        str(root / "prepared" / "index_maps" / "per_user")), None, None)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(search, "SEARCH_CACHE_BYTES", 0)
+        uncached = search.learned_l2(source, str(tmp_path / "uncached"), 5, log=lambda message: None)
+    assert uncached["l2"] == pytest.approx(record["l2"], rel=1e-12)
+    assert uncached["l2_evaluations"] == record["l2_evaluations"]
+    # a warm start's search starts from its l2: the record of a partitioned output or a model's metadata
+    assert search.previous_l2(str(tmp_path / "two"), "per_user") == record["l2"]
+    (tmp_path / "two" / "learned_l2" / "per_user.json").unlink()
+    assert search.previous_l2(str(tmp_path / "two"), "per_user") == record["l2"]
+    assert search.previous_l2(str(tmp_path / "nothing"), "per_user") is None
+
+    died = _train_random_effect(path, tmp_path / "again", env={"GDMIX_FAULT_AFTER_PARTITIONS": "2"})
+    assert died.returncode == 42
+    (tmp_path / "again" / "learned_l2" / "per_user.json").write_text(json.dumps(record | {"l2": 3.0}))
+    resumed = _train_random_effect(path, tmp_path / "again")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "learned l2" not in resumed.stderr + resumed.stdout  # the recorded l2, no second search
+    assert json.loads((tmp_path / "again" / "done" / "per_user.json").read_text())["l2"] == 3.0
+
+
+def test_partitioned_per_group_l2_auto_learns_both_ridges_like_gdmix_train(prepared, tmp_path):
+    """l2: {auto: true, per_group: true} partition by partition: the workers' search finds gdmix
+    train's (l2, intercept_l2) on the same rows, every partition trains at both, and both travel
+    with the models for a warm start's search."""
+    record, _, _, log = _learned_on_two_workers(prepared, tmp_path, {"auto": True, "per_group": True})
+    assert record["intercept_prior_variance"] == pytest.approx(1.0 / record["intercept_l2"])
+    assert "intercept l2" in log
+    learned = pq.read_schema(next((tmp_path / "two" / "models" / "per_user" / "partition=0").glob("*.parquet")))
+    assert float(learned.metadata[b"gdmix.intercept_l2"]) == record["intercept_l2"]
+
+    from gdmix.jobs import learned_l2 as search
+
+    assert search.previous_ridges(str(tmp_path / "two"), "per_user") == (record["l2"], record["intercept_l2"])
+    (tmp_path / "two" / "learned_l2" / "per_user.json").unlink()
+    assert search.previous_ridges(str(tmp_path / "two"), "per_user") == (record["l2"], record["intercept_l2"])
 
 
 def test_offsets_join_never_drops_a_row(prepared, tmp_path):

@@ -23,3 +23,8 @@ def update_scores(config: str, coordinate: str, pass_number: int, prepared: Inpu
         for name, value in (row.get(split) or {}).items():
             if value is not None and value == value:  # nan is not a loggable metric
                 metrics.log_metric(f"{split}_{name}", float(value))
+    from gdmix.stages.training import LEARNED_L2_KEYS
+
+    for name in LEARNED_L2_KEYS:  # l2: auto: what this pass learned
+        if row.get("solver", {}).get(name) is not None:
+            metrics.log_metric(f"learned_{name}", float(row["solver"][name]))

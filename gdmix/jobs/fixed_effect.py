@@ -8,7 +8,9 @@ which worker it is. A worker
    shuffled by hash through the job's working directory), and one feature index map (given, or
    built from every worker's distinct features);
 3. trains with the data term summed by a collective all-reduce, checkpointing its point every
-   ``checkpoint_every`` iterations into the working directory (a restarted job resumes there);
+   ``checkpoint_every`` iterations into the working directory (a restarted job resumes there),
+   and with ``variance: simple | full`` sums its shard's Hessian at the optimum the same way
+   (from the optimiser's tensors: :meth:`~gdmix.models.fixed_effect.FixedEffectProblem.variances`);
 4. scores its shards and writes ``scores/<coordinate>/{train,validation,test}/part-<worker>.parquet``.
 
 The chief then writes the model, commits the whole output in one step (no half-written score

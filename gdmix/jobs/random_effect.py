@@ -12,32 +12,34 @@ and only then does ``done/<coordinate>/partition=<p>.json`` appear. A rerun skip
 partition with that marker, so a killed worker costs only the partition it was on. Under
 ``TF_CONFIG`` (or ``--workers N``, which launches N local processes) worker k of n takes every
 n-th partition of the list.
+
+Under ``l2: auto`` the workers first learn the coordinate's ``l2`` together over all its
+partitions (:mod:`gdmix.jobs.learned_l2`), record it, and then train every partition at it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import time
 
-import numpy as np
 import pyarrow as pa
 
 from gdmix.config import GdmixConfig, RandomEffectConfig
-from gdmix.dataset import Dataset, to_dataset
 from gdmix.distributed.cluster import worker_info
 from gdmix.errors import ConfigError
 from gdmix.features.index_map import IndexMap
 from gdmix.io import fs
-from gdmix.io.contract import ContractColumns, read_contract_table
-from gdmix.io.uid_join import read_offsets
-from gdmix.layout import (
-    PARTITION_MANIFEST, SPLITS, coordinate_done_uri, index_map_uri, model_uri, partition_done_uri, partition_name,
-    partitions_uri, scores_uri,
+from gdmix.jobs.partition_data import (
+    TrainingRows, coordinate_index_map, partition_settings, partition_warm_start, read_partition,
 )
-from gdmix.models.random_effect import RandomEffectModel, fit_random_effect_model
-
+from gdmix.layout import (
+    PARTITION_MANIFEST, SPLITS, coordinate_done_uri, learned_l2_uri, model_uri, partition_done_uri,
+    partition_name, partitions_uri, scores_uri,
+)
+from gdmix.models.random_effect import fit_random_effect_model
 
 
 def partition_list(text: str, total: int) -> list[int]:
@@ -66,14 +68,17 @@ def train_partitions(config: GdmixConfig, coordinate: str, partitions: str, outp
     chosen = partition_list(partitions, manifest["partitions"])
     info = worker_info()
     mine = chosen[info.index::info.count]
-    index_map = IndexMap.load(index_map_uri(prep_dir, spec.feature_bag)) if spec.feature_bag else IndexMap.empty()
+    index_map = coordinate_index_map(prep_dir, spec)
+    learned = None
+    if spec.l2_auto is not None and any(not fs.exists(_marker(output, coordinate, p)) for p in mine):
+        learned = _learned_l2(spec, prep_dir, index_map, output, offsets, warm_start, manifest["partitions"], log)
     done, skipped = [], []
     for partition in mine:
         if fs.exists(_marker(output, coordinate, partition)):
             skipped.append(partition)
             continue
         tic = time.perf_counter()
-        stats = _train_one(config, spec, prep_dir, partition, index_map, output, offsets, warm_start)
+        stats = _train_one(spec, prep_dir, partition, index_map, output, offsets, warm_start, learned)
         stats["seconds"] = time.perf_counter() - tic
         fs.write_text_atomic(_marker(output, coordinate, partition), fs.to_json(stats))
         done.append(partition)
@@ -98,25 +103,28 @@ def _write_summary(output: str, coordinate: str, partitions: int) -> None:
                                                                  "unconverged_entities")}
     summary = totals | {"partitions": partitions, "seconds": sum(s["seconds"] for s in stats),
                         "largest_partition_seconds": max(s["seconds"] for s in stats)}
+    if fs.exists(learned_l2_uri(output, coordinate)):  # l2: auto: what the search found
+        summary |= json.loads(fs.read_text(learned_l2_uri(output, coordinate)))
     fs.write_text_atomic(coordinate_done_uri(output, coordinate), fs.to_json(summary))
 
 
 def _coordinate(config: GdmixConfig, name: str) -> tuple[RandomEffectConfig, str]:
     if config.prep is None:
         raise ConfigError("partitioned training reads the partitions of 'gdmix prep': the config needs 'prep'")
-    spec = config.coordinate(name, RandomEffectConfig)
-    check_fixed_l2(spec)
-    return spec, config.prep.output
+    return config.coordinate(name, RandomEffectConfig), config.prep.output
 
 
-def check_fixed_l2(spec: RandomEffectConfig) -> None:
-    """Partitions train independently, so a learned ``l2`` (one value from every entity's
-    evidence) cannot be estimated per partition; until the partitions' evidence is reduced into
-    one search, partitioned training needs a fixed ``l2``."""
-    if spec.l2_auto is not None:
-        raise ConfigError(f"coordinate '{spec.name}': l2: auto is supported by 'gdmix train' (in process) only, "
-                          "not yet by partitioned training or the pipeline; set a number (e.g. the l2 that "
-                          "'gdmix train' reports in metrics.json)")
+def _learned_l2(spec: RandomEffectConfig, prep_dir: str, index_map: IndexMap, output: str, offsets: str | None,
+                warm_start: str | None, partitions: int, log) -> dict:
+    """``l2: auto``: the coordinate's ``l2`` over all its partitions, searched by this job's
+    workers together (TF collectives under ``TF_CONFIG``) or read from the output's record."""
+    from gdmix.distributed.collective import connect
+    from gdmix.jobs.learned_l2 import PartitionSource, learned_l2
+
+    source = PartitionSource(spec, prep_dir, index_map, offsets, warm_start)
+    info = worker_info()
+    collective = connect(info) if info.distributed and not fs.exists(learned_l2_uri(output, spec.name)) else None
+    return learned_l2(source, output, partitions, collective, log)
 
 
 def _marker(output: str, coordinate: str, partition: int) -> str:
@@ -131,40 +139,26 @@ def _fault_injection(partitions_done: int) -> None:
         os._exit(42)
 
 
-def _read_partition(prep_dir: str, spec: RandomEffectConfig, split: str, partition: int,
-                    index_map: IndexMap, offsets: str | None) -> tuple[Dataset | None, np.ndarray | None]:
-    """A partition's rows of one split (offsets added) and, for training rows, the active flags."""
-    uri = fs.join(partitions_uri(prep_dir, spec.name, split), partition_name(partition))
-    if not fs.exists(uri) or not fs.list_parquet_files(uri):
-        return None, None
-    flags = ("active",) if split == "train" else ()
-    columns = ContractColumns(entities=(spec.entity,), bags=(spec.feature_bag,) if spec.feature_bag else (),
-                              extra=flags)
-    table = read_contract_table(uri, columns)
-    data = to_dataset(table, {spec.feature_bag: index_map} if spec.feature_bag else {}, [spec.entity])
-    if offsets:
-        data.offset = data.offset + read_offsets(fs.join(offsets, split, partition_name(partition)), data.uid)
-    active = table.table.column("active").to_numpy(zero_copy_only=False).astype(bool) if flags else None
-    return data, active
-
-
-def _train_one(config, spec: RandomEffectConfig, prep_dir: str, partition: int, index_map: IndexMap,
-               output: str, offsets: str | None, warm_start: str | None) -> dict:
-    train, flags = _read_partition(prep_dir, spec, "train", partition, index_map, offsets)
+def _train_one(spec: RandomEffectConfig, prep_dir: str, partition: int, index_map: IndexMap, output: str,
+               offsets: str | None, warm_start: str | None, learned: dict | None) -> dict:
+    """Train, score and commit one partition (at the learned ``l2`` under ``l2: auto``)."""
+    train, flags = read_partition(prep_dir, spec, "train", partition, index_map, offsets)
     if train is None:  # more partitions than the population fills: nothing to train or score
         return {"partition": partition, "rows": 0, "active_rows": 0, "validation_rows": 0, "test_rows": 0,
                 "entities_trained": 0, "unconverged_entities": 0}
     data = {"train": train}
     for split in SPLITS[1:]:
-        data[split] = _read_partition(prep_dir, spec, split, partition, index_map, offsets)[0]
-    entities = train.entities[spec.entity]
-    active = np.flatnonzero(flags)
-    # prep already applied min_rows and max_rows (the active flag): train every active entity
-    settings = spec.model_copy(update={"min_rows": 1, "max_rows": None})
-    initial = _warm_start(warm_start, spec, partition, index_map, entities)
-    model, report = fit_random_effect_model(
-        entities.take(active), train.bag(spec.feature_bag)[active], train.label[active], train.weight[active],
-        train.offset[active], settings, initial)
+        data[split] = read_partition(prep_dir, spec, split, partition, index_map, offsets)[0]
+    settings = partition_settings(spec)
+    learned_intercept = None if learned is None else learned.get("intercept_l2")  # per_group: the intercept's own
+    if learned is not None:
+        settings = settings.model_copy(update={"l2": learned["l2"]})
+    initial = partition_warm_start(warm_start, spec, partition, index_map, train.entities[spec.entity])
+    rows = TrainingRows.active(train, flags, spec)
+    model, report = fit_random_effect_model(rows.entities, rows.features, rows.labels, rows.weights, rows.offsets,
+                                            settings, initial, intercept_l2=learned_intercept)
+    if learned is not None:  # the next pass's search starts from it, as after 'gdmix train'
+        model = dataclasses.replace(model, l2=learned["l2"], intercept_l2=learned_intercept)
     staging = fs.join(output, ".staging", spec.name, partition_name(partition))
     fs.remove(staging)
     fs.write_parquet(model.to_table(index_map), fs.join(staging, "model"))
@@ -176,7 +170,7 @@ def _train_one(config, spec: RandomEffectConfig, prep_dir: str, partition: int, 
                 "score": dataset.offset + own, "coordinate_score": own,
             }), fs.join(staging, split))
     _commit_partition(staging, output, spec.name, partition, data)
-    return report.as_dict() | {"partition": partition, "rows": train.num_rows, "active_rows": len(active),
+    return report.as_dict() | {"partition": partition, "rows": train.num_rows, "active_rows": int(flags.sum()),
                                "validation_rows": data["validation"].num_rows if data["validation"] else 0,
                                "test_rows": data["test"].num_rows if data["test"] else 0}
 
@@ -190,16 +184,3 @@ def _commit_partition(staging: str, output: str, coordinate: str, partition: int
     for name, target in targets.items():
         fs.commit_directory(fs.join(staging, name), target)
     fs.remove(staging)
-
-
-def _warm_start(uri: str | None, spec: RandomEffectConfig, partition: int, index_map: IndexMap, entities):
-    """The prior model of this partition (the same partitioning), if there is one."""
-    if not uri:
-        return None
-    source = fs.join(model_uri(uri, spec.name), partition_name(partition))
-    if not fs.exists(source):
-        source = model_uri(uri, spec.name)
-        if not fs.exists(source):
-            return None
-    prior = RandomEffectModel.from_table(fs.read_parquet_dir(source), index_map, source)
-    return prior.warm_start_for(entities)

@@ -31,3 +31,24 @@ def penalised_objective(design: sp.csr_matrix, y: np.ndarray, w: np.ndarray, o: 
         return value, gradient
 
     return objective
+
+
+def curvature(z: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Per-row second derivative ``w mu (1 - mu)`` of the weighted loss in the logit, as
+    ``expit(z) * expit(-z)``: ``mu - mu^2`` would round to 0 where ``mu`` is near 1."""
+    return w * expit(z) * expit(-z)
+
+
+def data_hessian(design: sp.csr_matrix, s: np.ndarray, full: bool) -> np.ndarray:
+    """The Hessian ``[1 X]' S [1 X]`` of a data term w.r.t. ``theta = [b, beta]`` (``s``: the
+    rows' :func:`curvature`): its diagonal, or (``full``) the whole dense matrix, which only
+    small ``X`` (few columns) can afford."""
+    if not full:
+        squares = sp.csr_matrix((design.data**2, design.indices, design.indptr), shape=design.shape)
+        return np.concatenate([[s.sum()], squares.T @ s])
+    weighted = sp.diags(s) @ design
+    hessian = np.empty((design.shape[1] + 1,) * 2)
+    hessian[0, 0] = s.sum()
+    hessian[0, 1:] = hessian[1:, 0] = design.T @ s
+    hessian[1:, 1:] = (design.T @ weighted).toarray()
+    return hessian

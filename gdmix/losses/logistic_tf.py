@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from gdmix.losses.logistic import curvature, data_hessian
 from gdmix.native import logistic_loss_op
 from gdmix.tf_runtime import import_tensorflow
 
@@ -48,6 +49,24 @@ class TfLogisticLoss:
         """``x_i . beta + b`` per row (without offsets), from the tensors alone."""
         return _logits_function()(np.asarray(theta, dtype=np.float64), *self._tensors[:3]).numpy()
 
+    def hessian(self, theta: np.ndarray, full: bool) -> np.ndarray:
+        """The data term's Hessian at ``theta``: its diagonal, or (``full``) the dense matrix
+        (see :func:`gdmix.losses.logistic.data_hessian`).
+
+        Read from the tensors themselves (zero-copy numpy views; the job has released its CSR
+        by now), a block of about ``HESSIAN_BLOCK_NONZEROS`` non-zeros at a time, so it needs
+        no second copy of the data."""
+        indptr, cols, values, _labels, weights, offsets = (np.asarray(t) for t in self._tensors)
+        width = self.num_features + 1
+        total = np.zeros((width, width) if full else width)
+        for start, stop in _row_blocks(indptr, HESSIAN_BLOCK_NONZEROS):
+            first, last = indptr[start], indptr[stop]
+            block = sp.csr_matrix((values[first:last], cols[first:last], indptr[start:stop + 1] - first),
+                                  shape=(stop - start, self.num_features))
+            z = block @ theta[1:] + theta[0] + offsets[start:stop]
+            total += data_hessian(block, curvature(z, weights[start:stop]), full)
+        return total
+
     @property
     def memory_bytes(self) -> int:
         """Bytes held by the in-memory data (all tensors)."""
@@ -60,6 +79,17 @@ class TfLogisticLoss:
 
 
 _COMPILED: dict = {}
+#: rows are read in blocks of about this many non-zeros when the Hessian is computed
+HESSIAN_BLOCK_NONZEROS = 1 << 22
+
+
+def _row_blocks(indptr: np.ndarray, nonzeros: int) -> list[tuple[int, int]]:
+    """Consecutive row ranges covering every row (empty ones too), each of about ``nonzeros``
+    non-zeros (more only where one row alone has more)."""
+    rows = len(indptr) - 1
+    cuts = np.searchsorted(indptr, np.arange(nonzeros, indptr[-1], nonzeros), side="right") - 1
+    bounds = np.unique(np.concatenate([[0], np.clip(cuts, 0, rows), [rows]]))
+    return list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
 
 
 def _signature(tf):

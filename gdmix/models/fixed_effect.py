@@ -9,25 +9,46 @@ L-BFGS evaluation is one call of a ``tf.function`` around a fused native op; not
 re-read per iteration. The data
 term and the penalty are kept apart (:class:`TfLogisticLoss` computes only the data term) so
 that a distributed run can sum the data term across workers and add the penalty once.
+
+With ``variance: simple | full`` the model also carries its coefficients' variances at the
+optimum, ``1 / diag(H)`` or ``diag(H^-1)`` of the objective's Hessian ``H`` (the data term's,
+summed the same way, plus the penalty): see :meth:`FixedEffectProblem.variances`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import scipy.linalg
 import scipy.sparse as sp
 
 from gdmix.config import FixedEffectConfig
-from gdmix.errors import DataError
+from gdmix.errors import ConfigError, DataError, GdmixError
 from gdmix.features.index_map import IndexMap
-from gdmix.models.linear import FIXED_EFFECT_SCHEMA, check_unique_coefficients, is_intercept, names_and_terms
+from gdmix.models.linear import (
+    FIXED_EFFECT_SCHEMA, MAX_DENSE_HESSIAN, VARIANCE_COLUMN, check_unique_coefficients, is_intercept, names_and_terms,
+)
 from gdmix.distributed.collective import Collective, SingleProcess, check_identical
 from gdmix.io.checkpoint import Checkpoint
 from gdmix.losses.logistic_tf import TfLogisticLoss
 from gdmix.solvers.lbfgs import minimize_lbfgs, minimize_lbfgs_in_segments
+
+
+@dataclass(frozen=True)
+class FixedEffectVariances:
+    """Variances of the intercept and of every coefficient (``variance: simple | full``); NaN:
+    not known (a coefficient missing from the table it was read from)."""
+
+    intercept: float
+    coef: np.ndarray
+
+    def of_theta(self) -> np.ndarray:
+        """Laid out as ``theta = [b, beta]``."""
+        return np.concatenate([[self.intercept], self.coef])
 
 
 @dataclass(frozen=True)
@@ -36,31 +57,55 @@ class FixedEffectModel:
 
     intercept: float
     coef: np.ndarray
+    variances: FixedEffectVariances | None = None
 
     def score(self, features: sp.csr_matrix) -> np.ndarray:
         """This coordinate's logit for each row (without any offset)."""
         return features @ self.coef + self.intercept
 
+    def sample(self, rng: np.random.Generator) -> "FixedEffectModel":
+        """A draw from the (diagonal) Laplace posterior: every coefficient plus normal noise of
+        its saved variance, for exploration (Thompson sampling); unknown (NaN) ones keep their mean."""
+        if self.variances is None:
+            raise GdmixError("this fixed effect has no variances to sample from (trained with variance: none)")
+        spread = np.sqrt(np.nan_to_num(self.variances.of_theta(), nan=0.0))
+        theta = np.concatenate([[self.intercept], self.coef]) + rng.standard_normal(len(spread)) * spread
+        return dataclasses.replace(self, intercept=float(theta[0]), coef=theta[1:])
+
     def to_table(self, index_map: IndexMap) -> pa.Table:
-        """Rows ``name, term, value``: the intercept, then the non-zero coefficients."""
-        columns = np.concatenate([[-1], np.flatnonzero(self.coef)])
+        """Rows ``name, term, value``: the intercept, then the non-zero coefficients. With
+        variances, every coefficient (a zero one has a variance too) and a ``variance`` column."""
+        if self.variances is None:
+            columns = np.concatenate([[-1], np.flatnonzero(self.coef)])
+        else:
+            columns = np.arange(-1, len(self.coef))
         names, terms = names_and_terms(index_map, columns)
         values = np.concatenate([[self.intercept], self.coef[columns[1:]]])
-        return pa.table([names, terms, pa.array(values)], schema=FIXED_EFFECT_SCHEMA)
+        table = pa.table([names, terms, pa.array(values)], schema=FIXED_EFFECT_SCHEMA)
+        if self.variances is None:
+            return table
+        return table.append_column(pa.field(VARIANCE_COLUMN, pa.float64()), pa.array(self.variances.of_theta()))
 
     @classmethod
     def from_table(cls, table: pa.Table, index_map: IndexMap, source: str = "model") -> "FixedEffectModel":
-        """Read a coefficient table; features missing from ``index_map`` are dropped."""
+        """Read a coefficient table (with its variances, if it has them); features missing from
+        ``index_map`` are dropped."""
         check_unique_coefficients(table, ["name", "term"], source)
         intercept_rows = is_intercept(table)
-        values = table.column("value").to_numpy()
-        intercept = float(values[intercept_rows].sum())
-        features = table.filter(pa.array(~intercept_rows))
-        index = index_map.lookup(features.column("name"), features.column("term"))
-        coef = np.zeros(len(index_map))
-        known = index >= 0
-        coef[index[known]] = values[~intercept_rows][known]
-        return cls(intercept, coef)
+        index = index_map.lookup(table.column("name"), table.column("term"))
+        known = (index >= 0) & ~intercept_rows
+
+        def laid_out(column: str, missing: float) -> tuple[float, np.ndarray]:
+            values = table.column(column).to_numpy()
+            coef = np.full(len(index_map), missing)
+            coef[index[known]] = values[known]
+            return float(values[intercept_rows].sum()) if intercept_rows.any() else missing, coef
+
+        intercept, coef = laid_out("value", 0.0)
+        variances = None
+        if VARIANCE_COLUMN in table.column_names:
+            variances = FixedEffectVariances(*laid_out(VARIANCE_COLUMN, np.nan))
+        return cls(intercept, coef, variances)
 
 
 @dataclass(frozen=True)
@@ -99,6 +144,30 @@ def _check_finite_optimum(labels: np.ndarray, weights: np.ndarray, config: Fixed
             "(add rows of the other label or set regularize_intercept: true)",
             column="label",
         )
+
+
+def _check_variance_dimension(config: FixedEffectConfig, num_features: int) -> None:
+    """``variance: full`` inverts the dense Hessian: refuse before training when it is too large."""
+    if config.variance == "full" and num_features + 1 > MAX_DENSE_HESSIAN:
+        raise ConfigError(f"fixed effect '{config.name}': variance: full inverts a dense Hessian of "
+                          f"{num_features + 1:,} coefficients, more than the {MAX_DENSE_HESSIAN:,} it allows; "
+                          "use variance: simple")
+
+
+def variances_from_hessian(hessian: np.ndarray, penalty: np.ndarray, name: str) -> np.ndarray:
+    """The variances of ``theta = [b, beta]`` given the data term's Hessian at the optimum
+    (its diagonal: ``1 / diag(H)``, "simple"; the whole matrix: ``diag(H^-1)``, "full") and the
+    penalty vector: ``H`` is their sum. ``diag(H^-1)`` is the column sums of squares of
+    ``L^-1`` (``H = LL'``), a triangular solve instead of a general inverse."""
+    if hessian.ndim == 1:
+        return 1.0 / (hessian + penalty)
+    try:
+        lower = np.linalg.cholesky(hessian + np.diag(penalty))
+    except np.linalg.LinAlgError:
+        raise GdmixError(f"fixed effect '{name}': its Hessian at the optimum is not positive definite, "
+                         "so it has no variances (variance: full)") from None
+    inverse = scipy.linalg.solve_triangular(lower, np.eye(len(penalty)), lower=True)
+    return np.einsum("ij,ij->j", inverse, inverse)
 
 
 def penalty_vector(num_features: int, l2: float, regularize_intercept: bool) -> np.ndarray:
@@ -196,6 +265,7 @@ class FixedEffectProblem:
     def build(cls, features: sp.csr_matrix, labels: np.ndarray, weights: np.ndarray, offsets: np.ndarray,
               config: FixedEffectConfig, collective: Collective = SingleProcess()) -> "FixedEffectProblem":
         _check_finite_optimum(labels, weights, config, collective)
+        _check_variance_dimension(config, features.shape[1])
         penalty = penalty_vector(features.shape[1], config.l2, config.regularize_intercept)
         return cls(
             config=config,
@@ -213,6 +283,14 @@ class FixedEffectProblem:
         summed = self.collective.sum(np.concatenate([[value], gradient]))
         value = summed[0] + 0.5 * float(np.dot(self.penalty * theta, theta))
         return value, self.change.gradient_to_internal(summed[1:] + self.penalty * theta)
+
+    def variances(self, theta: np.ndarray) -> FixedEffectVariances:
+        """The variances of the model's coefficients ``theta`` (the optimum): every worker's
+        share of the data term's Hessian, summed once, plus the penalty. The Hessian is taken in
+        the model's own coefficients, never the standardised ones the optimiser works on."""
+        hessian = self.collective.sum(self.data_term.hessian(theta, self.config.variance == "full"))
+        variances = variances_from_hessian(hessian, self.penalty, self.config.name)
+        return FixedEffectVariances(float(variances[0]), variances[1:])
 
     def solve(self, initial: FixedEffectModel | None = None,
               on_iteration: Callable[[int, float], None] | None = None,
@@ -239,7 +317,8 @@ class FixedEffectProblem:
                                                 start_iteration=done, on_segment=checkpoint.save, **options)
         check_identical(self.collective, result.x, "the optimum found by each worker")
         theta = change.to_model(result.x)
-        model = FixedEffectModel(float(theta[0]), theta[1:].copy())
+        variances = None if self.config.variance == "none" else self.variances(theta)
+        model = FixedEffectModel(float(theta[0]), theta[1:].copy(), variances)
         report = FixedEffectReport(
             iterations=result.iterations,
             evaluations=result.evaluations,

@@ -4,6 +4,8 @@ A fixed-effect model is rows ``name, term, value``; a random-effect model is row
 ``entity, name, term, value`` (entity as string). The intercept is the row named
 ``(INTERCEPT)`` with term ``""`` and is always written, even when zero; other coefficients are
 written only when non-zero (features an entity never saw are exactly zero and not stored).
+A model trained with ``variance: simple | full`` has one more column, ``variance``; a fixed
+effect with variances writes every coefficient, zero or not (each has its variance).
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ FIXED_EFFECT_SCHEMA = pa.schema(
     [pa.field("name", pa.string()), pa.field("term", pa.string()), pa.field("value", pa.float64())]
 )
 RANDOM_EFFECT_SCHEMA = pa.schema([pa.field("entity", pa.string())] + list(FIXED_EFFECT_SCHEMA))
+#: a coefficient table's column of the coefficients' variances (``variance: simple | full``)
+VARIANCE_COLUMN = "variance"
+#: the largest dense matrix a model's Hessian terms may take (``variance: full`` inverts one, the
+#: ``l2: auto`` evidence takes one entity's determinant): rows or coefficients, whichever is smaller
+MAX_DENSE_HESSIAN = 4000
 
 
 def is_intercept(table: pa.Table) -> np.ndarray:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -27,9 +28,17 @@ from scipy.special import expit
 from gdmix.config import RandomEffectConfig
 from gdmix.dataset import EntityIds
 from gdmix.features.index_map import IndexMap
+from gdmix.models.empirical_bayes import (
+    L2_SEARCH_BOUNDS, L2_SEARCH_XTOL, estimate_l2, estimate_l2_per_group, initial_ridges, laplace_log_evidence,
+)
 from gdmix.models.entity_layout import MAX_DENSE_ENTITY, EntityLayout, dense_footprint
-from gdmix.models.linear import RANDOM_EFFECT_SCHEMA, check_unique_coefficients, is_intercept, names_and_terms
-from gdmix.solvers.batched_newton import coefficient_variances, laplace_terms, solve_batch, solve_single_rows
+from gdmix.models.linear import (
+    MAX_DENSE_HESSIAN, RANDOM_EFFECT_SCHEMA, VARIANCE_COLUMN, check_unique_coefficients, is_intercept,
+    names_and_terms,
+)
+from gdmix.solvers.batched_newton import (
+    HatTerms, LaplaceOptimum, coefficient_variances, laplace_optimum, single_row_hat, solve_batch, solve_single_rows,
+)
 from gdmix.solvers.lbfgs import minimize_lbfgs
 from gdmix.errors import GdmixError
 from gdmix.losses.logistic import log_loss_terms, penalised_objective
@@ -38,16 +47,8 @@ from gdmix.sparse import csr_values_at, segments, starts_of, take_or
 SPARSE_GTOL_FLOOR = 1e-8
 #: where a coefficient table keeps the ridge ``l2: auto`` learned (Parquet schema metadata)
 L2_METADATA = "gdmix.l2"
-#: a coefficient table's column of the coefficients' variances (``variance: simple | full``)
-VARIANCE_COLUMN = "variance"
-#: ``l2: auto`` stops when the estimate of ``log l2`` is this precise (1 % in ``l2``)
-L2_SEARCH_XTOL = 0.01
-#: the first steps of that search in ``log l2`` (a quarter of it from a previous estimate)
-L2_SEARCH_STEP = 1.0
-#: the range of ``log l2`` searched (a prior standard deviation between about 1e-3 and 1e3)
-L2_SEARCH_BOUNDS = (-6 * np.log(10.0), 6 * np.log(10.0))
-#: the largest dense matrix (rows or features of one entity) whose determinant the evidence takes
-MAX_EVIDENCE_DIMENSION = 4000
+#: ... and the intercept's, when ``l2: auto`` learned it apart (``per_group``)
+INTERCEPT_L2_METADATA = "gdmix.intercept_l2"
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class RandomEffectModel:
     coef: sp.csr_matrix  # (E, d), sorted indices
     l2: float | None = None  # the ridge learned by ``l2: auto`` (the next pass starts its search there)
     variances: CoefficientVariances | None = None
+    intercept_l2: float | None = None  # the intercept's own ridge (``l2: auto`` with ``per_group``)
 
     @property
     def num_entities(self) -> int:
@@ -109,7 +111,7 @@ class RandomEffectModel:
     def warm_start_for(self, entities: EntityIds) -> WarmStart:
         """This model as the starting point of a fit on data with the given entity ids."""
         rows = self.rows_for(entities)
-        return WarmStart(take_or(self.intercepts, rows, np.nan), rows, self.coef, self.l2)
+        return WarmStart(take_or(self.intercepts, rows, np.nan), rows, self.coef, self.l2, self.intercept_l2)
 
     def carry_over(self, prior: "RandomEffectModel", present: pa.Array) -> "RandomEffectModel":
         """This model plus the entities of ``prior`` whose ids are not in ``present`` (the ids of
@@ -128,7 +130,7 @@ class RandomEffectModel:
             pa.concat_arrays([self.entity_ids, prior.entity_ids.take(keep)]),
             np.concatenate([self.intercepts, prior.intercepts[keep]]),
             sp.vstack([self.coef, prior.coef[keep]], format="csr"),
-            self.l2, variances,
+            self.l2, variances, self.intercept_l2,
         )
 
     def to_table(self, index_map: IndexMap) -> pa.Table:
@@ -149,8 +151,10 @@ class RandomEffectModel:
                                        csr_values_at(self.variances.coef, nnz_row, coef.indices)])[order]
             arrays.append(pa.array(variance))
             schema = schema.append(pa.field(VARIANCE_COLUMN, pa.float64()))
-        if self.l2 is not None:
-            schema = schema.with_metadata({L2_METADATA: repr(self.l2)})
+        ridges = ((L2_METADATA, self.l2), (INTERCEPT_L2_METADATA, self.intercept_l2))
+        learned = {key: repr(value) for key, value in ridges if value is not None}
+        if learned:
+            schema = schema.with_metadata(learned)
         return pa.table(arrays, schema=schema)
 
     @classmethod
@@ -175,8 +179,14 @@ class RandomEffectModel:
 
         intercepts, coef = laid_out("value")
         variances = CoefficientVariances(*laid_out(VARIANCE_COLUMN)) if VARIANCE_COLUMN in table.column_names else None
-        learned = (table.schema.metadata or {}).get(L2_METADATA.encode())
-        return cls(encoded.dictionary, intercepts, coef, float(learned) if learned else None, variances)
+        return cls(encoded.dictionary, intercepts, coef, learned_ridge(table.schema, L2_METADATA), variances,
+                   learned_ridge(table.schema, INTERCEPT_L2_METADATA))
+
+
+def learned_ridge(schema: pa.Schema, key: str) -> float | None:
+    """A ridge ``l2: auto`` learned, as a coefficient table's metadata keeps it (None: not there)."""
+    learned = (schema.metadata or {}).get(key.encode())
+    return float(learned) if learned else None
 
 
 @dataclass(frozen=True)
@@ -191,6 +201,7 @@ class WarmStart:
     rows: np.ndarray
     coef: sp.csr_matrix
     l2: float | None = None  # the prior model's learned ridge (``l2: auto``), where it has one
+    intercept_l2: float | None = None  # ... and its intercept's (``per_group``)
 
 
 @dataclass
@@ -213,6 +224,9 @@ class RandomEffectReport:
     l2_evaluations: int | None = None
     log_evidence: float | None = None
     l2_at_search_bound: bool | None = None  # the evidence still grew at the edge of the range searched
+    # ``per_group`` only: the intercept's own ridge and prior variance (``l2`` is then the coefficients')
+    intercept_l2: float | None = None
+    intercept_prior_variance: float | None = None
 
     def as_dict(self) -> dict:
         return {key: value for key, value in self.__dict__.items() if value is not None}
@@ -239,16 +253,19 @@ def fit_random_effect(
 
 def fit_random_effect_model(entities: EntityIds, features: sp.csr_matrix, labels: np.ndarray, weights: np.ndarray,
                             offsets: np.ndarray, config: RandomEffectConfig, initial: WarmStart | None = None,
-                            progress: Callable[[float, float], None] | None = None
+                            progress: Callable[[float, float], None] | None = None, intercept_l2: float | None = None
                             ) -> tuple[RandomEffectModel, RandomEffectReport]:
     """:func:`fit_random_effect` as a model: the entities' ids, the learned ``l2`` (``l2: auto``)
-    and, with ``variance: simple | full``, the coefficients' variances at the optimum."""
-    fitted = _fit(entities.codes, features, labels, weights, offsets, config, initial, progress)
+    and, with ``variance: simple | full``, the coefficients' variances at the optimum.
+
+    ``intercept_l2`` (a fixed ``l2`` only) is the intercept's own ridge: what a partition trains
+    at after the coordinate's ``per_group`` search (:mod:`gdmix.jobs.learned_l2`)."""
+    fitted = _fit(entities.codes, features, labels, weights, offsets, config, initial, progress, intercept_l2)
     variances = None
     if config.variance != "none":
         variances = fitted.variances(full=config.variance == "full")
     model = RandomEffectModel(entities.strings().take(fitted.codes), fitted.intercepts, fitted.coef,
-                              fitted.report.l2, variances)
+                              fitted.report.l2, variances, fitted.report.intercept_l2)
     return model, fitted.report
 
 
@@ -281,9 +298,11 @@ class _Fit:
                                     self.problem.layout.pairs_to_csr(pairs, self.width)[self.trained])
 
 
-def _fit(codes, features, labels, weights, offsets, config: RandomEffectConfig, initial: WarmStart | None,
-         progress) -> _Fit:
-    report = RandomEffectReport()
+def entity_problems(codes, features, labels, weights, offsets, config: RandomEffectConfig,
+                    report: RandomEffectReport | None = None) -> "_EntityProblems":
+    """Every entity's training problem (rows grouped by entity after ``min_rows`` / ``max_rows``),
+    solvable at any ``l2``; counts what it found into ``report``."""
+    report = RandomEffectReport() if report is None else report
     layout = EntityLayout.build(codes, features, _select_training_rows(codes, config, report))
     total_weight = layout.per_entity_sum(weights)
     positive_weight = layout.per_entity_sum(weights * labels)
@@ -294,18 +313,52 @@ def _fit(codes, features, labels, weights, offsets, config: RandomEffectConfig, 
     too_large = (layout.feature_count > config.solver.max_dense_features) | (
         dense_footprint(layout.row_count, layout.feature_count) > MAX_DENSE_ENTITY)
     report.sparse_entities = int((trainable & too_large).sum())
-    problem = _EntityProblems(layout, labels, weights, offsets, config, trainable, one_label, too_large)
+    return _EntityProblems(layout, labels, weights, offsets, config, trainable, one_label, too_large)
 
-    start = _Solution.initial(layout, initial)
-    if config.l2_auto is None:
-        solution = problem.solve(config.l2, start, progress)
+
+def initial_solution(problem: "_EntityProblems", initial: WarmStart | None) -> "_Solution":
+    """Where the solver starts on ``problem``: the warm start's coefficients (0 where unknown)
+    and its learned ``l2``."""
+    return _Solution.initial(problem.layout, initial)
+
+
+def evidence_fields() -> tuple[str, ...]:
+    """The evidence quantities of a solution, each a sum over entities (so partitions and
+    workers add them up)."""
+    return _Solution.EVIDENCE_FIELDS
+
+
+def learned_l2_report(solution) -> dict:
+    """What ``l2: auto`` found, as report fields: the estimate, the prior variance it stands for,
+    the solves it took, the log evidence there, and whether it lies at the edge of the range
+    searched (the evidence still grew there: the data barely constrain the prior); with
+    ``per_group``, the intercept's estimate and prior variance too (``l2`` is the coefficients')."""
+    ridges = [solution.l2] + ([] if getattr(solution, "intercept_l2", None) is None else [solution.intercept_l2])
+    edges = np.isclose(np.log(ridges)[:, None], L2_SEARCH_BOUNDS, atol=2 * L2_SEARCH_XTOL)
+    report = {"l2": float(solution.l2), "prior_variance": 1.0 / float(solution.l2),
+              "l2_evaluations": int(solution.evaluations), "log_evidence": float(solution.log_evidence),
+              "l2_at_search_bound": bool(edges.any())}
+    if len(ridges) > 1:
+        report |= {"intercept_l2": float(ridges[1]), "intercept_prior_variance": 1.0 / float(ridges[1])}
+    return report
+
+
+def _fit(codes, features, labels, weights, offsets, config: RandomEffectConfig, initial: WarmStart | None,
+         progress, intercept_l2: float | None = None) -> _Fit:
+    report = RandomEffectReport()
+    problem = entity_problems(codes, features, labels, weights, offsets, config, report)
+    trainable = problem.trainable
+    start = _Solution.initial(problem.layout, initial)
+    auto = config.l2_auto
+    if auto is None:
+        solution = problem.solve(config.l2, start, progress, intercept_l2=intercept_l2)
     else:
-        solution = estimate_l2(problem, config.l2_auto.init if start.l2 is None else start.l2, start)
-        report.l2, report.prior_variance = solution.l2, 1.0 / solution.l2
-        edges = np.isclose(np.log(solution.l2), L2_SEARCH_BOUNDS, atol=2 * L2_SEARCH_XTOL)
-        report.l2_at_search_bound = bool(edges.any())
-        report.l2_evaluations = solution.evaluations
-        report.log_evidence = solution.log_evidence
+        if auto.per_group:
+            solution = estimate_l2_per_group(problem, *initial_ridges(auto.init, start.l2, start.intercept_l2), start)
+        else:
+            solution = estimate_l2(problem, auto.init if start.l2 is None else start.l2, start)
+        for key, value in learned_l2_report(solution).items():
+            setattr(report, key, value)
 
     trained = np.flatnonzero(trainable)
     report.entities_trained = len(trained)
@@ -319,8 +372,13 @@ def _fit(codes, features, labels, weights, offsets, config: RandomEffectConfig, 
 
 @dataclass
 class _Solution:
-    """Every layout entity's intercept and (entity, local feature) coefficients at one ``l2``,
-    with what the solvers report and, when asked, the total Laplace log evidence."""
+    """Every layout entity's intercept and (entity, local feature) coefficients at one ``l2`` (and
+    one intercept ridge ``intercept_l2``, when it is apart), with what the solvers report and, when
+    asked, the total Laplace log evidence and its slopes."""
+
+    #: the evidence quantities :func:`estimate_l2` and :func:`estimate_l2_per_group` use: each a sum
+    #: over entities, so partitions (and workers) add them up to the coordinate's
+    EVIDENCE_FIELDS: ClassVar[tuple[str, ...]] = ("log_evidence", "log_evidence_slope", "log_evidence_intercept_slope")
 
     intercepts: np.ndarray
     pair_coef: np.ndarray
@@ -328,18 +386,56 @@ class _Solution:
     converged: np.ndarray | None = None
     l2: float | None = None
     log_evidence: float | None = None
+    # d log_evidence / d log l2 (with intercept_l2 set, the intercept's ridge held fixed)
+    log_evidence_slope: float | None = None
+    log_evidence_intercept_slope: float | None = None  # d log_evidence / d log intercept_l2 (0 without it)
+    # with the evidence, how the optimum moves: (d intercepts, d pair_coef) / d log l2 and, with
+    # intercept_l2 set, / d log intercept_l2, so that a solve at nearby ridges starts from a
+    # first-order prediction (:meth:`toward`)
+    tangents: list[tuple[np.ndarray, np.ndarray]] | None = None
     batches: int = 0
     evaluations: int = 0
+    intercept_l2: float | None = None  # the intercept's ridge, when not l2's (``per_group``)
+
+    def add_laplace(self, optimum: LaplaceOptimum, dimension, ridge: np.ndarray,
+                    directions: list[tuple[np.ndarray, float]]) -> list[tuple[tuple[np.ndarray, np.ndarray], object]]:
+        """Add some entities' log evidence and its slopes along ``directions`` (see
+        :meth:`_EntityProblems.directions`, here for these entities) to the totals; returns each
+        direction's tangent arrays with the entities' terms along it, for the caller to scatter
+        the tangents (laid out as its path lays out coefficients)."""
+        terms = [optimum.terms(*direction) for direction in directions]
+        evidence = [laplace_log_evidence(along, dimension, self.l2, ridge, *direction)
+                    for along, direction in zip(terms, directions)]
+        self.log_evidence += evidence[0][0]
+        self.log_evidence_slope += evidence[0][1]
+        if len(evidence) > 1:
+            self.log_evidence_intercept_slope += evidence[1][1]
+        return list(zip(self.tangents, terms))
+
+    def toward(self, l2: float, intercept_l2: float | None = None) -> "_Solution":
+        """This solution as the start of a solve at ``l2`` (and ``intercept_l2``): moved along its
+        tangents, when it has them (a warm start then misses the optimum by the square of the step
+        in ``log l2``)."""
+        if self.tangents is None or self.l2 is None:
+            return self
+        shifts = [float(np.log(l2 / self.l2))]
+        if len(self.tangents) > 1 and intercept_l2 is not None:
+            shifts.append(float(np.log(intercept_l2 / self.intercept_l2)))
+        intercepts, pair_coef = self.intercepts, self.pair_coef
+        for shift, (intercept_tangent, pair_tangent) in zip(shifts, self.tangents):
+            intercepts, pair_coef = intercepts + shift * intercept_tangent, pair_coef + shift * pair_tangent
+        return _Solution(intercepts, pair_coef, l2=l2, intercept_l2=intercept_l2)
 
     @classmethod
     def initial(cls, layout: EntityLayout, initial: WarmStart | None) -> "_Solution":
-        """Warm-start values per layout entity and pair (0 where unknown), and the warm start's ``l2``."""
+        """Warm-start values per layout entity and pair (0 where unknown), and the warm start's
+        ridges."""
         if initial is None:
             return cls(np.zeros(layout.num_entities), np.zeros(len(layout.pair_feature)))
         prior = initial.intercepts[layout.entities]
         pair_rows = np.repeat(initial.rows[layout.entities], layout.feature_count)
         return cls(np.where(np.isnan(prior), 0.0, prior), csr_values_at(initial.coef, pair_rows, layout.pair_feature),
-                   l2=initial.l2)
+                   l2=initial.l2, intercept_l2=initial.intercept_l2)
 
 
 @dataclass
@@ -356,24 +452,53 @@ class _EntityProblems:
     one_label: np.ndarray
     too_large: np.ndarray
 
-    def intercept_ridge(self, l2: float) -> np.ndarray:
+    def intercept_ridge(self, l2: float, intercept_l2: float | None = None) -> np.ndarray:
+        """Each entity's intercept ridge: ``intercept_l2`` (by default ``l2``) where the intercept
+        is penalised; else 0, but for one-label entities ``one_label_intercept_l2`` (default
+        ``l2``)."""
         config = self.config
-        ridge = np.full(self.layout.num_entities, l2 if config.regularize_intercept else 0.0)
+        own = l2 if intercept_l2 is None else intercept_l2
+        ridge = np.full(self.layout.num_entities, own if config.regularize_intercept else 0.0)
         if not config.regularize_intercept:
             ridge[self.one_label] = config.one_label_intercept_l2 or l2
         return ridge
 
-    def solve(self, l2: float, start: _Solution, progress=None, evidence: bool = False) -> _Solution:
-        """Every trainable entity at ridge ``l2``, from ``start``; with ``evidence``, the sum over
-        entities of their Laplace log evidence (see :func:`estimate_l2`)."""
+    def intercept_ridge_slope(self, l2: float, intercept_l2: float | None = None) -> np.ndarray:
+        """``d r0 / d l2`` per entity, ``intercept_l2`` held (1 where the intercept's ridge is ``l2``
+        itself, 0 where it is fixed or 0), read off :meth:`intercept_ridge`, which is affine in
+        ``l2``."""
+        return (self.intercept_ridge(2.0 * l2, intercept_l2) - self.intercept_ridge(l2, intercept_l2)) / l2
+
+    def directions(self, l2: float, intercept_l2: float | None = None) -> list[tuple[np.ndarray, float]]:
+        """The directions the evidence's slopes are taken in, as ``(intercept_slope, coef_slope)``
+        of :meth:`gdmix.solvers.batched_newton.LaplaceOptimum.terms` (per entity, then one number):
+        ``log l2`` (the intercept's ridge moving with it where it follows ``l2``) and, with
+        ``intercept_l2``, ``log intercept_l2`` alone (``d r0 / d log intercept_l2``, over ``l2``,
+        as the terms scale by the coefficients' ridge)."""
+        along_l2 = (self.intercept_ridge_slope(l2, intercept_l2), 1.0)
+        if intercept_l2 is None:
+            return [along_l2]
+        moved = self.intercept_ridge(l2, 2.0 * intercept_l2) - self.intercept_ridge(l2, intercept_l2)
+        return [along_l2, (moved / l2, 0.0)]
+
+    def solve(self, l2: float, start: _Solution, progress=None, evidence: bool = False,
+              intercept_l2: float | None = None) -> _Solution:
+        """Every trainable entity at ridge ``l2`` (and, where given, ``intercept_l2`` on the
+        intercepts the prior covers), from ``start`` (moved along its tangents when it has them);
+        with ``evidence``, the sums over entities of their Laplace log evidence and of its slopes
+        (see :func:`estimate_l2`), and the optimum's tangents."""
         layout, config = self.layout, self.config
-        ridge = self.intercept_ridge(l2)
+        ridge, directions = self.intercept_ridge(l2, intercept_l2), self.directions(l2, intercept_l2)
+        start = start.toward(l2, intercept_l2)
         out = _Solution(np.zeros(layout.num_entities), np.zeros(len(layout.pair_feature)),
                         np.zeros(layout.num_entities, dtype=np.int64), np.ones(layout.num_entities, dtype=bool),
-                        l2=l2, log_evidence=0.0 if evidence else None)
+                        l2=l2, intercept_l2=intercept_l2)
+        if evidence:
+            out.log_evidence, out.log_evidence_slope, out.log_evidence_intercept_slope = 0.0, 0.0, 0.0
+            out.tangents = [(np.zeros(layout.num_entities), np.zeros(len(layout.pair_feature))) for _ in directions]
         single = self.trainable & ~self.too_large & (layout.row_count == 1)
         _solve_single_rows(layout, np.flatnonzero(single), self.labels, self.weights, self.offsets, config, l2, ridge,
-                           start, out)
+                           directions, start, out)
         done, target = int(single.sum()), int(self.trainable.sum())
         for batch in layout.batches(np.flatnonzero(self.trainable & ~self.too_large & ~single)):
             problem = layout.batch_problem(batch, self.labels, self.weights, self.offsets, l2, ridge)
@@ -384,8 +509,11 @@ class _EntityProblems:
             layout.scatter_pairs(batch, solution.coef, out.pair_coef)
             out.iterations[batch], out.converged[batch] = solution.iterations, solution.converged
             if evidence:
-                value, log_det = laplace_terms(problem, solution.intercept, solution.coef)
-                out.log_evidence += _log_evidence(value, log_det, problem.features.shape[2], l2, ridge[batch])
+                for (intercept_tangent, pair_tangent), terms in out.add_laplace(
+                        laplace_optimum(problem, solution), problem.features.shape[2], ridge[batch],
+                        _directions_of(directions, batch)):
+                    intercept_tangent[batch] = terms.intercept_tangent
+                    layout.scatter_pairs(batch, terms.coef_tangent, pair_tangent)
             out.batches += 1
             done += len(batch)
             if progress is not None:
@@ -397,21 +525,23 @@ class _EntityProblems:
             out.intercepts[k], out.pair_coef[begin:begin + count] = result.x[0], result.x[1:]
             out.iterations[k], out.converged[k] = result.iterations, result.converged
             if evidence:
-                value, log_det = _sparse_laplace_terms(layout, int(k), self.labels, self.weights, self.offsets, l2,
-                                                       ridge[k], result.x)
-                out.log_evidence += _log_evidence(np.array([value]), np.array([log_det]), count, l2, ridge[k:k + 1])
+                optimum = _sparse_laplace_optimum(layout, int(k), self.labels, self.weights, self.offsets, l2,
+                                                  ridge[k], result.x)
+                for (intercept_tangent, pair_tangent), terms in out.add_laplace(
+                        optimum, count, ridge[k:k + 1], _directions_of(directions, slice(k, k + 1))):
+                    intercept_tangent[k] = terms.intercept_tangent[0]
+                    pair_tangent[begin:begin + count] = terms.coef_tangent[0]
             done += 1
             if progress is not None:
                 progress(done, target)
         return out
-
 
     def variances(self, solution: "_Solution", full: bool) -> tuple[np.ndarray, np.ndarray]:
         """The variances of every trained entity's intercept and (entity, feature) coefficients
         at ``solution`` (see :func:`gdmix.solvers.batched_newton.coefficient_variances`); NaN for
         entities not trained."""
         layout, l2 = self.layout, solution.l2
-        ridge = self.intercept_ridge(l2)
+        ridge = self.intercept_ridge(l2, solution.intercept_l2)
         intercepts, pairs = np.full(layout.num_entities, np.nan), np.full(len(layout.pair_feature), np.nan)
         for batch in layout.batches(np.flatnonzero(self.trainable & ~self.too_large)):
             problem = layout.batch_problem(batch, self.labels, self.weights, self.offsets, l2, ridge)
@@ -427,77 +557,14 @@ class _EntityProblems:
         return intercepts, pairs
 
 
-def _log_evidence(value: np.ndarray, log_det: np.ndarray, dimension: int | np.ndarray, l2: float,
-                  intercept_ridge: np.ndarray) -> float:
-    """Sum over problems of the Laplace log marginal likelihood, up to terms free of ``l2``:
-    ``-f* + d/2 log l2 + 1/2 log r0 - 1/2 log det H`` with ``d`` coefficients under the prior
-    ``N(0, I / l2)`` and the intercept under ``N(0, 1 / r0)`` where it is penalised (an
-    unpenalised intercept has a flat prior: a constant). The ``2 pi`` factors of the prior and of
-    the Gaussian integral cancel."""
-    penalised = intercept_ridge > 0
-    intercept_prior = np.where(penalised, np.log(np.where(penalised, intercept_ridge, 1.0)), 0.0)
-    prior = 0.5 * dimension * np.log(l2) + 0.5 * intercept_prior
-    return float(np.sum(-value + prior - 0.5 * log_det))
-
-
-def estimate_l2(problem: _EntityProblems, initial_l2: float, start: _Solution) -> _Solution:
-    """The ``l2`` (prior precision ``1 / sigma^2`` of every entity's coefficients) that maximises
-    the Laplace approximation of the coordinate's marginal likelihood, and the solution there.
-
-    Given ``l2`` the entities are independent, so the evidence is a sum over entities of what
-    each one's solve has at its optimum (objective, log determinant of its Hessian): a smooth
-    1-D function of ``log l2``. It is bracketed by unit steps in ``log l2`` from the start
-    (the last pass's estimate, when there is one, so a warm pass needs few steps), then maximised
-    inside the bracket by successive parabolic interpolation (the evidence is close to quadratic
-    in ``log l2``, so two or three steps do); every evaluation is a batched solve warm-started from
-    the solution at the nearest ``l2`` already solved.
-    """
-    solved: dict[float, _Solution] = {}
-
-    def negative_evidence(log_l2: float) -> float:
-        log_l2 = float(np.clip(log_l2, *L2_SEARCH_BOUNDS))
-        if log_l2 not in solved:
-            nearest = min(solved, key=lambda x: abs(x - log_l2)) if solved else None
-            solved[log_l2] = problem.solve(float(np.exp(log_l2)), start if nearest is None else solved[nearest],
-                                           evidence=True)
-        return -solved[log_l2].log_evidence
-
-    low, high = L2_SEARCH_BOUNDS
-    x = float(np.clip(np.log(initial_l2), low, high))
-    width = L2_SEARCH_STEP if start.l2 is None else L2_SEARCH_STEP / 4  # a warm pass starts near the optimum
-    step = width if negative_evidence(min(x + width, high)) < negative_evidence(x) else -width
-    while (ahead := float(np.clip(x + step, low, high))) != x and negative_evidence(ahead) < negative_evidence(x):
-        x = ahead
-    a, c = max(x - width, low), min(x + width, high)
-    if a < x < c:  # else the optimum is at the edge of the range searched
-        _refine_by_parabolas(negative_evidence, a, x, c)
-    solution = solved[min(solved, key=negative_evidence)]
-    solution.evaluations = len(solved)
-    return solution
-
-
-def _refine_by_parabolas(function, a: float, b: float, c: float, max_steps: int = 20) -> None:
-    """Minimise ``function`` inside the bracket ``a < b < c`` (``f(b)`` at most ``f(a)``, ``f(c)``):
-    jump to the vertex of the parabola through the three points, keep a bracket around the best
-    point, and stop once the vertex is within :data:`L2_SEARCH_XTOL` of it."""
-    for _ in range(max_steps):
-        fa, fb, fc = function(a), function(b), function(c)
-        denominator = (b - a) * (fb - fc) - (b - c) * (fb - fa)
-        if denominator == 0:
-            return
-        vertex = b - 0.5 * ((b - a) ** 2 * (fb - fc) - (b - c) ** 2 * (fb - fa)) / denominator
-        vertex = min(max(vertex, a + L2_SEARCH_XTOL / 2), c - L2_SEARCH_XTOL / 2)
-        if abs(vertex - b) < L2_SEARCH_XTOL:
-            return
-        if function(vertex) < fb:
-            a, b, c = (a, vertex, b) if vertex < b else (b, vertex, c)
-        else:
-            a, c = (vertex, c) if vertex < b else (a, vertex)
+def _directions_of(directions: list[tuple[np.ndarray, float]], entities) -> list[tuple[np.ndarray, float]]:
+    """:meth:`_EntityProblems.directions` for some entities."""
+    return [(intercept_slope[entities], coef_slope) for intercept_slope, coef_slope in directions]
 
 
 def _solve_single_rows(layout: EntityLayout, entities: np.ndarray, labels, weights, offsets,
-                       config: RandomEffectConfig, l2: float, intercept_ridge: np.ndarray, start: "_Solution",
-                       out: "_Solution") -> None:
+                       config: RandomEffectConfig, l2: float, intercept_ridge: np.ndarray,
+                       directions: list[tuple[np.ndarray, float]], start: "_Solution", out: "_Solution") -> None:
     """Entities with one training row: the exact one-dimensional reduction (see
     :func:`gdmix.solvers.batched_newton.solve_single_rows`), written into ``out`` (with their
     Laplace log evidence, in closed form, when ``out`` collects it)."""
@@ -512,23 +579,27 @@ def _solve_single_rows(layout: EntityLayout, entities: np.ndarray, labels, weigh
                                                       minlength=len(entities))
     ridge = intercept_ridge[entities]
     y, w, o = labels[rows], weights[rows], offsets[rows]
-    solution = solve_single_rows(norm2, logit0, y, w, o, np.full(len(entities), l2), ridge,
+    l2s = np.full(len(entities), l2)
+    solution = solve_single_rows(norm2, logit0, y, w, o, l2s, ridge,
                                  max_iter=config.solver.max_iter, tol=config.solver.tol)
     out.intercepts[entities] = solution.intercept
     out.pair_coef[slots] = solution.scale[owner] * values
     out.iterations[entities], out.converged[entities] = solution.iterations, solution.converged
     if out.log_evidence is not None:
-        # H = [[s + r0, s x'], [s x, s x x' + l2 I]]: det = l2^q (1 + s|x|^2 / l2) (r0 + s l2 / (l2 + s|x|^2))
-        u = solution.intercept + solution.scale * norm2
-        z = u + o
+        z = solution.intercept + solution.scale * norm2 + o
         mu = expit(z)
         s = w * mu * (1.0 - mu)
-        value = w * log_loss_terms(z, y) + 0.5 * (ridge * solution.intercept ** 2 + l2 * solution.scale ** 2 * norm2)
+        coef_norm2 = solution.scale ** 2 * norm2
         q = layout.feature_count[entities]
-        tiny = np.finfo(float).tiny
-        log_det = (q * np.log(l2) + np.log1p(s * norm2 / l2)
-                   + np.log(np.maximum(ridge + s * l2 / (l2 + s * norm2), tiny)))
-        out.log_evidence += _log_evidence(value, log_det, q, l2, ridge)
+        value = w * log_loss_terms(z, y) + 0.5 * (ridge * solution.intercept ** 2 + l2 * coef_norm2)
+        optimum = LaplaceOptimum(single_row_hat(norm2, s, solution.scale, l2s, q), value, s[:, None],
+                                 (s * (1.0 - 2.0 * mu))[:, None], solution.intercept, coef_norm2, q, l2s, ridge, w)
+        for (intercept_tangent, pair_tangent), terms in out.add_laplace(optimum, q, ridge,
+                                                                         _directions_of(directions, entities)):
+            intercept_tangent[entities] = terms.intercept_tangent
+            with np.errstate(divide="ignore", invalid="ignore"):  # the tangent is along x / |x|
+                along = np.where(norm2 > 0, terms.coef_tangent[:, 0] / np.sqrt(norm2), 0.0)
+            pair_tangent[slots] = along[owner] * values
 
 
 def _select_training_rows(codes: np.ndarray, config: RandomEffectConfig, report: RandomEffectReport) -> np.ndarray:
@@ -570,31 +641,52 @@ def _entity_curvature(layout: EntityLayout, k: int, weights, offsets, theta: np.
     return rows, design, z, weights[rows] * mu * (1.0 - mu)
 
 
-def _sparse_laplace_terms(layout: EntityLayout, k: int, labels, weights, offsets, l2: float, intercept_ridge: float,
-                          theta: np.ndarray) -> tuple[float, float]:
-    """:func:`gdmix.solvers.batched_newton.laplace_terms` of one large entity from its sparse
+def _sparse_laplace_optimum(layout: EntityLayout, k: int, labels, weights, offsets, l2: float,
+                            intercept_ridge: float, theta: np.ndarray) -> LaplaceOptimum:
+    """:func:`gdmix.solvers.batched_newton.laplace_optimum` of one large entity from its sparse
     rows: the dense matrix is ``n x n`` (row space) or ``q x q``, whichever is smaller."""
     rows, design, z, s = _entity_curvature(layout, k, weights, offsets, theta)
     n, q = design.shape
-    if min(n, q) > MAX_EVIDENCE_DIMENSION:
+    if min(n, q) > MAX_DENSE_HESSIAN:
         raise GdmixError(f"l2: auto: an entity with {n:,} rows and {q:,} local features is too large for the "
-                         f"evidence's determinant (at most {MAX_EVIDENCE_DIMENSION:,} of either); cap its rows "
+                         f"evidence's determinant (at most {MAX_DENSE_HESSIAN:,} of either); cap its rows "
                          "with max_rows or use a fixed l2")
-    w = weights[rows]
-    penalty = intercept_ridge * theta[0] ** 2 + l2 * theta[1:] @ theta[1:]
-    value = float(np.dot(w, log_loss_terms(z, labels[rows])) + 0.5 * penalty)
-    if n < q:
-        gram = (design @ design.T).toarray()
-        system = s[:, None] * gram + l2 * np.eye(n)
-        log_det = np.linalg.slogdet(system)[1] + (q - n) * np.log(l2)
-        cross = s @ gram @ np.linalg.solve(system, s)
-    else:
-        block = (design.T @ sp.diags(s) @ design).toarray() + l2 * np.eye(q)
-        log_det = np.linalg.slogdet(block)[1]
-        c = design.T @ s
-        cross = c @ np.linalg.solve(block, c)
-    schur = max(s.sum() + intercept_ridge - cross, 1e-12 * max(w.sum(), 1.0))
-    return value, float(log_det + np.log(schur))
+    w, coef = weights[rows], theta[1:]
+    value = np.dot(w, log_loss_terms(z, labels[rows])) + 0.5 * (intercept_ridge * theta[0] ** 2 + l2 * coef @ coef)
+    hat = _sparse_row_space_hat(design, s, coef, l2) if n < q else _sparse_primal_hat(design, s, coef, l2)
+    value, intercept, norm2, l2s, ridge, weight = (  # one problem, as a batch of one
+        np.array([v], dtype=np.float64) for v in (value, theta[0], coef @ coef, l2, intercept_ridge, w.sum()))
+    return LaplaceOptimum(hat, value, s[None, :], (s * (1.0 - 2.0 * expit(z)))[None, :], intercept, norm2, q, l2s,
+                          ridge, weight)
+
+
+def _sparse_row_space_hat(design: sp.csr_matrix, s: np.ndarray, coef: np.ndarray, l2: float) -> HatTerms:
+    """The row-space :class:`HatTerms` of one sparse entity (fewer rows than columns), as
+    :func:`gdmix.solvers.batched_newton.laplace_terms` takes them for a batch."""
+    n, q = design.shape
+    gram = (design @ design.T).toarray()
+    system = s[:, None] * gram + l2 * np.eye(n)
+    inverse = np.linalg.inv(system)
+    fitted = design @ coef
+    rows = inverse @ np.stack([s, s * fitted], axis=1)  # B^-1 [s, S F beta]
+    return HatTerms(np.array([np.linalg.slogdet(system)[1] + (q - n) * np.log(l2)]),
+                    np.einsum("ij,ji->i", gram, inverse)[None, :], (gram @ rows[:, 0])[None, :],
+                    ((fitted - gram @ rows[:, 1]) / l2)[None, :], (design.T @ rows[:, 0])[None, :],
+                    ((coef - design.T @ rows[:, 1]) / l2)[None, :])
+
+
+def _sparse_primal_hat(design: sp.csr_matrix, s: np.ndarray, coef: np.ndarray, l2: float) -> HatTerms:
+    """The ``q x q`` :class:`HatTerms` of one sparse entity; the rows' leverages are taken a block
+    of rows at a time, so no ``n x q`` dense matrix is formed."""
+    n, q = design.shape
+    block = (design.T @ sp.diags(s) @ design).toarray() + l2 * np.eye(q)
+    inverse = np.linalg.inv(block)
+    solved_c, solved_coef = inverse @ (design.T @ s), inverse @ coef
+    step = max(1, (1 << 22) // max(q, 1))
+    diagonal = np.concatenate([np.asarray(design[i:i + step].multiply(design[i:i + step] @ inverse).sum(axis=1))[:, 0]
+                               for i in range(0, n, step)])
+    return HatTerms(np.array([np.linalg.slogdet(block)[1]]), diagonal[None, :], (design @ solved_c)[None, :],
+                    (design @ solved_coef)[None, :], solved_c[None, :], solved_coef[None, :])
 
 
 def _sparse_variances(layout: EntityLayout, k: int, labels, weights, offsets, l2: float, intercept_ridge: float,
@@ -605,9 +697,9 @@ def _sparse_variances(layout: EntityLayout, k: int, labels, weights, offsets, l2
     penalty = np.concatenate([[intercept_ridge], np.full(design.shape[1], l2)])
     if not full:
         return 1.0 / (np.concatenate([[s.sum()], design.multiply(design).T @ s]) + penalty)
-    if design.shape[1] > MAX_EVIDENCE_DIMENSION:
+    if design.shape[1] > MAX_DENSE_HESSIAN:
         raise GdmixError(f"variance: full: an entity with {design.shape[1]:,} local features is too large for a "
-                         f"dense Hessian (at most {MAX_EVIDENCE_DIMENSION:,}); use variance: simple")
+                         f"dense Hessian (at most {MAX_DENSE_HESSIAN:,}); use variance: simple")
     full_design = sp.hstack([sp.csr_matrix(np.ones((design.shape[0], 1))), design]).tocsr()
     hessian = (full_design.T @ sp.diags(s) @ full_design).toarray() + np.diag(penalty)
     return np.diag(np.linalg.inv(hessian)).copy()

@@ -26,6 +26,7 @@ convergence does not depend on a good start.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy.special import expit
@@ -68,6 +69,8 @@ class BatchSolution:
     iterations: np.ndarray  # (E,) Newton steps taken
     converged: np.ndarray  # (E,) gradient rule met
     gradient_max: np.ndarray  # (E,) final max |gradient| / max(1, total weight)
+    logits: np.ndarray  # (E, n) every row's logit at the returned point
+    value: np.ndarray  # (E,) the penalised objective there
 
 
 def solve_batch(
@@ -88,7 +91,7 @@ def solve_batch(
     converged = np.zeros(num, dtype=bool)
     gradient_max = np.full(num, np.inf)
     scale = np.maximum(problem.total_weight, 1.0)
-    out_coef = np.zeros_like(coef)
+    out_coef, logits, value = np.zeros_like(coef), np.zeros((num, n)), np.zeros(num)
 
     z = space.predictor(b, coef)
     state = _State(space, np.arange(num), b, coef, z, space.objective(b, coef, z))
@@ -108,45 +111,202 @@ def solve_batch(
             b[idx], out_coef[idx] = state.b[finished], state.coef[finished]
             converged[idx] = done[finished]
             gradient_max[idx] = gmax[finished]
+            logits[idx], value[idx] = state.z[finished], state.value[finished]
             if finished.all():
                 break
             state = state.keep(~finished)
-    return BatchSolution(b, space.finish(out_coef), iterations, converged, gradient_max)
+    return BatchSolution(b, space.finish(out_coef), iterations, converged, gradient_max, logits, value)
 
 
-def laplace_terms(problem: BatchProblem, intercept: np.ndarray, coef: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per problem, at ``(intercept, coef)`` (the optimum): the penalised objective and the log
-    determinant of the full Hessian (intercept and every padded column), the two numbers the
-    Laplace approximation of a problem's marginal likelihood needs.
+@dataclass(frozen=True)
+class LaplaceTerms:
+    """Per problem, at its optimum: the penalised objective ``value`` and the log determinant of
+    the full Hessian ``log_det`` (what the Laplace approximation of the problem's marginal
+    likelihood needs), and the derivative of each with respect to ``log r`` (``r``: the ridge),
+    the optimum moving with ``r``. The slopes let a search for the best ridge find the root of
+    the evidence's derivative in a few solves instead of comparing values at many; the tangents
+    (how the optimum moves) let a solve at a nearby ridge start from a first-order prediction."""
 
-    The Hessian is ``[[sum s + r0, c'], [c, F'SF + rI]]`` with ``s = w mu (1 - mu)``, ``c = F's``:
-    its log determinant is that of the ``q x q`` block plus the log of the intercept's Schur
-    complement. With fewer rows than columns the block's determinant comes from the row space,
-    ``det(F'SF + rI_q) = r^(q-n) det(SK + rI_n)`` (``K = FF'``), as the row-space Newton solver
-    works. A padded column adds ``log r`` to the determinant, which the prior's normalisation
-    (``q/2 log r``) cancels, so padding does not change the evidence.
+    value: np.ndarray  # (E,)
+    log_det: np.ndarray  # (E,)
+    value_slope: np.ndarray  # (E,) d value / d log r
+    log_det_slope: np.ndarray  # (E,) d log_det / d log r
+    intercept_tangent: np.ndarray  # (E,) d intercept / d log r
+    coef_tangent: np.ndarray  # (E, m) d beta / d log r, in the basis of the HatTerms it came from
+
+
+@dataclass(frozen=True)
+class HatTerms:
+    """What the Laplace terms need of the coefficient block ``A = F'SF + rI`` of the Hessian
+    (``S = diag(s)``, ``s = w mu (1 - mu)``), seen through each problem's ``n`` rows, so that the
+    primal (``q x q``), row-space (``n x n``), single-row (closed form) and sparse paths share
+    one formula (:class:`LaplaceOptimum`). Coefficient vectors may be in any orthonormal basis of
+    ``m`` columns (a single row's problem is one-dimensional)."""
+
+    log_det: np.ndarray  # (E,) log det A
+    diagonal: np.ndarray  # (E, n) diag(F A^-1 F'): each row's leverage in the coefficient block
+    hat_s: np.ndarray  # (E, n) F A^-1 F' s
+    hat_coef: np.ndarray  # (E, n) F A^-1 beta
+    solved_c: np.ndarray  # (E, m) A^-1 F's
+    solved_coef: np.ndarray  # (E, m) A^-1 beta
+
+
+def laplace_terms(problem: BatchProblem, solution: BatchSolution,
+                  intercept_slope: np.ndarray | float = 0.0) -> LaplaceTerms:
+    """Per problem, at the optimum ``solution`` (its logits and objective as the solver left
+    them), :class:`LaplaceTerms`; ``intercept_slope`` is ``d r0 / d r`` (1 where the intercept's
+    ridge is the ridge, 0 where it is fixed). See :func:`laplace_optimum`."""
+    return laplace_optimum(problem, solution).terms(intercept_slope)
+
+
+def laplace_optimum(problem: BatchProblem, solution: BatchSolution) -> "LaplaceOptimum":
+    """The batch at its optimum ``solution``, as :class:`LaplaceOptimum` takes it.
+
+    The Hessian is ``[[sum s + r0, c'], [c, A]]`` with ``c = F's``: its log determinant is
+    ``log det A`` plus the log of the intercept's Schur complement. With fewer rows than columns
+    ``A``'s determinant and inverse come from the row space, ``det A = r^(q-n) det(SK + rI_n)``
+    (``K = FF'``), as the row-space Newton solver works. A padded column adds ``log r`` to the
+    determinant, which the prior's normalisation (``q/2 log r``) cancels, so padding changes
+    neither the evidence nor its slope.
     """
-    p = problem
-    num, n, q = p.features.shape
-    z, s = _curvature(p, intercept, coef)
-    penalty = p.intercept_ridge * intercept * intercept + p.ridge * np.einsum("eq,eq->e", coef, coef)
-    value = _loss(p, z) + 0.5 * penalty
+    p, coef = problem, solution.coef
+    n, q = p.features.shape[1:]
+    mu = expit(solution.logits)
+    s = p.weights * mu * (1.0 - mu)
+    hat = _row_space_hat(p, s, coef) if n < q else _primal_hat(p, s, coef)
+    return LaplaceOptimum(hat, solution.value, s, s * (1.0 - 2.0 * mu), solution.intercept,
+                          np.einsum("eq,eq->e", coef, coef), q, p.ridge, p.intercept_ridge, p.total_weight)
+
+
+@dataclass(frozen=True)
+class LaplaceOptimum:
+    """Problems at their optimum, as the Laplace terms see them: row curvatures ``s`` (and ``s_prime
+    = ds/dz = s (1 - 2 mu)``), intercept ``intercept``, ``|beta|^2 = coef_norm2``, ``dimension``
+    (padded) coefficients, the coefficients' ridge ``r`` and the intercept's ``r0``, and what
+    :class:`HatTerms` says of the coefficient block. The primal, row-space, single-row and sparse
+    paths share this one formula; :meth:`terms` gives the slopes and tangents along any direction
+    in which the two ridges move, from one factorisation (``l2: auto`` with ``per_group`` asks
+    for two: the coefficients' ridge alone and the intercept's alone)."""
+
+    hat: HatTerms
+    value: np.ndarray
+    s: np.ndarray
+    s_prime: np.ndarray
+    intercept: np.ndarray
+    coef_norm2: np.ndarray
+    dimension: object
+    ridge: np.ndarray
+    intercept_ridge: np.ndarray
+    total_weight: np.ndarray
+
+    @cached_property
+    def sigma(self) -> np.ndarray:
+        """The intercept's Schur complement ``sum s + r0 - s'F A^-1 F's``: ``1 / (H^-1)_00``."""
+        return _floor(self.s.sum(axis=1) + self.intercept_ridge - np.einsum("en,en->e", self.s, self.hat.hat_s),
+                      self.total_weight)
+
+    @cached_property
+    def unexplained(self) -> np.ndarray:
+        """``1 - F A^-1 c``: how the intercept's direction reaches each row."""
+        return 1.0 - self.hat.hat_s
+
+    @cached_property
+    def leverage(self) -> np.ndarray:
+        """Each row's ``x~'H^-1 x~`` (``x~ = [1, f]``)."""
+        return self.hat.diagonal + self.unexplained * self.unexplained / self.sigma[:, None]
+
+    def terms(self, intercept_slope, coef_slope: float = 1.0) -> LaplaceTerms:
+        """:class:`LaplaceTerms` with slopes and tangents along ``d/d log r`` where ``dH/dr = P =
+        diag(intercept_slope, coef_slope, ..., coef_slope)``: ``(intercept_slope, 1)`` moves the
+        coefficients' ridge (and the intercept's, where it follows it); ``(r0 / r, 0)`` moves the
+        intercept's ridge alone, in ``log r0``. Everything below is linear in ``P``.
+
+        The value's slope is ``r/2 theta'P theta`` (the optimum's move does not count: the
+        gradient is 0 there); the log determinant's is ``r tr(H^-1 P)`` plus, through the move
+        ``dtheta/dr = -H^-1 P theta``, ``r sum_i h_i s'_i dz_i/dr`` with leverages ``h_i =
+        x~_i'H^-1 x~_i`` (``d log det H / d theta = sum_i h_i s'_i x~_i``). Everything is
+        eliminated through the intercept's Schur complement ``sigma``, and ``r tr(A^-1) = q -
+        sum_i s_i (F A^-1 F')_ii`` (as ``A^-1 = (I - A^-1 F'SF) / r``), so only the rows' view of
+        ``A^-1`` is needed. The tangent is ``r dtheta/dr``.
+        """
+        hat, s, sigma, ridge = self.hat, self.s, self.sigma, self.ridge
+        moved_intercept = (intercept_slope * self.intercept
+                           - coef_slope * np.einsum("en,en->e", s, hat.hat_coef)) / sigma  # (H^-1 P theta)_0
+        logit_move = -(moved_intercept[:, None] * self.unexplained + coef_slope * hat.hat_coef)  # dz/dr
+        trace = (intercept_slope * ridge / sigma + coef_slope * self.dimension  # r tr(H^-1 P)
+                 - coef_slope * np.einsum("en,en->e", s, hat.diagonal)
+                 + coef_slope * ridge * np.einsum("em,em->e", hat.solved_c, hat.solved_c) / sigma)
+        log_det_slope = trace + ridge * np.einsum("en,en->e", self.leverage * self.s_prime, logit_move)
+        value_slope = 0.5 * ridge * (intercept_slope * self.intercept * self.intercept + coef_slope * self.coef_norm2)
+        coef_tangent = -ridge[:, None] * (coef_slope * hat.solved_coef - hat.solved_c * moved_intercept[:, None])
+        return LaplaceTerms(self.value, hat.log_det + np.log(sigma), value_slope, log_det_slope,
+                            -ridge * moved_intercept, coef_tangent)
+
+
+def _primal_hat(p: BatchProblem, s: np.ndarray, coef: np.ndarray) -> HatTerms:
+    """:class:`HatTerms` from the ``q x q`` block itself (at least as many rows as columns)."""
+    n, q = p.features.shape[1:]
     if q == 0:
-        return value, np.log(_schur_floor(p, s.sum(axis=1) + p.intercept_ridge))
-    if n < q:
-        gram = np.matmul(p.features, p.features.transpose(0, 2, 1))
-        system = s[:, :, None] * gram
-        system[:, np.arange(n), np.arange(n)] += p.ridge[:, None]
-        _, log_det = np.linalg.slogdet(system)
-        log_det += (q - n) * np.log(p.ridge)
-        cross = np.einsum("en,en->e", s, np.matmul(gram, np.linalg.solve(system, s[:, :, None]))[:, :, 0])
-    else:
-        block = np.matmul(p.features.transpose(0, 2, 1) * s[:, None, :], p.features)
-        block[:, np.arange(q), np.arange(q)] += p.ridge[:, None]
-        _, log_det = np.linalg.slogdet(block)
-        c = np.matmul(s[:, None, :], p.features)[:, 0, :]
-        cross = np.einsum("eq,eq->e", c, np.linalg.solve(block, c[:, :, None])[:, :, 0])
-    return value, log_det + np.log(_schur_floor(p, s.sum(axis=1) + p.intercept_ridge - cross))
+        zeros = np.zeros(s.shape)
+        return HatTerms(np.zeros(len(s)), zeros, zeros, zeros, coef, coef)
+    block = np.matmul(p.features.transpose(0, 2, 1) * s[:, None, :], p.features)
+    block[:, np.arange(q), np.arange(q)] += p.ridge[:, None]
+    inverse, log_det = _inverse_factor(block)  # A^-1 = X'X
+    whitened = np.matmul(p.features, inverse.transpose(0, 2, 1))  # F X': its rows' squared norms are leverages
+    c = np.matmul(s[:, None, :], p.features)[:, 0, :]
+    solved = np.matmul(inverse.transpose(0, 2, 1), np.matmul(inverse, np.stack([c, coef], axis=2)))  # A^-1 [c, beta]
+    hat = np.matmul(p.features, solved)
+    return HatTerms(log_det, np.einsum("enq,enq->en", whitened, whitened), hat[:, :, 0], hat[:, :, 1],
+                    solved[:, :, 0], solved[:, :, 1])
+
+
+def _inverse_factor(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For a stack of symmetric positive definite ``A``: ``X`` with ``A^-1 = X'X``, and ``log det
+    A``. Cholesky (``X = L^-1``) is fast; a stack that round-off left not numerically positive
+    definite (huge features against a tiny ridge) takes the eigendecomposition instead."""
+    try:
+        factor = np.linalg.cholesky(block)
+    except np.linalg.LinAlgError:
+        values, vectors = np.linalg.eigh(block)
+        values = np.maximum(np.abs(values), np.finfo(float).tiny)
+        return vectors.transpose(0, 2, 1) / np.sqrt(values)[:, :, None], np.log(values).sum(axis=1)
+    return _lower_inverse(factor), 2.0 * np.log(np.diagonal(factor, axis1=1, axis2=2)).sum(axis=1)
+
+
+def _lower_inverse(factor: np.ndarray) -> np.ndarray:
+    """Inverses of a stack of lower-triangular matrices, row by row (forward substitution over
+    the whole stack at once): for the small blocks of a batch, with the Cholesky factorisation,
+    this is about 1.5x faster than LAPACK's general inverse and determinant, which pay a call per
+    matrix (7 ms against 10 ms for 8,000 6 x 6 blocks)."""
+    size = factor.shape[-1]
+    inverse = np.zeros_like(factor)
+    reciprocal = 1.0 / np.diagonal(factor, axis1=1, axis2=2)
+    for i in range(size):
+        inverse[:, i, i] = reciprocal[:, i]
+        if i:
+            inverse[:, i, :i] = -np.matmul(factor[:, i:i + 1, :i], inverse[:, :i, :i])[:, 0, :] * reciprocal[:, i:i + 1]
+    return inverse
+
+
+def _row_space_hat(p: BatchProblem, s: np.ndarray, coef: np.ndarray) -> HatTerms:
+    """:class:`HatTerms` from the row space (fewer rows than columns): with ``B = SK + rI_n``,
+    ``A^-1 F' = F' B^-1`` gives ``F A^-1 F' = K B^-1``, ``A^-1 c = F' B^-1 s`` and ``A^-1 beta =
+    (beta - F' B^-1 S F beta) / r``."""
+    n, q = p.features.shape[1:]
+    gram = np.matmul(p.features, p.features.transpose(0, 2, 1))
+    system = s[:, :, None] * gram
+    system[:, np.arange(n), np.arange(n)] += p.ridge[:, None]
+    inverse = np.linalg.inv(system)
+    hat = np.matmul(gram, inverse)  # K B^-1 = F A^-1 F'
+    fitted = np.matmul(p.features, coef[:, :, None])[:, :, 0]  # F beta
+    rows = np.matmul(inverse, np.stack([s, s * fitted], axis=2))  # B^-1 [s, S F beta]
+    through = np.matmul(rows.transpose(0, 2, 1), p.features)  # F' B^-1 [s, S F beta], as rows
+    hat_s = np.matmul(gram, rows[:, :, 0:1])[:, :, 0]
+    ridge = p.ridge[:, None]
+    log_det = np.linalg.slogdet(system)[1] + (q - n) * np.log(p.ridge)
+    return HatTerms(log_det, np.diagonal(hat, axis1=1, axis2=2), hat_s,
+                    (fitted - np.matmul(gram, rows[:, :, 1:2])[:, :, 0]) / ridge, through[:, 0, :],
+                    (coef - through[:, 1, :]) / ridge)
 
 
 def coefficient_variances(problem: BatchProblem, intercept: np.ndarray, coef: np.ndarray,
@@ -329,7 +489,13 @@ def _loss(problem: BatchProblem, z: np.ndarray, rows=slice(None)) -> np.ndarray:
 
 
 def _schur_floor(problem: BatchProblem, schur: np.ndarray) -> np.ndarray:
-    return np.maximum(schur, 1e-12 * np.maximum(problem.total_weight, 1.0))
+    return _floor(schur, problem.total_weight)
+
+
+def _floor(schur: np.ndarray, total_weight: np.ndarray) -> np.ndarray:
+    """The intercept's Schur complement, kept positive (it is 0 up to round-off when the rows
+    cannot tell the intercept from the coefficients and the intercept is unpenalised)."""
+    return np.maximum(schur, 1e-12 * np.maximum(total_weight, 1.0))
 
 
 def _step_cap(problem: BatchProblem, delta_z, delta_b) -> np.ndarray:
@@ -443,3 +609,16 @@ def solve_single_rows(
     with np.errstate(divide="ignore", invalid="ignore"):
         coefficient_scale = np.where(norm2 > 0, (u - intercept) / np.where(norm2 > 0, norm2, 1.0), 0.0)
     return SingleRowSolution(intercept, coefficient_scale, iterations, converged)
+
+
+def single_row_hat(norm2: np.ndarray, s: np.ndarray, scale: np.ndarray, ridge: np.ndarray,
+                   dimension: np.ndarray) -> HatTerms:
+    """:class:`HatTerms` of one-row problems (row ``x``, ``|x|^2 = norm2``, ``beta = scale x``) in
+    closed form, in the basis ``x / |x|`` (``m = 1``): ``A = s xx' + rI`` has ``A^-1 x = x / D``
+    with ``D = s|x|^2 + r`` and ``det A = r^q (1 + s|x|^2 / r)``, so :class:`LaplaceOptimum`
+    covers them with ``n = 1``."""
+    denominator = s * norm2 + ridge
+    norm = np.sqrt(norm2)
+    return HatTerms(dimension * np.log(ridge) + np.log1p(s * norm2 / ridge), (norm2 / denominator)[:, None],
+                    (s * norm2 / denominator)[:, None], (scale * norm2 / denominator)[:, None],
+                    (s * norm / denominator)[:, None], (scale * norm / denominator)[:, None])

@@ -14,10 +14,10 @@ Spark job either way.
 
 from __future__ import annotations
 
-from gdmix.config import GdmixConfig, RandomEffectConfig, load_config_text, validate_config
+from gdmix.config import GdmixConfig, load_config_text, validate_config
 from gdmix.errors import ConfigError
 from gdmix.io import fs
-from gdmix.jobs.random_effect import check_fixed_l2
+
 
 def run_config(config_text: str, overrides: list[str] | None = None) -> GdmixConfig:
     """The user's configuration with the run's overrides, a prep section guaranteed."""
@@ -26,9 +26,6 @@ def run_config(config_text: str, overrides: list[str] | None = None) -> GdmixCon
         raw = config.model_dump(mode="json")
         raw["prep"] = derived_prep(config)
         config = validate_config(raw, source="pipeline config")
-    for spec in config.coordinates:
-        if isinstance(spec, RandomEffectConfig):
-            check_fixed_l2(spec)
     return config
 
 

@@ -49,10 +49,13 @@ def _history(location: str) -> list[dict]:
         return []
     rows = []
     for step in json.loads(fs.read_text(meta))["history"]:
+        solver = step.get("solver") or {}  # l2: auto: the ridges this pass learned
+        learned = {f"learned {key.replace('_', ' ')}": solver[key] for key in ("l2", "intercept_l2")
+                   if solver.get(key) is not None}
         for split in SPLITS:
             if step.get(split):
                 rows.append({"pass": step["pass"], "coordinate": step["name"], "split": split,
-                             "auc": step[split]["auc"], "logloss": step[split]["logloss"]})
+                             "auc": step[split]["auc"], "logloss": step[split]["logloss"]} | learned)
     return rows
 
 

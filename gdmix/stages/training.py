@@ -19,10 +19,12 @@ from gdmix.config import DetextConfig, FixedEffectConfig, GdmixConfig, RandomEff
 from gdmix.errors import DataError
 from gdmix.io import fs
 from gdmix.io.uid_join import lookup
+from gdmix.jobs.learned_l2 import PartitionSource, learned_l2
+from gdmix.jobs.partition_data import coordinate_index_map
 from gdmix.jobs.random_effect import train_partitions
 from gdmix.jobs.specs import DetextJobSpec, FixedEffectJobSpec
 from gdmix.layout import (
-    JOB_FILE, PARTITION_MANIFEST, PLAN_FILE, SPLITS, coordinate_done_uri, partition_name, partitions_uri,
+    JOB_FILE, PARTITION_MANIFEST, PLAN_FILE, SPLITS, coordinate_done_uri, learned_l2_uri, partition_name, partitions_uri,
 )
 from gdmix.stages.backends import Launch, run_workers, write_job_config
 from gdmix.ledger import Ledger
@@ -87,8 +89,11 @@ def uses_horovod(spec: DetextConfig, launch: Launch) -> bool:
     return launch.backend == "kubernetes" or importlib.util.find_spec("horovod") is not None
 
 
-def plan_random_effect(config: GdmixConfig, name: str, output: str, scores: str | None) -> list[str]:
-    """Start the coordinate's output: its offsets beside every partition; returns the partition groups."""
+def plan_random_effect(config: GdmixConfig, name: str, output: str, scores: str | None, previous: str | None = None,
+                       log=print) -> list[str]:
+    """Start the coordinate's output: its offsets beside every partition and, under ``l2: auto``,
+    the ``l2`` every partition group will train at (searched here over all partitions, see
+    :mod:`gdmix.jobs.learned_l2`, starting from the previous pass's); returns the partition groups."""
     spec = config.coordinate(name, RandomEffectConfig)
     root = partitions_uri(config.prep.output, name)
     manifest = json.loads(fs.read_text(fs.join(root, PARTITION_MANIFEST)))
@@ -101,8 +106,22 @@ def plan_random_effect(config: GdmixConfig, name: str, output: str, scores: str 
                                    fs.join(output, "offsets", split), manifest["partitions"])
     groups = partition_groups(manifest["partitions"], config.pipeline.partition_groups)
     plan = {"coordinate": spec.name, "partitions": manifest["partitions"], "groups": groups, "offsets": bool(scores)}
+    if spec.l2_auto is not None:
+        source = PartitionSource(spec, config.prep.output, coordinate_index_map(config.prep.output, spec),
+                                 fs.join(output, "offsets") if scores else None, previous)
+        plan["l2"] = learned_l2(source, output, manifest["partitions"], log=log)["l2"]
     fs.write_text_atomic(fs.join(output, PLAN_FILE), fs.to_json(plan))
     return groups
+
+
+#: what ``l2: auto`` learned, as the pipeline shows it (model metadata, KFP Metrics as ``learned_<key>``)
+LEARNED_L2_KEYS = ("l2", "prior_variance", "intercept_l2", "intercept_prior_variance")
+
+
+def learned_l2_of(output: str) -> dict | None:
+    """A planned random effect's ``l2: auto`` result (None for a fixed ``l2``)."""
+    plan = json.loads(fs.read_text(fs.join(output, PLAN_FILE)))
+    return json.loads(fs.read_text(learned_l2_uri(output, plan["coordinate"]))) if "l2" in plan else None
 
 
 def _partition_offsets(offsets: pa.Table, rows_root: str, out_root: str, partitions: int) -> None:
