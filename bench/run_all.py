@@ -17,9 +17,10 @@ detext                ~5 min
 pipeline              ~6 min   2 repeats of pipeline and gdmix train, 1 gdmix demo
 movielens_tune        ~10 min  only when named (the grid search behind lr-tuned.yaml)
 empirical_bayes       ~3 min   l2: auto against a fixed l2 (3 repeats); lr-auto against lr-tuned
+profile_random_effect ~2 min   the tiny-entity random effect's cold pass: throughput and a cProfile
 ==================== ======== ==========================================================
 
-``make bench`` (no names) runs :data:`DEFAULT`: about 49 minutes on the 2-core VM (estimates
+``make bench`` (no names) runs :data:`DEFAULT`: about 51 minutes on the 2-core VM (estimates
 scaled from small runs; each JSON records ``benchmark_wall_seconds``). ``scale`` (with the 3M
 size) and ``movielens_tune`` run when named: ``python -m bench.run_all scale movielens_tune``.
 """
@@ -32,7 +33,7 @@ import time
 from pathlib import Path
 
 from bench import (detext, empirical_bayes, fixed_effect, fixed_effect_scale, measure, movielens, movielens_tune,
-                   photon, pipeline, random_effect, scale)
+                   photon, pipeline, profile_random_effect, random_effect, scale)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BENCHMARKS = {
@@ -47,10 +48,11 @@ BENCHMARKS = {
     "detext": detext.run,
     "pipeline": lambda: pipeline.run(repeats=2, demo_repeats=1),
     "empirical_bayes": empirical_bayes.run,
+    "profile_random_effect": profile_random_effect.run,
 }
 # what `make bench` runs: every comparison, within ~45 minutes on 2 cores
 DEFAULT = ["random_effect", "fixed_effect", "fixed_effect_scale", "photon", "scale_large", "movielens", "detext",
-           "pipeline", "empirical_bayes"]
+           "pipeline", "empirical_bayes", "profile_random_effect"]
 # a benchmark saved under another name than its key
 SAVED_AS = {"scale_large": "scale"}
 

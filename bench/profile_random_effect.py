@@ -1,0 +1,95 @@
+"""Where a tiny-entity random effect's time goes (issue 13): a profile of the cold pass.
+
+The coordinate is ``bench.photon``'s large random effect (Photon ML's published shape: 673,373
+entities, 2.3 rows each, 16 non-zeros per row out of 200 features), with unpenalised per-entity
+intercepts as in GDMix. ``fit_random_effect`` trains every entity from zero (the first, cold
+pass) in this process:
+
+* throughput: entities per wall-clock second, median [range] of ``--repeats``, on one thread and
+  at the machine's threads divided by its cores (what the issue's goal of 100,000 models/s/core
+  counts: idle cores count against us). It includes grouping the rows into entities (the
+  layout) and the solves; data generation, scoring and writing are excluded (``bench.photon``
+  times the whole job);
+* a cProfile of one more run: the top entries by own time, and by cumulative time among
+  gdmix's own functions, so a change can be judged by where the time moved.
+
+    python -m bench.profile_random_effect [--scale 1.0] [--repeats 3] [--top 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+
+from bench import measure
+from bench.photon import _game_config, make_data, scaled_shape
+
+
+def _entries(profile: cProfile.Profile, key: str, top: int, only_ours: bool = False) -> list[dict]:
+    """The ``top`` functions by ``key`` (``tottime`` or ``cumulative``) with their calls and seconds."""
+    stats = pstats.Stats(profile, stream=io.StringIO())
+    rows = []
+    for (filename, line, name), (calls, _, own, cumulative, _) in stats.stats.items():
+        where = filename.split("/gdmix/")[-1] if "/gdmix/" in filename else os.path.basename(filename)
+        if only_ours and "/gdmix/" not in filename:
+            continue
+        rows.append({"function": f"{where}:{line}({name})", "calls": calls, "own_seconds": round(own, 3),
+                     "cumulative_seconds": round(cumulative, 3)})
+    field = "own_seconds" if key == "tottime" else "cumulative_seconds"
+    return sorted(rows, key=lambda row: -row[field])[:top]
+
+
+def run(scale: float = 1.0, repeats: int = 3, top: int = 15, seed: int = 0) -> dict:
+    from gdmix.models.random_effect import fit_random_effect
+
+    train, _ = make_data(seed, scaled_shape(scale))
+    codes = train.entities["re1_id"].codes
+    x, y, w, o = train.bags["re1"], train.label, train.weight, train.offset
+    spec = _game_config({"train": "-", "validation": "-"}, "-").coordinates[1]
+    spec = spec.model_copy(update={"regularize_intercept": False})  # GDMix's per-entity intercepts
+
+    def fit():
+        return fit_random_effect(codes, x, y, w, o, spec)
+
+    (trained, _, _, report), timing = measure.repeat(fit, repeats, threads=1)
+    _, machine = measure.repeat(fit, repeats)
+    with measure.limit_threads(1):
+        profile = cProfile.Profile()
+        profile.enable()
+        fit()
+        profile.disable()
+    rate = measure.rate(len(trained), timing["wall_seconds"])
+    cores = os.cpu_count() or 1
+    return {
+        "benchmark": "profile_random_effect",
+        "scale": scale, "rows": int(train.num_rows), "entities_trained": int(len(trained)),
+        "what_is_timed": "fit_random_effect, cold (from zero), on one thread and at the machine's threads: the entity "
+                         "layout and the solves; data generation, scoring and writing excluded",
+        "regularize_intercept": False, "l2": spec.l2,
+        "timing_1_thread": timing, "timing_machine_threads": machine, "cores": cores,
+        "models_per_second_1_thread": rate,
+        # the issue's measure: entities per wall-clock second over the machine's cores (idle ones count)
+        "models_per_second_per_core": {key: value / cores for key, value in
+                                       measure.rate(len(trained), machine["wall_seconds"]).items()
+                                       if isinstance(value, float)},
+        "newton_iterations_mean": report.iterations_mean, "batches": report.batches,
+        "profile_top_own_time": _entries(profile, "tottime", top),
+        "profile_top_cumulative_gdmix": _entries(profile, "cumulative", top, only_ours=True),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--top", type=int, default=15)
+    args = parser.parse_args()
+    print(json.dumps(run(args.scale, args.repeats, args.top), indent=2))
+
+
+if __name__ == "__main__":
+    main()
