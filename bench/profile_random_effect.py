@@ -10,7 +10,8 @@ pass) in this process:
   counts: idle cores count against us). It includes grouping the rows into entities (the
   layout) and the solves; data generation, scoring and writing are excluded (``bench.photon``
   times the whole job);
-* a cProfile of one more run: the top entries by own time, and by cumulative time among
+* a cProfile of one more run on one thread (batches one at a time, so the profile sees all the
+  work): the top entries by own time, and by cumulative time among
   gdmix's own functions, so a change can be judged by where the time moved.
 
     python -m bench.profile_random_effect [--scale 1.0] [--repeats 3] [--top 15]
@@ -24,6 +25,7 @@ import io
 import json
 import os
 import pstats
+from unittest import mock
 
 from bench import measure
 from bench.photon import _game_config, make_data, scaled_shape
@@ -43,6 +45,13 @@ def _entries(profile: cProfile.Profile, key: str, top: int, only_ours: bool = Fa
     return sorted(rows, key=lambda row: -row[field])[:top]
 
 
+def one_core():
+    """Batches solved one at a time (:mod:`gdmix.solvers.parallel` sees a single core)."""
+    from gdmix.solvers import parallel
+
+    return mock.patch.object(parallel, "available_cores", lambda: 1)
+
+
 def run(scale: float = 1.0, repeats: int = 3, top: int = 15, seed: int = 0) -> dict:
     from gdmix.models.random_effect import fit_random_effect
 
@@ -55,9 +64,10 @@ def run(scale: float = 1.0, repeats: int = 3, top: int = 15, seed: int = 0) -> d
     def fit():
         return fit_random_effect(codes, x, y, w, o, spec)
 
-    (trained, _, _, report), timing = measure.repeat(fit, repeats, threads=1)
+    with one_core():
+        (trained, _, _, report), timing = measure.repeat(fit, repeats, threads=1)
     _, machine = measure.repeat(fit, repeats)
-    with measure.limit_threads(1):
+    with one_core(), measure.limit_threads(1):  # cProfile sees one thread: all the work on it
         profile = cProfile.Profile()
         profile.enable()
         fit()
@@ -67,8 +77,9 @@ def run(scale: float = 1.0, repeats: int = 3, top: int = 15, seed: int = 0) -> d
     return {
         "benchmark": "profile_random_effect",
         "scale": scale, "rows": int(train.num_rows), "entities_trained": int(len(trained)),
-        "what_is_timed": "fit_random_effect, cold (from zero), on one thread and at the machine's threads: the entity "
-                         "layout and the solves; data generation, scoring and writing excluded",
+        "what_is_timed": "fit_random_effect, cold (from zero), on one thread (batches one at a time, one BLAS thread) "
+                         "and at the machine's threads (batches on every core): the entity layout and the "
+                         "solves; data generation, scoring and writing excluded",
         "regularize_intercept": False, "l2": spec.l2,
         "timing_1_thread": timing, "timing_machine_threads": machine, "cores": cores,
         "models_per_second_1_thread": rate,

@@ -40,6 +40,7 @@ from gdmix.solvers.batched_newton import (
     HatTerms, LaplaceOptimum, coefficient_variances, laplace_optimum, single_row_hat, solve_batch, solve_single_rows,
 )
 from gdmix.solvers.lbfgs import minimize_lbfgs
+from gdmix.solvers.parallel import ordered_map
 from gdmix.errors import GdmixError
 from gdmix.losses.logistic import log_loss_terms, penalised_objective
 from gdmix.sparse import csr_values_at, segments, starts_of, take_or
@@ -500,18 +501,23 @@ class _EntityProblems:
         _solve_single_rows(layout, np.flatnonzero(single), self.labels, self.weights, self.offsets, config, l2, ridge,
                            directions, start, out)
         done, target = int(single.sum()), int(self.trainable.sum())
-        for batch in layout.batches(np.flatnonzero(self.trainable & ~self.too_large & ~single)):
+
+        def solve_one(batch: np.ndarray):  # on a worker thread: reads shared arrays, writes none
             problem = layout.batch_problem(batch, self.labels, self.weights, self.offsets, l2, ridge)
             coef0 = layout.gather_pairs(batch, start.pair_coef, problem.features.shape[2])
             solution = solve_batch(problem, start.intercepts[batch], coef0, max_iter=config.solver.max_iter,
                                    tol=config.solver.tol)
+            optimum = laplace_optimum(problem, solution) if evidence else None
+            return batch, problem.features.shape[2], solution, optimum
+
+        batches = layout.batches(np.flatnonzero(self.trainable & ~self.too_large & ~single))
+        for batch, width, solution, optimum in ordered_map(solve_one, batches):
             out.intercepts[batch] = solution.intercept
             layout.scatter_pairs(batch, solution.coef, out.pair_coef)
             out.iterations[batch], out.converged[batch] = solution.iterations, solution.converged
             if evidence:
                 for (intercept_tangent, pair_tangent), terms in out.add_laplace(
-                        laplace_optimum(problem, solution), problem.features.shape[2], ridge[batch],
-                        _directions_of(directions, batch)):
+                        optimum, width, ridge[batch], _directions_of(directions, batch)):
                     intercept_tangent[batch] = terms.intercept_tangent
                     layout.scatter_pairs(batch, terms.coef_tangent, pair_tangent)
             out.batches += 1
