@@ -275,10 +275,10 @@ def test_partitioned_l2_auto_searches_over_all_partitions_like_gdmix_train(prepa
     assert uncached["l2"] == pytest.approx(record["l2"], rel=1e-12)
     assert uncached["l2_evaluations"] == record["l2_evaluations"]
     # a warm start's search starts from its l2: the record of a partitioned output or a model's metadata
-    assert search.previous_l2(str(tmp_path / "two"), "per_user") == record["l2"]
+    assert search.previous_ridges(str(tmp_path / "two"), "per_user") == (record["l2"], None)
     (tmp_path / "two" / "learned_l2" / "per_user.json").unlink()
-    assert search.previous_l2(str(tmp_path / "two"), "per_user") == record["l2"]
-    assert search.previous_l2(str(tmp_path / "nothing"), "per_user") is None
+    assert search.previous_ridges(str(tmp_path / "two"), "per_user") == (record["l2"], None)
+    assert search.previous_ridges(str(tmp_path / "nothing"), "per_user") == (None, None)
 
     died = _train_random_effect(path, tmp_path / "again", env={"GDMIX_FAULT_AFTER_PARTITIONS": "2"})
     assert died.returncode == 42

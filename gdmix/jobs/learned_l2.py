@@ -178,11 +178,6 @@ def learned_l2(source: PartitionSource, output: str, partitions: int, collective
     return record
 
 
-def previous_l2(warm_start: str | None, coordinate: str) -> float | None:
-    """The ``l2`` the previous pass learned (see :func:`previous_ridges`)."""
-    return previous_ridges(warm_start, coordinate)[0]
-
-
 def previous_ridges(warm_start: str | None, coordinate: str) -> tuple[float | None, float | None]:
     """The ``l2`` the previous pass learned and its intercept's (``per_group``; else None): its
     record, else the metadata of its model files (a model directory of ``gdmix train``); None on
