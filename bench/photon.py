@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from bench import measure
@@ -178,6 +179,7 @@ def run(baseline_entities: int = 3000, seed: int = 0, repeats: int = 3, scale: f
             return result
 
         result, game_timing = measure.repeat(game, repeats)
+        memory = _train_command(root, data)
     coordinates = [{"name": c["name"], "pass": c["pass"], "seconds": round(c["train_seconds"], 3),
                     "validation_auc": round(c["validation"]["auc"], 4)} for c in result.coordinates]
     training = [sum(c["train_seconds"] for c in run_) for run_ in runs]
@@ -239,6 +241,8 @@ def run(baseline_entities: int = 3000, seed: int = 0, repeats: int = 3, scale: f
                      [t - s for t, s in zip(game_timing["wall_seconds"]["runs"], training)]),
                  "seconds_per_pass_each_run": per_pass},
         "coordinates_last_run": coordinates,
+        "per_re1_seconds_by_pass": _seconds_by_pass(runs, "per_re1"),
+        "train_command": memory,
         "re1_throughput": {
             "entities_trained": int(entities), "ours_machine_threads": ours, "ours_1_thread": ours_one,
             "ours_models_per_second_1_thread": measure.rate(entities, ours_one["wall_seconds"]),
@@ -249,6 +253,32 @@ def run(baseline_entities: int = 3000, seed: int = 0, repeats: int = 3, scale: f
             "newton_iterations_mean": report.iterations_mean, "unconverged_entities": report.unconverged_entities,
         },
     }
+
+
+def _seconds_by_pass(runs: list[list[dict]], name: str) -> dict:
+    """A coordinate's training seconds in each pass (median and range over the runs), and each
+    warm pass over the cold first one."""
+    passes = sorted({c["pass"] for c in runs[0] if c["name"] == name})
+    seconds = {p: [next(c["train_seconds"] for c in run_ if c["name"] == name and c["pass"] == p) for run_ in runs]
+               for p in passes}
+    return {"seconds": {str(p): measure.summary(values) for p, values in seconds.items()},
+            "over_first_pass": {str(p): measure.summary([v / f for v, f in zip(seconds[p], seconds[passes[0]])])
+                                for p in passes[1:]}}
+
+
+def _train_command(root: Path, data: dict) -> dict:
+    """The same job as ``gdmix train config.json``, a fresh process: wall and CPU seconds of the
+    whole command (Python and TensorFlow start-up included) and its peak resident memory, per
+    row of data read (train and validation)."""
+    config = root / "train-command.json"
+    config.write_text(json.dumps(_game_config(data, str(root / "model-command")).model_dump(mode="json")))
+    run_ = measure.run_process(measure.python_module("gdmix", "train", str(config)), env=measure.repo_env())
+    rows = sum(pq.ParquetFile(path).metadata.num_rows for split in ("train", "validation")
+               for path in sorted(Path(data[split]).rglob("*.parquet")))
+    return {"command": "gdmix train config.json (the job above, as a fresh process)",
+            "wall_seconds": run_["wall_seconds"], "cpu_seconds": run_["cpu_seconds"],
+            "peak_memory_bytes": run_["peak_memory_bytes"], "rows_read": rows,
+            "peak_memory_bytes_per_row": run_["peak_memory_bytes"] / rows}
 
 
 def main() -> None:

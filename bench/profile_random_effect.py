@@ -25,7 +25,10 @@ import io
 import json
 import os
 import pstats
+import tempfile
 from unittest import mock
+
+import pyarrow as pa
 
 from bench import measure
 from bench.photon import _game_config, make_data, scaled_shape
@@ -52,14 +55,24 @@ def one_core():
     return mock.patch.object(parallel, "available_cores", lambda: 1)
 
 
+def _index_map(width: int):
+    from gdmix.features.index_map import IndexMap
+
+    names = pa.array([f"f{i:04d}" for i in range(width)])
+    return IndexMap(names, pa.array([""] * width))
+
+
 def run(scale: float = 1.0, repeats: int = 3, top: int = 15, seed: int = 0) -> dict:
+    from gdmix.models.coordinates import RandomEffectCoordinate
     from gdmix.models.random_effect import fit_random_effect
+    from gdmix.native import entity_kernels as native
 
     train, _ = make_data(seed, scaled_shape(scale))
     codes = train.entities["re1_id"].codes
     x, y, w, o = train.bags["re1"], train.label, train.weight, train.offset
     spec = _game_config({"train": "-", "validation": "-"}, "-").coordinates[1]
     spec = spec.model_copy(update={"regularize_intercept": False})  # GDMix's per-entity intercepts
+    index_map = _index_map(x.shape[1])
 
     def fit():
         return fit_random_effect(codes, x, y, w, o, spec)
@@ -72,6 +85,7 @@ def run(scale: float = 1.0, repeats: int = 3, top: int = 15, seed: int = 0) -> d
         profile.enable()
         fit()
         profile.disable()
+    passes = _cold_and_warm_passes(RandomEffectCoordinate, spec, train, index_map, repeats)
     rate = measure.rate(len(trained), timing["wall_seconds"])
     cores = os.cpu_count() or 1
     return {
@@ -80,16 +94,64 @@ def run(scale: float = 1.0, repeats: int = 3, top: int = 15, seed: int = 0) -> d
         "what_is_timed": "fit_random_effect, cold (from zero), on one thread (batches one at a time, one BLAS thread) "
                          "and at the machine's threads (batches on every core): the entity layout and the "
                          "solves; data generation, scoring and writing excluded",
+        "native_kernel": native.library() is not None,
         "regularize_intercept": False, "l2": spec.l2,
         "timing_1_thread": timing, "timing_machine_threads": machine, "cores": cores,
         "models_per_second_1_thread": rate,
         # the issue's measure: entities per wall-clock second over the machine's cores (idle ones count)
-        "models_per_second_per_core": {key: value / cores for key, value in
-                                       measure.rate(len(trained), machine["wall_seconds"]).items()
-                                       if isinstance(value, float)},
+        "models_per_second_per_core": _per_core(len(trained), machine, cores),
         "newton_iterations_mean": report.iterations_mean, "batches": report.batches,
+        "passes": passes,
         "profile_top_own_time": _entries(profile, "tottime", top),
         "profile_top_cumulative_gdmix": _entries(profile, "cumulative", top, only_ours=True),
+    }
+
+
+def _per_core(models: int, timing: dict, cores: int) -> dict:
+    return {key: value / cores for key, value in measure.rate(models, timing["wall_seconds"]).items()
+            if isinstance(value, float)}
+
+
+def _cold_and_warm_passes(coordinate_type, spec, train, index_map, repeats: int) -> dict:
+    """A whole pass of the coordinate as coordinate descent runs it, at the machine's threads:
+    the fit (grouping rows, solving), scoring every training row and writing the coefficients
+    as Parquet. Cold: a new coordinate, from zero. Warm: the same coordinate's next pass from the
+    cold model, its layout kept, after the offsets moved by a quarter of the cold model's own
+    scores (as when another coordinate takes over part of its signal)."""
+    cold_runs, warm_runs, cold_iterations, warm_iterations, models = [], [], [], [], 0
+    with tempfile.TemporaryDirectory(prefix="gdmix-profile-") as tmp:
+        for attempt in range(repeats):
+            coordinate = coordinate_type(spec)
+
+            def one_pass(offsets, initial, name):
+                model, report = coordinate.fit(train, offsets, initial)
+                scores = coordinate.score(model, train)
+                coordinate.save(model, f"{tmp}/{name}-{attempt}", index_map)
+                return model, report, scores
+
+            (model, cold, scores), cold_timing = measure.timed(lambda: one_pass(train.offset, None, "cold"))
+            moved = train.offset + 0.25 * scores
+            (_, warm, _), warm_timing = measure.timed(lambda: one_pass(moved, model, "warm"))
+            cold_runs.append(cold_timing)
+            warm_runs.append(warm_timing)
+            cold_iterations.append(cold["iterations_mean"])
+            warm_iterations.append(warm["iterations_mean"])
+            models = cold["entities_trained"]
+
+    def combined(runs):
+        return {key: measure.summary([run_[key] for run_ in runs]) for key in ("wall_seconds", "cpu_seconds")}
+
+    cold, warm = combined(cold_runs), combined(warm_runs)
+    cores = os.cpu_count() or 1
+    return {
+        "what_is_timed": "RandomEffectCoordinate.fit + score of every training row + writing the coefficient table "
+                         "(Parquet, local disk), at the machine's threads; warm: the same coordinate's next pass "
+                         "from the cold model after offsets += 0.25 x the cold model's scores",
+        "cold": cold, "warm": warm,
+        "cold_models_per_second_per_core": _per_core(models, cold, cores),
+        "warm_over_cold_wall": measure.summary([w_["wall_seconds"] / c_["wall_seconds"]
+                                                for w_, c_ in zip(warm_runs, cold_runs)]),
+        "newton_iterations_mean": {"cold": cold_iterations[-1], "warm": warm_iterations[-1]},
     }
 
 

@@ -52,6 +52,7 @@ def test_a_random_effect_is_bit_identical_on_one_core_and_on_several(monkeypatch
     labels = (rng.random(len(codes)) < 0.4).astype(float)
     weights, offsets = np.ones(len(codes)), rng.normal(scale=0.2, size=len(codes))
     config = RandomEffectConfig(name="re", type="random_effect", entity="e", l2=l2)
+    monkeypatch.setattr("gdmix.native.entity_kernels.CHUNK_ENTITIES", 256)  # several kernel calls too
     results = {}
     for cores in (1, 3):
         monkeypatch.setattr(parallel, "available_cores", lambda cores=cores: cores)

@@ -143,8 +143,7 @@ def _footprint(problem) -> int:
     """Bytes held by a partition's problem (its layout's arrays and its row vectors)."""
     if problem is None:
         return 0
-    arrays = [*vars(problem.layout).values(), problem.labels, problem.weights, problem.offsets]
-    return sum(value.nbytes for value in arrays if isinstance(value, np.ndarray))
+    return problem.layout.nbytes + sum(values.nbytes for values in (problem.labels, problem.weights, problem.offsets))
 
 
 def learned_l2(source: PartitionSource, output: str, partitions: int, collective: Collective | None = None,

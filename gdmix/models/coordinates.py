@@ -8,7 +8,7 @@ written as a coefficient table. Coordinate descent (:mod:`gdmix.game`) and scori
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, Union
 
 import numpy as np
@@ -19,7 +19,7 @@ from gdmix.dataset import Dataset
 from gdmix.io import fs
 from gdmix.features.index_map import IndexMap
 from gdmix.models.fixed_effect import FixedEffectModel, fit_fixed_effect
-from gdmix.models.random_effect import RandomEffectModel, fit_random_effect_model
+from gdmix.models.random_effect import PassMemo, RandomEffectModel, fit_random_effect_model
 from gdmix.console import ProgressCallback
 
 Model = Union[FixedEffectModel, RandomEffectModel, "DetextModel"]
@@ -97,6 +97,8 @@ class FixedEffectCoordinate(_Tabular, ConfiguredCoordinate):
 @dataclass(frozen=True)
 class RandomEffectCoordinate(_Tabular, ConfiguredCoordinate):
     config: RandomEffectConfig
+    # kept across passes of coordinate descent: the entity layout, and the last model's start
+    memo: PassMemo = field(default_factory=PassMemo, compare=False, repr=False)
 
     @property
     def entity(self) -> str:
@@ -104,11 +106,15 @@ class RandomEffectCoordinate(_Tabular, ConfiguredCoordinate):
 
     def fit(self, data, offsets, initial=None, progress=None, validation=None):
         entities = data.entities[self.entity]
-        start = initial.warm_start_for(entities) if initial is not None else None
+        memo = self.memo
+        start = memo.start_from(initial)
+        if start is None and initial is not None:
+            start = initial.warm_start_for(entities)
         model, report = fit_random_effect_model(entities, data.bag(self.feature_bag), data.label, data.weight,
-                                                offsets, self.config, start, progress)
+                                                offsets, self.config, start, progress, memo=memo)
         if initial is not None:
             model = model.carry_over(initial, entities.strings())
+        memo.model = model
         return model, report.as_dict()
 
     def score(self, model: RandomEffectModel, data: Dataset) -> np.ndarray:

@@ -6,17 +6,23 @@ Entities are then bucketed by padded shape (see :data:`_LADDER`) and each bucket
 arrays of about :data:`BATCH_BUDGET`
 doubles (cache-sized: larger batches measured slower). An entity whose dense arrays alone
 would exceed :data:`MAX_DENSE_ENTITY` doubles goes to the sparse one-at-a-time path instead.
+
+The layout is kept for every pass of coordinate descent (only the offsets change), so it holds
+as little as it can: the non-zeros' values stay in the bag's own CSR (found again per batch
+through its row pointers), and a non-zero costs only its local column, in the narrowest integer
+type that holds it (one byte for an entity with at most 256 features).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
 
 from gdmix.solvers.batched_newton import BatchProblem
+from gdmix.solvers.parallel import ordered_map
 from gdmix.sparse import segments, starts_of
 
 # Padded sizes: 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, then eighths of each octave (72, 80,
@@ -31,6 +37,12 @@ _LADDER = np.array(sorted(
 BATCH_BUDGET = 1 << 21
 # Doubles one entity may take densely (256 MB); above that it is solved sparse.
 MAX_DENSE_ENTITY = 1 << 25
+# Non-zeros per chunk when the layout is built (chunks run on every core and bound the
+# temporaries: about 40 bytes per non-zero of a chunk).
+BUILD_CHUNK_NNZ = 1 << 20
+# A chunk's local columns are ranked by marking a dense (entities x bag width) table when it has
+# at most this many cells per non-zero (no sort); a wider bag sorts the chunk's keys instead.
+DENSE_RANK_CELLS_PER_NNZ = 16
 
 
 def padded(sizes: np.ndarray) -> np.ndarray:
@@ -43,17 +55,30 @@ def dense_footprint(rows: np.ndarray, features: np.ndarray) -> np.ndarray:
     return n * q + np.where(n < q, n * n, q * q) + 8 * (n + q)
 
 
+@dataclass(frozen=True)
+class Nonzeros:
+    """Some entities' non-zeros in layout order (entity by entity, row by row): the entity
+    (position in the entities asked for), the entity's local row and column, and the value."""
+
+    owner: np.ndarray
+    local_row: np.ndarray
+    local_col: np.ndarray
+    value: np.ndarray
+
+
 @dataclass
 class EntityLayout:
     """Training rows grouped by entity, and each entity's local feature subspace.
 
     Entities are numbered ``k = 0..K-1`` (``entities[k]`` is the entity code). Rows of entity
-    ``k`` are ``rows[row_start[k] : row_start[k] + row_count[k]]``; its local features are
-    ``pair_feature[pair_start[k] : pair_start[k] + feature_count[k]]`` (sorted global columns).
-    Non-zeros of entity ``k`` are ``nnz_start[k] : nnz_start[k + 1]``, each with its local row,
-    local column and value.
+    ``k`` are ``rows[row_start[k] : row_start[k] + row_count[k]]`` (original row indices of
+    ``features``); its local features are ``pair_feature[pair_start[k] : pair_start[k] +
+    feature_count[k]]`` (sorted global columns). Non-zeros of entity ``k`` are ``nnz_start[k] :
+    nnz_start[k + 1]`` of ``nnz_col`` (their local columns), in the order of its rows' entries
+    in ``features``; :meth:`nonzeros` finds their values.
     """
 
+    features: sp.csr_matrix
     entities: np.ndarray
     rows: np.ndarray
     row_start: np.ndarray
@@ -62,46 +87,72 @@ class EntityLayout:
     pair_start: np.ndarray
     feature_count: np.ndarray
     nnz_start: np.ndarray
-    nnz_row: np.ndarray
     nnz_col: np.ndarray
-    nnz_value: np.ndarray
+    _kernel_arrays: tuple | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def build(cls, codes: np.ndarray, features: sp.csr_matrix, train_rows: np.ndarray) -> "EntityLayout":
+        features = features.tocsr()
+        if not features.has_sorted_indices:  # canonical, so a later in-place sort cannot reorder what we index
+            features = features.sorted_indices()
         rows = train_rows[np.argsort(codes[train_rows], kind="stable")]
-        entities, row_start, row_count = np.unique(codes[rows], return_index=True, return_counts=True)
-        k_of_row = np.repeat(np.arange(len(entities)), row_count)
-        sorted_x = features[rows]
-        sorted_x.sort_indices()
-        per_row = np.diff(sorted_x.indptr)
-        nnz_k = np.repeat(k_of_row, per_row)
+        sorted_codes = codes[rows]
+        row_start = np.flatnonzero(np.diff(sorted_codes, prepend=-1) != 0) if len(rows) else np.zeros(0, np.int64)
+        entities, row_count = sorted_codes[row_start], np.diff(np.append(row_start, len(rows)))
+        nnz_per_entity = np.bincount(np.repeat(np.arange(len(entities)), row_count),
+                                     weights=np.diff(features.indptr)[rows], minlength=len(entities))
+        nnz_start = np.concatenate([[0], np.cumsum(nnz_per_entity.astype(np.int64))])
         width = max(features.shape[1], 1)
-        pair_keys, inverse = np.unique(nnz_k * width + sorted_x.indices, return_inverse=True)
-        feature_count = np.bincount(pair_keys // width, minlength=len(entities))
-        pair_start = starts_of(feature_count)
-        nnz_per_entity = np.bincount(nnz_k, minlength=len(entities))
-        return cls(
-            entities=entities,
-            rows=rows,
-            row_start=row_start,
-            row_count=row_count,
-            pair_feature=(pair_keys % width).astype(np.int64),
-            pair_start=pair_start,
-            feature_count=feature_count,
-            nnz_start=np.concatenate([[0], np.cumsum(nnz_per_entity)]),
-            nnz_row=np.repeat(np.arange(len(rows)) - row_start[k_of_row], per_row),
-            nnz_col=inverse.reshape(-1) - pair_start[nnz_k],
-            nnz_value=sorted_x.data.astype(np.float64, copy=False),
-        )
+        chunks = _chunk_bounds(nnz_start)
+
+        def rank(bounds: tuple[int, int]):
+            return _rank_columns(features, rows, row_start, row_count, nnz_start, width, *bounds)
+
+        ranked = list(ordered_map(rank, zip(chunks[:-1], chunks[1:])))
+        feature_count = np.concatenate([counts for counts, _, _ in ranked]) if ranked else np.zeros(0, np.int64)
+        pair_feature = np.concatenate([pairs for _, pairs, _ in ranked]) if ranked else np.zeros(0, np.int32)
+        nnz_col = np.concatenate([local for _, _, local in ranked]) if ranked else np.zeros(0, np.uint8)
+        return cls(features=features, entities=entities, rows=rows, row_start=row_start, row_count=row_count,
+                   pair_feature=pair_feature, pair_start=starts_of(feature_count), feature_count=feature_count,
+                   nnz_start=nnz_start, nnz_col=nnz_col)
 
     @property
     def num_entities(self) -> int:
         return len(self.entities)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes this layout holds, the bag's CSR it reads included."""
+        own = sum(value.nbytes for value in vars(self).values() if isinstance(value, np.ndarray))
+        return own + sum(getattr(self.features, name).nbytes for name in ("data", "indices", "indptr"))
+
+    def kernel_arrays(self) -> tuple[np.ndarray, ...]:
+        """The arrays :mod:`gdmix.native.entity_kernels` reads, in the types it reads them (64-bit
+        indices, float64 values; converted once and kept)."""
+        if self._kernel_arrays is None:
+            def int64(values):
+                return np.ascontiguousarray(values, dtype=np.int64)
+
+            self._kernel_arrays = (
+                int64(self.row_start), int64(self.row_count), int64(self.rows), int64(self.features.indptr),
+                np.ascontiguousarray(self.features.data, dtype=np.float64), int64(self.nnz_start),
+                np.ascontiguousarray(self.nnz_col), int64(self.pair_start), int64(self.feature_count))
+        return self._kernel_arrays
+
     def per_entity_sum(self, values: np.ndarray) -> np.ndarray:
         """Sum of a per-row quantity (indexed like the original rows) over each entity's rows."""
         k_of_row = np.repeat(np.arange(self.num_entities), self.row_count)
         return np.bincount(k_of_row, weights=values[self.rows], minlength=self.num_entities)
+
+    def nonzeros(self, entities: np.ndarray) -> Nonzeros:
+        """The non-zeros of ``entities`` (layout numbers), read from the bag's CSR."""
+        slot, owner_of_row, local_row = segments(self.row_start[entities], self.row_count[entities])
+        source = self.rows[slot]
+        begin = self.features.indptr[source]
+        entry, row_of_entry, _ = segments(begin, self.features.indptr[source + 1] - begin)
+        position, _, _ = segments(self.nnz_start[entities], self.nnz_start[entities + 1] - self.nnz_start[entities])
+        return Nonzeros(owner_of_row[row_of_entry], local_row[row_of_entry], self.nnz_col[position],
+                        self.features.data[entry].astype(np.float64, copy=False))
 
     def batches(self, entities: np.ndarray) -> Iterator[np.ndarray]:
         """Groups of entities sharing padded (rows, features), each within the memory budget."""
@@ -128,9 +179,9 @@ class EntityLayout:
         y[entity, local_row] = labels[source]
         w[entity, local_row] = weights[source]
         o[entity, local_row] = offsets[source]
-        nnz, nnz_entity, _ = segments(self.nnz_start[batch], self.nnz_start[batch + 1] - self.nnz_start[batch])
+        nonzeros = self.nonzeros(batch)
         features = np.zeros((m, n, q))
-        features[nnz_entity, self.nnz_row[nnz], self.nnz_col[nnz]] = self.nnz_value[nnz]
+        features[nonzeros.owner, nonzeros.local_row, nonzeros.local_col] = nonzeros.value
         return BatchProblem(features, y, w, o, np.full(m, float(l2)), intercept_ridge[batch])
 
     def gather_pairs(self, batch: np.ndarray, pair_values: np.ndarray, q: int) -> np.ndarray:
@@ -148,11 +199,49 @@ class EntityLayout:
     def entity_design(self, k: int) -> tuple[np.ndarray, sp.csr_matrix]:
         """(original row indices, sparse local design) of entity ``k``, for the sparse path."""
         rows = self.rows[self.row_start[k]:self.row_start[k] + self.row_count[k]]
-        nnz = slice(self.nnz_start[k], self.nnz_start[k + 1])
-        design = sp.csr_matrix((self.nnz_value[nnz], (self.nnz_row[nnz], self.nnz_col[nnz])),
+        nonzeros = self.nonzeros(np.array([k]))
+        design = sp.csr_matrix((nonzeros.value, (nonzeros.local_row, nonzeros.local_col.astype(np.int64))),
                                shape=(len(rows), int(self.feature_count[k])))
         return rows, design
 
     def pairs_to_csr(self, pair_values: np.ndarray, width: int) -> sp.csr_matrix:
-        indptr = np.concatenate([[0], np.cumsum(self.feature_count)])
-        return sp.csr_matrix((pair_values, self.pair_feature, indptr), shape=(self.num_entities, width))
+        index = np.int32 if max(len(pair_values), width) < np.iinfo(np.int32).max else np.int64  # scipy's own choice
+        indptr = np.concatenate([[0], np.cumsum(self.feature_count)]).astype(index)
+        return sp.csr_matrix((pair_values, self.pair_feature.astype(index), indptr), shape=(self.num_entities, width))
+
+
+def _chunk_bounds(nnz_start: np.ndarray) -> np.ndarray:
+    """Entity boundaries cutting the layout into chunks of about :data:`BUILD_CHUNK_NNZ` non-zeros."""
+    targets = np.arange(0, int(nnz_start[-1]), BUILD_CHUNK_NNZ)
+    cuts = np.searchsorted(nnz_start, targets, side="right") - 1
+    return np.unique(np.concatenate([[0], cuts, [len(nnz_start) - 1]]))
+
+
+def _rank_columns(features: sp.csr_matrix, rows, row_start, row_count, nnz_start, width: int,
+                  first: int, last: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Entities ``first..last-1``: each one's count of distinct columns, those columns (sorted,
+    entity by entity) and every non-zero's rank among its entity's columns (its local column)."""
+    count = last - first
+    slot, owner, _ = segments(row_start[first:last], row_count[first:last])
+    begin = features.indptr[rows[slot]]
+    entry, row_of_entry, _ = segments(begin, features.indptr[rows[slot] + 1] - begin)
+    entity_of_entry = owner[row_of_entry]
+    keys = entity_of_entry * width + features.indices[entry]
+    if count * width <= DENSE_RANK_CELLS_PER_NNZ * max(len(keys), 1):
+        seen = np.zeros(count * width, dtype=bool)
+        seen[keys] = True
+        pair_keys = np.flatnonzero(seen)
+        index = np.empty(count * width, dtype=np.int64)  # written only where seen: no pass over every cell
+        index[pair_keys] = np.arange(len(pair_keys))
+        rank = index[keys]
+    else:
+        pair_keys, rank = np.unique(keys, return_inverse=True)
+    feature_count = np.bincount(pair_keys // width, minlength=count)
+    local = rank.reshape(-1) - starts_of(feature_count)[entity_of_entry]
+    return (feature_count, (pair_keys % width).astype(_index_type(width)),
+            local.astype(_index_type(int(feature_count.max(initial=0)))))
+
+
+def _index_type(largest: int) -> np.dtype:
+    """The narrowest unsigned integer type holding ``0 .. largest`` (local columns, features)."""
+    return np.min_scalar_type(max(largest, 0))

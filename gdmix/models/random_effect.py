@@ -39,6 +39,7 @@ from gdmix.models.linear import (
 from gdmix.solvers.batched_newton import (
     HatTerms, LaplaceOptimum, coefficient_variances, laplace_optimum, single_row_hat, solve_batch, solve_single_rows,
 )
+from gdmix.native import entity_kernels as native
 from gdmix.solvers.lbfgs import minimize_lbfgs
 from gdmix.solvers.parallel import ordered_map
 from gdmix.errors import GdmixError
@@ -46,6 +47,10 @@ from gdmix.losses.logistic import log_loss_terms, penalised_objective
 from gdmix.sparse import csr_values_at, segments, starts_of, take_or
 
 SPARSE_GTOL_FLOOR = 1e-8
+#: entities whose smaller side (rows or local features) is at most this are solved by the fused
+#: kernel (:mod:`gdmix.native.entity_kernels`) when no evidence is asked for; larger ones by
+#: batched numpy, whose blocked BLAS wins on large systems
+NATIVE_MAX_SIDE = 256
 #: where a coefficient table keeps the ridge ``l2: auto`` learned (Parquet schema metadata)
 L2_METADATA = "gdmix.l2"
 #: ... and the intercept's, when ``l2: auto`` learned it apart (``per_group``)
@@ -88,6 +93,8 @@ class RandomEffectModel:
     def score(self, entities: EntityIds, features: sp.csr_matrix) -> np.ndarray:
         """This coordinate's logit per row; rows of entities without a model score 0."""
         model_row = self.rows_for(entities)[entities.codes]
+        if native.library() is not None:
+            return native.score_rows(features, model_row, self.coef, self.intercepts, ordered_map)
         scores = take_or(self.intercepts, model_row, 0.0)
         features = features.tocsr()
         nnz_row = np.repeat(np.arange(features.shape[0]), np.diff(features.indptr))
@@ -138,19 +145,30 @@ class RandomEffectModel:
         """Rows ``entity, name, term, value`` (and ``variance``, when the model has them): each
         entity's intercept, then its coefficients."""
         coef = self.coef.tocsr()
-        coef.eliminate_zeros()
-        nnz_row = np.repeat(np.arange(self.num_entities), np.diff(coef.indptr))
-        rows = np.concatenate([np.arange(self.num_entities), nnz_row])
-        columns = np.concatenate([np.full(self.num_entities, -1), coef.indices.astype(np.int64)])
-        order = np.lexsort((columns, rows))
-        rows, columns = rows[order], columns[order]
-        values = np.concatenate([self.intercepts, coef.data])[order]
+        if not coef.has_sorted_indices:
+            coef = coef.sorted_indices()
+        stored = np.repeat(np.arange(self.num_entities), np.diff(coef.indptr))
+        kept = np.flatnonzero(coef.data != 0)  # explicit zeros are not written (the model is left as it is)
+        nnz_row = stored[kept]
+        # entity by entity, its intercept then its coefficients by column: kept entry j lands after
+        # the j entries and nnz_row[j] + 1 intercepts before it
+        rows = np.repeat(np.arange(self.num_entities), np.bincount(nnz_row, minlength=self.num_entities) + 1)
+        intercept_at = np.arange(self.num_entities) + np.searchsorted(nnz_row, np.arange(self.num_entities))
+        entry_at = np.arange(len(kept)) + nnz_row + 1
+        columns = np.empty(len(rows), dtype=np.int64)
+        columns[intercept_at], columns[entry_at] = -1, coef.indices[kept]
+
+        def laid_out(intercepts, entries):
+            values = np.empty(len(rows))
+            values[intercept_at], values[entry_at] = intercepts, entries
+            return pa.array(values)
+
         names, terms = names_and_terms(index_map, columns)
-        arrays, schema = [self.entity_ids.take(rows), names, terms, pa.array(values)], RANDOM_EFFECT_SCHEMA
+        arrays = [self.entity_ids.take(rows), names, terms, laid_out(self.intercepts, coef.data[kept])]
+        schema = RANDOM_EFFECT_SCHEMA
         if self.variances is not None:
-            variance = np.concatenate([self.variances.intercepts,
-                                       csr_values_at(self.variances.coef, nnz_row, coef.indices)])[order]
-            arrays.append(pa.array(variance))
+            arrays.append(laid_out(self.variances.intercepts,
+                                   csr_values_at(self.variances.coef, nnz_row, coef.indices[kept])))
             schema = schema.append(pa.field(VARIANCE_COLUMN, pa.float64()))
         ridges = ((L2_METADATA, self.l2), (INTERCEPT_L2_METADATA, self.intercept_l2))
         learned = {key: repr(value) for key, value in ridges if value is not None}
@@ -248,26 +266,87 @@ def fit_random_effect(
     ``codes`` are entity codes per row. Returns the trained entity codes, their intercepts,
     their coefficients (one CSR row each, in the bag's columns) and a report.
     """
-    fitted = _fit(codes, features, labels, weights, offsets, config, initial, progress)
+    report = RandomEffectReport()
+    problem = entity_problems(codes, features, labels, weights, offsets, config, report)
+    fitted = _fit(problem, report, features.shape[1], initial, progress)
     return fitted.codes, fitted.intercepts, fitted.coef, fitted.report
 
 
 def fit_random_effect_model(entities: EntityIds, features: sp.csr_matrix, labels: np.ndarray, weights: np.ndarray,
                             offsets: np.ndarray, config: RandomEffectConfig, initial: WarmStart | None = None,
-                            progress: Callable[[float, float], None] | None = None, intercept_l2: float | None = None
-                            ) -> tuple[RandomEffectModel, RandomEffectReport]:
+                            progress: Callable[[float, float], None] | None = None, intercept_l2: float | None = None,
+                            memo: "PassMemo | None" = None) -> tuple[RandomEffectModel, RandomEffectReport]:
     """:func:`fit_random_effect` as a model: the entities' ids, the learned ``l2`` (``l2: auto``)
     and, with ``variance: simple | full``, the coefficients' variances at the optimum.
 
     ``intercept_l2`` (a fixed ``l2`` only) is the intercept's own ridge: what a partition trains
-    at after the coordinate's ``per_group`` search (:mod:`gdmix.jobs.learned_l2`)."""
-    fitted = _fit(entities.codes, features, labels, weights, offsets, config, initial, progress, intercept_l2)
+    at after the coordinate's ``per_group`` search (:mod:`gdmix.jobs.learned_l2`). ``memo``
+    carries the entities' problems from one pass of coordinate descent to the next (see
+    :class:`PassMemo`)."""
+    report = RandomEffectReport()
+    if memo is None:
+        problem = entity_problems(entities.codes, features, labels, weights, offsets, config, report)
+    else:
+        problem = memo.problem_for(entities.codes, features, labels, weights, offsets, config, report)
+    fitted = _fit(problem, report, features.shape[1], initial, progress, intercept_l2)
     variances = None
     if config.variance != "none":
         variances = fitted.variances(full=config.variance == "full")
     model = RandomEffectModel(entities.strings().take(fitted.codes), fitted.intercepts, fitted.coef,
                               fitted.report.l2, variances, fitted.report.intercept_l2)
+    if memo is not None:
+        memo.trained = fitted.trained
     return model, fitted.report
+
+
+@dataclass
+class PassMemo:
+    """What a random-effect coordinate keeps from one pass of coordinate descent to the next on
+    the same training rows, where only the offsets change: the entities' problems (grouping the
+    rows by entity and ranking each entity's columns, the largest serial part of a cold pass)
+    and which layout entities the last model's first rows are, so that the next pass reads its
+    starting point straight from that model (:meth:`start_from`) instead of looking every
+    coefficient up. Rows are recognised by identity: other arrays (a new dataset) build afresh."""
+
+    inputs: tuple = ()
+    config: RandomEffectConfig | None = None
+    problem: "_EntityProblems | None" = None
+    counts: dict = dataclasses.field(default_factory=dict)  # the report's counts of ``problem``
+    trained: np.ndarray | None = None  # layout entities of the last model's first rows, in order
+    model: RandomEffectModel | None = None  # the last pass's model (with any entities carried over)
+
+    def problem_for(self, codes, features, labels, weights, offsets, config: RandomEffectConfig,
+                    report: RandomEffectReport) -> "_EntityProblems":
+        """The problems of these rows at these offsets: the last pass's, when the rows and the
+        config are the same; counts what it found into ``report`` either way."""
+        inputs = (codes, features, labels, weights)
+        if (self.problem is not None and self.config == config
+                and all(mine is theirs for mine, theirs in zip(self.inputs, inputs))):
+            for key, value in self.counts.items():
+                setattr(report, key, value)
+            return dataclasses.replace(self.problem, offsets=offsets)
+        problem = entity_problems(codes, features, labels, weights, offsets, config, report)
+        self.inputs, self.config, self.problem, self.counts = inputs, config, problem, report.as_dict()
+        self.trained = self.model = None
+        return problem
+
+    def start_from(self, model: RandomEffectModel) -> "_Solution | None":
+        """Where a fit of the memo's problems starts when warm-started from ``model``: read
+        straight off it when it is the last pass's model (its first rows are the trained layout
+        entities, their coefficients in layout order); None for any other model."""
+        if model is None or model is not self.model or self.trained is None:
+            return None
+        layout, trained = self.problem.layout, self.trained
+        slots, _, _ = segments(layout.pair_start[trained], layout.feature_count[trained])
+        coef = model.coef
+        if coef.indptr[len(trained)] != len(slots) or not np.array_equal(coef.indices[:len(slots)],
+                                                                         layout.pair_feature[slots]):
+            return None  # its coefficients were edited since (zeros dropped): look them up instead
+        start = _Solution(np.zeros(layout.num_entities), np.zeros(len(layout.pair_feature)), l2=model.l2,
+                          intercept_l2=model.intercept_l2)
+        start.intercepts[trained] = model.intercepts[:len(trained)]
+        start.pair_coef[slots] = coef.data[:len(slots)]
+        return start
 
 
 @dataclass
@@ -286,12 +365,17 @@ class _Fit:
         return self.problem.layout.entities[self.trained]
 
     @property
+    def everyone_trained(self) -> bool:
+        return bool(self.problem.trainable.all())
+
+    @property
     def intercepts(self) -> np.ndarray:
-        return self.solution.intercepts[self.trained]
+        return self.solution.intercepts if self.everyone_trained else self.solution.intercepts[self.trained]
 
     @property
     def coef(self) -> sp.csr_matrix:
-        return self.problem.layout.pairs_to_csr(self.solution.pair_coef, self.width)[self.trained]
+        coef = self.problem.layout.pairs_to_csr(self.solution.pair_coef, self.width)
+        return coef if self.everyone_trained else coef[self.trained]
 
     def variances(self, full: bool) -> CoefficientVariances:
         intercepts, pairs = self.problem.variances(self.solution, full)
@@ -344,12 +428,12 @@ def learned_l2_report(solution) -> dict:
     return report
 
 
-def _fit(codes, features, labels, weights, offsets, config: RandomEffectConfig, initial: WarmStart | None,
+def _fit(problem: "_EntityProblems", report: RandomEffectReport, width: int, initial: "WarmStart | _Solution | None",
          progress, intercept_l2: float | None = None) -> _Fit:
-    report = RandomEffectReport()
-    problem = entity_problems(codes, features, labels, weights, offsets, config, report)
-    trainable = problem.trainable
-    start = _Solution.initial(problem.layout, initial)
+    """Solve ``problem`` from ``initial`` (a warm start, or a starting solution of this very
+    problem) at the config's ``l2``, or search ``l2`` (``l2: auto``)."""
+    trainable, config = problem.trainable, problem.config
+    start = initial if isinstance(initial, _Solution) else _Solution.initial(problem.layout, initial)
     auto = config.l2_auto
     if auto is None:
         solution = problem.solve(config.l2, start, progress, intercept_l2=intercept_l2)
@@ -368,7 +452,7 @@ def _fit(codes, features, labels, weights, offsets, config: RandomEffectConfig, 
     if len(trained):
         report.iterations_mean = float(solution.iterations[trained].mean())
         report.iterations_max = int(solution.iterations[trained].max())
-    return _Fit(problem, solution, report, features.shape[1])
+    return _Fit(problem, solution, report, width)
 
 
 @dataclass
@@ -497,7 +581,8 @@ class _EntityProblems:
         if evidence:
             out.log_evidence, out.log_evidence_slope, out.log_evidence_intercept_slope = 0.0, 0.0, 0.0
             out.tangents = [(np.zeros(layout.num_entities), np.zeros(len(layout.pair_feature))) for _ in directions]
-        single = self.trainable & ~self.too_large & (layout.row_count == 1)
+        fused = not evidence and native.library() is not None  # the fused kernel takes the small ones
+        single = self.trainable & ~self.too_large & (layout.row_count == 1) & (not fused)
         _solve_single_rows(layout, np.flatnonzero(single), self.labels, self.weights, self.offsets, config, l2, ridge,
                            directions, start, out)
         done, target = int(single.sum()), int(self.trainable.sum())
@@ -510,8 +595,24 @@ class _EntityProblems:
             optimum = laplace_optimum(problem, solution) if evidence else None
             return batch, problem.features.shape[2], solution, optimum
 
-        batches = layout.batches(np.flatnonzero(self.trainable & ~self.too_large & ~single))
-        for batch, width, solution, optimum in ordered_map(solve_one, batches):
+        dense = np.flatnonzero(self.trainable & ~self.too_large & ~single)
+        if fused:
+            small = np.minimum(layout.row_count[dense], layout.feature_count[dense]) <= NATIVE_MAX_SIDE
+
+            def each_chunk(function, chunks):
+                nonlocal done
+                for chunk, result in zip(chunks, ordered_map(function, chunks)):
+                    done += len(chunk)
+                    if progress is not None:
+                        progress(done, target)
+                    yield result
+
+            out.batches += native.solve_entities(
+                layout, dense[small], self.labels, self.weights, self.offsets, l2, ridge, start.intercepts,
+                start.pair_coef, max_iter=config.solver.max_iter, tol=config.solver.tol, intercepts=out.intercepts,
+                pairs=out.pair_coef, iterations=out.iterations, converged=out.converged, map_chunks=each_chunk)
+            dense = dense[~small]
+        for batch, width, solution, optimum in ordered_map(solve_one, layout.batches(dense)):
             out.intercepts[batch] = solution.intercept
             layout.scatter_pairs(batch, solution.coef, out.pair_coef)
             out.iterations[batch], out.converged[batch] = solution.iterations, solution.converged
@@ -577,9 +678,9 @@ def _solve_single_rows(layout: EntityLayout, entities: np.ndarray, labels, weigh
     if len(entities) == 0:
         return
     rows = layout.rows[layout.row_start[entities]]
-    nnz, owner, _ = segments(layout.nnz_start[entities], layout.nnz_start[entities + 1] - layout.nnz_start[entities])
-    values = layout.nnz_value[nnz]
-    slots = layout.pair_start[entities][owner] + layout.nnz_col[nnz]
+    nonzeros = layout.nonzeros(entities)
+    owner, values = nonzeros.owner, nonzeros.value
+    slots = layout.pair_start[entities][owner] + nonzeros.local_col
     norm2 = np.bincount(owner, weights=values * values, minlength=len(entities))
     logit0 = start.intercepts[entities] + np.bincount(owner, weights=values * start.pair_coef[slots],
                                                       minlength=len(entities))

@@ -1,0 +1,403 @@
+/* Newton's method for many tiny L2 logistic regressions, one entity at a time, fused.
+
+   The same algorithm as gdmix/solvers/batched_newton.py (solve_batch): damped Newton steps on
+   the intercept and the coefficients, the intercept eliminated by its Schur complement, the
+   step capped at MAX_LOGIT_STEP in logit units, a backtracking Armijo search that also accepts
+   a change within float64 round-off, and the same stopping rule (max |gradient| over
+   max(1, total weight) at most tol). An entity with fewer rows than features is solved in its
+   row space (beta = F'a, an n x n system); otherwise in its q x q primal system.
+
+   What numpy cannot do cheaply for an entity of two rows is avoided here: no padding to a
+   batch's shape, no dense batch arrays, no per-call overhead per small matrix. Each entity's
+   rows are read straight from the bag's CSR through the entity layout and its answer written
+   to its own slots, so separate calls on disjoint entities may run on separate threads. */
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ARMIJO 1e-4
+#define MAX_HALVINGS 60
+#define MAX_LOGIT_STEP 20.0
+#define EPSILON 2.220446049250313e-16
+
+static double expit(double z) { return 1.0 / (1.0 + exp(-z)); }
+
+static double log_loss(double z, double y) {  /* logaddexp(0, y > 0 ? -z : z), as numpy computes it */
+    double t = y > 0 ? -z : z;
+    return t > 0 ? t + log1p(exp(-t)) : log1p(exp(t));
+}
+
+/* Solve A X = B in place (A: m x m, row-major, destroyed; B: m x k, row-major), partial pivoting. */
+static void lu_solve(double *a, double *b, int64_t m, int64_t k) {
+    for (int64_t col = 0; col < m; col++) {
+        int64_t pivot = col;
+        for (int64_t r = col + 1; r < m; r++)
+            if (fabs(a[r * m + col]) > fabs(a[pivot * m + col])) pivot = r;
+        if (pivot != col) {
+            for (int64_t j = 0; j < m; j++) { double t = a[col * m + j]; a[col * m + j] = a[pivot * m + j]; a[pivot * m + j] = t; }
+            for (int64_t j = 0; j < k; j++) { double t = b[col * k + j]; b[col * k + j] = b[pivot * k + j]; b[pivot * k + j] = t; }
+        }
+        double d = a[col * m + col];
+        for (int64_t r = col + 1; r < m; r++) {
+            double f = a[r * m + col] / d;
+            if (f == 0.0) continue;
+            for (int64_t j = col + 1; j < m; j++) a[r * m + j] -= f * a[col * m + j];
+            for (int64_t j = 0; j < k; j++) b[r * k + j] -= f * b[col * k + j];
+        }
+    }
+    for (int64_t col = m - 1; col >= 0; col--) {
+        double d = a[col * m + col];
+        for (int64_t j = 0; j < k; j++) {
+            double t = b[col * k + j];
+            for (int64_t c = col + 1; c < m; c++) t -= a[col * m + c] * b[c * k + j];
+            b[col * k + j] = t / d;
+        }
+    }
+}
+
+typedef struct {
+    int64_t n, q, m;          /* rows, features, unknowns besides the intercept (n: row space, q: primal) */
+    int row_space;
+    double *f, *gram, *y, *w, *o, *system, *rhs, *nz_val;
+    int64_t *nz_col, *row_ptr;  /* the entity's non-zeros row by row: local column and value */
+    double *theta, *z, *dtheta, *dz, *trial_theta, *trial_z, *work;
+    double l2, l0, total_weight;
+} Entity;
+
+/* out = F'x (q long), from the sparse rows. */
+static void transpose_times(const Entity *e, const double *x, double *out) {
+    memset(out, 0, e->q * sizeof(double));
+    for (int64_t i = 0; i < e->n; i++)
+        for (int64_t p = e->row_ptr[i]; p < e->row_ptr[i + 1]; p++) out[e->nz_col[p]] += e->nz_val[p] * x[i];
+}
+
+/* system = F'SF + l2 I (q x q), summed over the sparse rows: nnz(row)^2 per row, not q^2. */
+static void primal_system(Entity *e, const double *s) {
+    int64_t q = e->q;
+    memset(e->system, 0, q * q * sizeof(double));
+    for (int64_t i = 0; i < e->n; i++)
+        for (int64_t p = e->row_ptr[i]; p < e->row_ptr[i + 1]; p++) {
+            double scaled = s[i] * e->nz_val[p];
+            double *line = e->system + e->nz_col[p] * q;
+            for (int64_t t = e->row_ptr[i]; t < e->row_ptr[i + 1]; t++) line[e->nz_col[t]] += scaled * e->nz_val[t];
+        }
+    for (int64_t j = 0; j < q; j++) e->system[j * q + j] += e->l2;
+}
+
+/* Solve A X = B in place for symmetric positive definite A (Cholesky); 0 if a pivot is not positive. */
+static int cholesky_solve(double *a, double *b, int64_t m, int64_t k) {
+    for (int64_t j = 0; j < m; j++) {
+        double d = a[j * m + j];
+        for (int64_t c = 0; c < j; c++) d -= a[j * m + c] * a[j * m + c];
+        if (!(d > 0.0)) return 0;
+        d = sqrt(d);
+        a[j * m + j] = d;
+        for (int64_t r = j + 1; r < m; r++) {
+            double t = a[r * m + j];
+            for (int64_t c = 0; c < j; c++) t -= a[r * m + c] * a[j * m + c];
+            a[r * m + j] = t / d;
+        }
+    }
+    for (int64_t j = 0; j < k; j++) {  /* L y = b, then L' x = y */
+        for (int64_t r = 0; r < m; r++) {
+            double t = b[r * k + j];
+            for (int64_t c = 0; c < r; c++) t -= a[r * m + c] * b[c * k + j];
+            b[r * k + j] = t / a[r * m + r];
+        }
+        for (int64_t r = m - 1; r >= 0; r--) {
+            double t = b[r * k + j];
+            for (int64_t c = r + 1; c < m; c++) t -= a[c * m + r] * b[c * k + j];
+            b[r * k + j] = t / a[r * m + r];
+        }
+    }
+    return 1;
+}
+
+static double objective(const Entity *e, double b, const double *theta, const double *z) {
+    double loss = 0.0, quadratic = 0.0;
+    for (int64_t i = 0; i < e->n; i++) loss += e->w[i] * log_loss(z[i], e->y[i]);
+    if (e->row_space) {
+        for (int64_t i = 0; i < e->n; i++) {
+            double t = 0.0;
+            for (int64_t j = 0; j < e->n; j++) t += e->gram[i * e->n + j] * theta[j];
+            quadratic += theta[i] * t;
+        }
+    } else {
+        for (int64_t j = 0; j < e->q; j++) quadratic += theta[j] * theta[j];
+    }
+    return loss + 0.5 * (e->l0 * b * b + e->l2 * quadratic);
+}
+
+static void predictor(const Entity *e, double b, const double *theta, double *z) {
+    for (int64_t i = 0; i < e->n; i++) {
+        double t = b + e->o[i];
+        if (e->row_space) for (int64_t j = 0; j < e->n; j++) t += e->gram[i * e->n + j] * theta[j];
+        else for (int64_t p = e->row_ptr[i]; p < e->row_ptr[i + 1]; p++) t += e->nz_val[p] * theta[e->nz_col[p]];
+        z[i] = t;
+    }
+}
+
+static double floor_schur(double schur, double total_weight) {
+    double least = 1e-12 * (total_weight > 1.0 ? total_weight : 1.0);
+    return schur > least ? schur : least;
+}
+
+/* One Newton direction at (b, theta, z): returns max |gradient|; fills *db, dtheta, dz, *slope. */
+static double newton(Entity *e, double b, const double *theta, const double *z, double *db, double *slope) {
+    int64_t n = e->n, q = e->q;
+    double *r = e->work, *s = e->work + n, *v = e->work + 2 * n, *c = e->work + 3 * n;
+    double sum_r = 0.0, sum_s = 0.0, gmax;
+    for (int64_t i = 0; i < n; i++) {
+        double mu = expit(z[i]);
+        r[i] = e->w[i] * (mu - e->y[i]);
+        s[i] = e->w[i] * mu * (1.0 - mu);
+        sum_r += r[i];
+        sum_s += s[i];
+    }
+    double grad_b = sum_r + e->l0 * b;
+    gmax = fabs(grad_b);
+    if (e->row_space) {
+        for (int64_t i = 0; i < n; i++) v[i] = r[i] + e->l2 * theta[i];
+        double *fv = e->trial_theta;  /* F'v, only to measure the gradient (trial_theta is free here) */
+        transpose_times(e, v, fv);
+        for (int64_t j = 0; j < q; j++) if (fabs(fv[j]) > gmax) gmax = fabs(fv[j]);
+        for (int64_t i = 0; i < n; i++) {
+            for (int64_t j = 0; j < n; j++) e->system[i * n + j] = s[i] * e->gram[i * n + j];
+            e->system[i * n + i] += e->l2;
+            e->rhs[2 * i] = v[i];
+            e->rhs[2 * i + 1] = s[i];
+        }
+        lu_solve(e->system, e->rhs, n, 2);
+        double s_moved0 = 0.0, s_moved1 = 0.0;
+        double *moved = c;  /* K X, two columns interleaved, reusing c (2n long: c and the next block) */
+        for (int64_t i = 0; i < n; i++) {
+            double m0 = 0.0, m1 = 0.0;
+            for (int64_t j = 0; j < n; j++) { m0 += e->gram[i * n + j] * e->rhs[2 * j]; m1 += e->gram[i * n + j] * e->rhs[2 * j + 1]; }
+            moved[2 * i] = m0;
+            moved[2 * i + 1] = m1;
+            s_moved0 += s[i] * m0;
+            s_moved1 += s[i] * m1;
+        }
+        double schur = floor_schur(sum_s + e->l0 - s_moved1, e->total_weight);
+        double delta_b = (-grad_b + s_moved0) / schur, v_dz = 0.0;
+        for (int64_t i = 0; i < n; i++) {
+            e->dtheta[i] = -(e->rhs[2 * i] + e->rhs[2 * i + 1] * delta_b);
+            e->dz[i] = delta_b - moved[2 * i] - moved[2 * i + 1] * delta_b;
+            v_dz += v[i] * (e->dz[i] - delta_b);
+        }
+        *db = delta_b;
+        *slope = grad_b * delta_b + v_dz;
+        return gmax;
+    }
+    double *grad = e->trial_theta;  /* scratch: the coefficients' gradient (trial_theta is free here) */
+    transpose_times(e, r, grad);
+    transpose_times(e, s, c);
+    for (int64_t j = 0; j < q; j++) {
+        grad[j] += e->l2 * theta[j];
+        if (fabs(grad[j]) > gmax) gmax = fabs(grad[j]);
+    }
+    if (q == 0) {
+        double delta_b = -grad_b / floor_schur(sum_s + e->l0, e->total_weight);
+        for (int64_t i = 0; i < n; i++) e->dz[i] = delta_b;
+        *db = delta_b;
+        *slope = grad_b * delta_b;
+        return gmax;
+    }
+    primal_system(e, s);
+    for (int64_t j = 0; j < q; j++) { e->rhs[2 * j] = grad[j]; e->rhs[2 * j + 1] = c[j]; }
+    if (!cholesky_solve(e->system, e->rhs, q, 2)) {  /* not positive definite in round-off: pivot instead */
+        primal_system(e, s);
+        for (int64_t j = 0; j < q; j++) { e->rhs[2 * j] = grad[j]; e->rhs[2 * j + 1] = c[j]; }
+        lu_solve(e->system, e->rhs, q, 2);
+    }
+    double c_u = 0.0, c_v = 0.0;
+    for (int64_t j = 0; j < q; j++) { c_u += c[j] * e->rhs[2 * j]; c_v += c[j] * e->rhs[2 * j + 1]; }
+    double schur = floor_schur(sum_s + e->l0 - c_v, e->total_weight);
+    double delta_b = -(grad_b - c_u) / schur, g_d = 0.0;
+    for (int64_t j = 0; j < q; j++) {
+        e->dtheta[j] = -e->rhs[2 * j] - e->rhs[2 * j + 1] * delta_b;
+        g_d += grad[j] * e->dtheta[j];
+    }
+    for (int64_t i = 0; i < n; i++) {
+        double t = delta_b;
+        for (int64_t p = e->row_ptr[i]; p < e->row_ptr[i + 1]; p++) t += e->nz_val[p] * e->dtheta[e->nz_col[p]];
+        e->dz[i] = t;
+    }
+    *db = delta_b;
+    *slope = grad_b * delta_b + g_d;
+    return gmax;
+}
+
+/* Backtracking Armijo search along the (capped) direction; returns 1 if a step was taken. */
+static int line_search(Entity *e, double *b, double *value, double db, double slope) {
+    double change = fabs(db), factor = 1.0;
+    for (int64_t i = 0; i < e->n; i++)
+        if (e->w[i] > 0 && fabs(e->dz[i]) > change) change = fabs(e->dz[i]);
+    if (isnan(change)) factor = 0.0;
+    else if (change > MAX_LOGIT_STEP) factor = MAX_LOGIT_STEP / change;
+    double roundoff = 8 * EPSILON * (fabs(*value) + 1.0), step = 1.0;
+    for (int halving = 0; halving < MAX_HALVINGS; halving++, step *= 0.5) {
+        double t = step * factor;
+        double trial_b = *b + t * db;
+        for (int64_t j = 0; j < e->m; j++) e->trial_theta[j] = e->theta[j] + t * e->dtheta[j];
+        for (int64_t i = 0; i < e->n; i++) e->trial_z[i] = e->z[i] + t * e->dz[i];
+        double trial = objective(e, trial_b, e->trial_theta, e->trial_z);
+        if (trial <= *value + ARMIJO * step * (slope * factor) + roundoff) {
+            *b = trial_b;
+            memcpy(e->theta, e->trial_theta, e->m * sizeof(double));
+            memcpy(e->z, e->trial_z, e->n * sizeof(double));
+            *value = trial;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Read entity k's rows into its dense arrays (and, in row space, their Gram matrix FF'). */
+static void load_entity(Entity *e, int64_t k, const int64_t *row_start, const int64_t *row_count, const int64_t *rows,
+                        const int64_t *indptr, const double *data, const int64_t *nnz_start, const void *nnz_col,
+                        int col_bytes, const int64_t *feature_count, const double *labels, const double *weights,
+                        const double *offsets) {
+    int64_t n = row_count[k], q = feature_count[k], nz = nnz_start[k];
+    e->n = n;
+    e->q = q;
+    memset(e->f, 0, n * q * sizeof(double));
+    e->total_weight = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t row = rows[row_start[k] + i];
+        e->y[i] = labels[row];
+        e->w[i] = weights[row];
+        e->o[i] = offsets[row];
+        e->total_weight += weights[row];
+        e->row_ptr[i] = nz - nnz_start[k];
+        for (int64_t p = indptr[row]; p < indptr[row + 1]; p++, nz++) {
+            int64_t col = col_bytes == 1 ? ((const uint8_t *)nnz_col)[nz]
+                        : col_bytes == 2 ? ((const uint16_t *)nnz_col)[nz] : ((const uint32_t *)nnz_col)[nz];
+            e->f[i * q + col] = data[p];
+            e->nz_col[nz - nnz_start[k]] = col;
+            e->nz_val[nz - nnz_start[k]] = data[p];
+        }
+    }
+    e->row_ptr[n] = nz - nnz_start[k];
+    e->row_space = n < q;
+    e->m = e->row_space ? n : q;
+    if (e->row_space)
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t j = 0; j <= i; j++) {
+                double t = 0.0;
+                for (int64_t p = e->row_ptr[i]; p < e->row_ptr[i + 1]; p++) t += e->nz_val[p] * e->f[j * q + e->nz_col[p]];
+                e->gram[i * n + j] = t;
+                e->gram[j * n + i] = t;
+            }
+}
+
+/* Where the solve starts: beta0 as given (primal) or projected onto the row space. */
+static void start_point(Entity *e, const double *beta0) {
+    int64_t n = e->n, q = e->q;
+    if (!e->row_space) { memcpy(e->theta, beta0, q * sizeof(double)); return; }
+    int any = 0;
+    for (int64_t j = 0; j < q; j++) any |= beta0[j] != 0.0;
+    memset(e->theta, 0, n * sizeof(double));
+    if (!any) return;
+    double trace = 0.0;
+    for (int64_t i = 0; i < n; i++) trace += e->gram[i * n + i];
+    double jitter = 1e-12 * (trace / n + 1.0);
+    for (int64_t i = 0; i < n; i++) {
+        double t = 0.0;
+        for (int64_t p = e->row_ptr[i]; p < e->row_ptr[i + 1]; p++) t += e->nz_val[p] * beta0[e->nz_col[p]];
+        e->theta[i] = t;
+        for (int64_t j = 0; j < n; j++) e->system[i * n + j] = e->gram[i * n + j] + (i == j ? jitter : 0.0);
+    }
+    lu_solve(e->system, e->theta, n, 1);
+}
+
+/* Solve entities[0..count) of the layout; returns 0, or -1 when out of memory. Outputs per layout
+   entity (intercept, iterations, converged) and per (entity, local feature) pair (coefficients). */
+int solve_entities(int64_t count, const int64_t *entities, const int64_t *row_start, const int64_t *row_count,
+                   const int64_t *rows, const int64_t *indptr, const double *data, const int64_t *nnz_start,
+                   const void *nnz_col, int col_bytes, const int64_t *pair_start, const int64_t *feature_count,
+                   const double *labels, const double *weights, const double *offsets, double l2,
+                   const double *intercept_ridge, const double *start_intercept, const double *start_pair,
+                   int64_t max_iter, double tol, double *out_intercept, double *out_pair, int64_t *out_iterations,
+                   uint8_t *out_converged) {
+    int64_t most_n = 1, most_q = 1, most_nnz = 1;
+    for (int64_t e = 0; e < count; e++) {
+        int64_t k = entities[e];
+        if (row_count[k] > most_n) most_n = row_count[k];
+        if (feature_count[k] > most_q) most_q = feature_count[k];
+        if (nnz_start[k + 1] - nnz_start[k] > most_nnz) most_nnz = nnz_start[k + 1] - nnz_start[k];
+    }
+    int64_t side = most_n > most_q ? most_n : most_q;
+    int64_t sizes[] = {most_n * most_q, most_n * most_n, most_n, most_n, most_n, side * side, 2 * side,
+                       side, most_n, side, most_n, side, most_n, 6 * side, most_nnz};
+    int64_t total = 0;
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) total += sizes[i];
+    double *arena = malloc(total * sizeof(double));
+    int64_t *index_arena = malloc((most_nnz + most_n + 1) * sizeof(int64_t));
+    if (arena == NULL || index_arena == NULL) { free(arena); free(index_arena); return -1; }
+    Entity ent;
+    ent.nz_col = index_arena;
+    ent.row_ptr = index_arena + most_nnz;
+    double **slots[] = {&ent.f, &ent.gram, &ent.y, &ent.w, &ent.o, &ent.system, &ent.rhs, &ent.theta, &ent.z,
+                        &ent.dtheta, &ent.dz, &ent.trial_theta, &ent.trial_z, &ent.work, &ent.nz_val};
+    double *next = arena;
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) { *slots[i] = next; next += sizes[i]; }
+    ent.l2 = l2;
+    for (int64_t e = 0; e < count; e++) {
+        int64_t k = entities[e];
+        load_entity(&ent, k, row_start, row_count, rows, indptr, data, nnz_start, nnz_col, col_bytes, feature_count,
+                    labels, weights, offsets);
+        ent.l0 = intercept_ridge[k];
+        start_point(&ent, start_pair + pair_start[k]);
+        double b = start_intercept[k], scale = ent.total_weight > 1.0 ? ent.total_weight : 1.0;
+        predictor(&ent, b, ent.theta, ent.z);
+        double value = objective(&ent, b, ent.theta, ent.z);
+        int64_t iterations = 0;
+        uint8_t converged = 0;
+        for (int64_t step = 0; step <= max_iter; step++) {
+            double db, slope;
+            double gmax = newton(&ent, b, ent.theta, ent.z, &db, &slope) / scale;
+            if (gmax <= tol) { converged = 1; break; }
+            if (step >= max_iter || !line_search(&ent, &b, &value, db, slope)) break;
+            iterations++;
+        }
+        out_intercept[k] = b;
+        out_iterations[k] = iterations;
+        out_converged[k] = converged;
+        double *beta = out_pair + pair_start[k];
+        if (ent.row_space) {
+            transpose_times(&ent, ent.theta, beta);
+        } else {
+            memcpy(beta, ent.theta, ent.q * sizeof(double));
+        }
+    }
+    free(arena);
+    free(index_arena);
+    return 0;
+}
+
+/* Scores of rows by per-entity models: out[i] = intercepts[e] + x_i . coef_e with e = model_row[i]
+   (0 where e < 0). Both matrices are CSR with sorted column indices of one integer type; each
+   row's dot product is a merge of its entries with its model's, summed in column order. */
+#define SCORE_ROWS(NAME, INDEX)                                                                          \
+    void NAME(int64_t first, int64_t last, const int64_t *model_row, const int64_t *x_indptr,              \
+              const INDEX *x_indices, const double *x_data, const int64_t *c_indptr, const INDEX *c_indices, \
+              const double *c_data, const double *intercepts, double *out) {                             \
+        for (int64_t i = first; i < last; i++) {                                                         \
+            int64_t e = model_row[i];                                                                    \
+            if (e < 0) { out[i] = 0.0; continue; }                                                       \
+            int64_t p = x_indptr[i], p_end = x_indptr[i + 1], c = c_indptr[e], c_end = c_indptr[e + 1]; \
+            double total = 0.0;                                                                          \
+            while (p < p_end && c < c_end) {                                                             \
+                if (x_indices[p] < c_indices[c]) p++;                                                    \
+                else if (x_indices[p] > c_indices[c]) c++;                                               \
+                else { total += x_data[p] * c_data[c]; p++; c++; }                                       \
+            }                                                                                            \
+            out[i] = intercepts[e] + total;                                                              \
+        }                                                                                                \
+    }
+
+SCORE_ROWS(score_rows_int32, int32_t)
+SCORE_ROWS(score_rows_int64, int64_t)

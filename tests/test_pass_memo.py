@@ -1,0 +1,77 @@
+"""A random-effect coordinate keeps its entity layout across passes of coordinate descent and
+starts each pass from the last model directly: the same numbers as building everything again."""
+
+import dataclasses
+
+import numpy as np
+import pyarrow as pa
+import scipy.sparse as sp
+
+from gdmix.config import RandomEffectConfig
+from gdmix.dataset import Dataset, EntityIds
+from gdmix.models.coordinates import RandomEffectCoordinate
+
+
+def _dataset(seed=21, rows=2500, entities=400):
+    rng = np.random.default_rng(seed)
+    codes = np.minimum(rng.zipf(1.7, rows), entities) - 1
+    ids = EntityIds.from_array(pa.array([f"u{c}" for c in codes]))
+    features = sp.random(rows, 25, density=0.2, random_state=seed, format="csr")
+    return Dataset(uid=np.arange(rows), label=(rng.random(rows) < 0.4).astype(float), weight=np.ones(rows),
+                   offset=np.zeros(rows), entities={"user": ids}, bags={"user_bag": features})
+
+
+def _passes(coordinate_for_pass, data, passes=3):
+    rng = np.random.default_rng(0)
+    model, reports = None, []
+    for number in range(passes):
+        offsets = rng.normal(scale=0.3, size=data.num_rows)
+        model, report = coordinate_for_pass(number).fit(data, offsets, model)
+        reports.append(report)
+    return model, reports
+
+
+def _same(a, b):
+    assert np.array_equal(a.intercepts, b.intercepts)
+    assert (a.coef != b.coef).nnz == 0 and np.array_equal(a.coef.indices, b.coef.indices)
+    assert a.entity_ids.equals(b.entity_ids)
+
+
+def test_later_passes_reuse_the_layout_and_give_the_same_model():
+    config = RandomEffectConfig(name="re", type="random_effect", entity="user", feature_bag="user_bag", l2=0.8)
+    data = _dataset()
+    kept = RandomEffectCoordinate(config)
+    layouts = []
+
+    def remembering(number):
+        if kept.memo.problem is not None:
+            layouts.append(kept.memo.problem.layout)
+        return kept
+
+    model, reports = _passes(remembering, data)
+    fresh_model, fresh_reports = _passes(lambda number: RandomEffectCoordinate(config), data)
+    _same(model, fresh_model)
+    assert reports == fresh_reports  # counts and iterations too
+    assert len(layouts) == 2 and layouts[0] is layouts[1] is kept.memo.problem.layout
+    assert reports[1]["iterations_mean"] < reports[0]["iterations_mean"]  # warm passes start from the last model
+
+
+def test_new_rows_or_an_edited_model_are_not_taken_for_the_last_ones():
+    config = RandomEffectConfig(name="re", type="random_effect", entity="user", feature_bag="user_bag", l2=0.8)
+    data, coordinate = _dataset(), RandomEffectCoordinate(config)
+    model, _ = coordinate.fit(data, np.zeros(data.num_rows))
+    layout = coordinate.memo.problem.layout
+    assert coordinate.memo.start_from(model) is not None
+
+    edited = dataclasses.replace(model, coef=model.coef.copy())
+    assert coordinate.memo.start_from(edited) is None  # another object: looked up, not trusted
+    model.coef.data[:3] = 0.0
+    model.coef.eliminate_zeros()  # its own arrays changed in place (as writing a table may)
+    assert coordinate.memo.start_from(model) is None
+    again, _ = coordinate.fit(data, np.zeros(data.num_rows), model)
+    reference, _ = RandomEffectCoordinate(config).fit(data, np.zeros(data.num_rows), model)
+    _same(again, reference)
+
+    other = _dataset(seed=22)
+    coordinate.fit(other, np.zeros(other.num_rows))
+    assert coordinate.memo.problem.layout is not layout  # other rows: built again
