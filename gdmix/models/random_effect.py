@@ -147,14 +147,16 @@ class RandomEffectModel:
         coef = self.coef.tocsr()
         if not coef.has_sorted_indices:
             coef = coef.sorted_indices()
-        stored = np.repeat(np.arange(self.num_entities), np.diff(coef.indptr))
-        kept = np.flatnonzero(coef.data != 0)  # explicit zeros are not written (the model is left as it is)
-        nnz_row = stored[kept]
+        nnz_row = np.repeat(np.arange(self.num_entities), np.diff(coef.indptr))
+        kept = slice(None)
+        if not coef.data.all():  # explicit zeros are not written (the model is left as it is)
+            kept = np.flatnonzero(coef.data)
+            nnz_row = nnz_row[kept]
         # entity by entity, its intercept then its coefficients by column: kept entry j lands after
         # the j entries and nnz_row[j] + 1 intercepts before it
         rows = np.repeat(np.arange(self.num_entities), np.bincount(nnz_row, minlength=self.num_entities) + 1)
         intercept_at = np.arange(self.num_entities) + np.searchsorted(nnz_row, np.arange(self.num_entities))
-        entry_at = np.arange(len(kept)) + nnz_row + 1
+        entry_at = np.arange(len(nnz_row)) + nnz_row + 1
         columns = np.empty(len(rows), dtype=np.int64)
         columns[intercept_at], columns[entry_at] = -1, coef.indices[kept]
 
