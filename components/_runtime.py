@@ -16,3 +16,19 @@ def fixed_effect_launcher(config, coordinate, prepared, model, task_config, scor
 
     fixed_effect_step(config, list(overrides), coordinate, prepared, model, scores, previous, data_root,
                       workload_image, task_config)
+
+
+def log_evaluation(result, split, metrics, roc, report):
+    """Hand an evaluation (:class:`gdmix.stages.evaluation.StepEvaluation`) to the KFP UI: its
+    metrics (a split other than validation named first, ``test_auc``), ROC curve and HTML report.
+
+    Shared by every step that evaluates (``evaluate``, and ``update_scores`` and ``score``, which
+    evaluate what they have just written so that a pass or the final scoring costs no extra step:
+    each step is a process, a pod in a cluster, whose start-up costs more than the evaluation)."""
+    prefix = "" if split in ("", "validation") else f"{split}_"
+    for name, value in result.metrics.items():
+        metrics.log_metric(prefix + name, value)
+    if result.roc is not None:  # None when the labels hold one class only
+        roc.log_roc_curve(*result.roc)
+    with open(report.path, "w", encoding="utf-8") as handle:
+        handle.write(result.html)

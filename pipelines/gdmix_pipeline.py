@@ -8,13 +8,18 @@ items, as ``gdmix train --set``), the data URIs, and ``data_root``, an object-st
 the stages' data when the artifact store should hold only small artifacts. A run whose
 overrides change the shape fails fast and says so.
 
-    prepare -> pass 1 -> pass 2 -> ... -> export_model -> score (validation, test) -> evaluate
+    prepare -> pass 1 -> pass 2 -> ... -> export_model -> score and evaluate (validation, test)
 
 Each coordinate-descent pass is a nested pipeline, one task named "pass N" (a sub-DAG in the
 Kubeflow UI) whose steps are named after their coordinate ("per_user: scores"):
 
     per coordinate: [fixed_effect | detext | random_effect_plan -> ParallelFor(random_effect)]
-                    -> update_scores -> evaluate (validation; and test, with a test split)
+                    -> update_scores (and its validation evaluation) [-> evaluate (test, with a test split)]
+
+Every step is a process (a pod in a cluster) whose start-up (Python, kfp's executor, gdmix and
+its libraries) costs more than a score table's evaluation, so a step that writes scores evaluates
+them itself (``update_scores``, ``score``) and hands the Kubeflow UI the same typed artifacts
+(Metrics, ClassificationMetrics, HTML) a separate ``evaluate`` step would (issue 13).
 
 A pass takes the score table and every coordinate's model of the pass before (warm starts) and
 hands on its own. Pass 1 has neither, and a nested pipeline's artifact input cannot be left out
@@ -116,16 +121,10 @@ def build_pipeline(config_text: str, overrides: list[str] | None = None):
         table = carried["scores"]
         exported = _secured(shape, export_model(prepared=prepared, scores=table, data_root=data_root, **common))
         exported.set_display_name("export model")
-        if shape.has_validation:
-            scored = _secured(shape, score(model=exported.outputs["model"], data=prepared, split="validation",
-                                           data_root=data_root)).set_display_name("score validation data")
-            _secured(shape, evaluate(scores=scored.outputs["scores"], title="GDMix model on validation data",
-                                     entities=shape.entities)).set_display_name("final evaluation")
-        if shape.has_test:
-            scored = _secured(shape, score(model=exported.outputs["model"], data=prepared, split="test",
-                                           data_root=data_root)).set_display_name("score test data")
-            _secured(shape, evaluate(scores=scored.outputs["scores"], split="test", title="GDMix model on test data",
-                                     entities=shape.entities)).set_display_name("final test evaluation")
+        for split in ("validation",) * shape.has_validation + ("test",) * shape.has_test:
+            _secured(shape, score(model=exported.outputs["model"], data=prepared, split=split, data_root=data_root,
+                                  evaluate=True, title=f"GDMix model on {split} data", entities=shape.entities)
+                     ).set_display_name(f"final evaluation ({split} data)")
         return exported.outputs["model"]
 
     share_repeated_dags(gdmix_pipeline)
@@ -185,13 +184,12 @@ def _coordinate_descent_pass(shape: "_Shape", given: dict) -> dict:
                                                         model=model, **previous, **common))
                 trainer.set_display_name(f"{name}: partitions").set_retry(RANDOM_EFFECT_RETRIES)
             collected = {"partition_summaries": dsl.Collected(trainer.output)}
-        update = _secured(shape, update_scores(coordinate=name, pass_number=given["pass_number"], prepared=prepared,
-                                               model=model, data_root=data_root, **optional, **collected, **common))
-        update.set_display_name(f"{name}: scores")
-        table, models[f"model_{key}"] = update.outputs["table"], model
         title = f"GDMix after {given['pass_name']} {name}"  # KFP fills the pass's name in at run time
-        _secured(shape, evaluate(scores=table, title=title, entities=shape.entities)
-                 ).set_display_name(f"{name}: evaluation")
+        update = _secured(shape, update_scores(coordinate=name, pass_number=given["pass_number"], prepared=prepared,
+                                               model=model, data_root=data_root, title=title, entities=shape.entities,
+                                               **optional, **collected, **common))
+        update.set_display_name(f"{name}: scores and evaluation")
+        table, models[f"model_{key}"] = update.outputs["table"], model
         if shape.has_test:
             _secured(shape, evaluate(scores=table, split="test", title=f"{title}, test data", entities=shape.entities)
                      ).set_display_name(f"{name}: test evaluation")

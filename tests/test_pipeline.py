@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +38,23 @@ def _pipeline_config(data_dir: str, output: str, **pipeline) -> dict:
     return raw
 
 
-def test_pipeline_runs_locally_and_matches_gdmix_train(synthetic_dir, tmp_path):
+def test_pipeline_runs_locally_and_matches_gdmix_train(synthetic_dir, tmp_path, monkeypatch):
     """Three passes: pass 1 and two runs of the one later-pass DAG, each starting from the score
-    table and models of the pass before."""
+    table and models of the pass before. Every task process is probed (bench/step_probe): only
+    prepare loads pyspark and only the fixed effect's TF workers TensorFlow (issue 13)."""
     raw = _pipeline_config(synthetic_dir, str(tmp_path / "pipeline-model")) | {"passes": 3}
+    probes = tmp_path / "probes"
+    probes.mkdir()
+    monkeypatch.setenv("GDMIX_STEP_PROBE_DIR", str(probes))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT / "bench" / "step_probe"),
+                                                                   os.environ.get("PYTHONPATH")])))
     metrics = run_local(yaml.safe_dump(raw), workdir=str(tmp_path / "root"))
+    monkeypatch.delenv("GDMIX_STEP_PROBE_DIR")
+    loaded = [json.loads(path.read_text()) for path in probes.glob("*.json")]
+    steps = {(r["function"], tuple(r["heavy"])) for r in loaded if r.get("function")}
+    assert {f for f, _ in steps} >= {"prepare", "fixed_effect", "update_scores", "random_effect", "score"}
+    assert {(f, h) for f, h in steps if h} == {("prepare", ("pyspark",))}
+    assert {tuple(r["heavy"]) for r in loaded if r.get("tf_worker")} == {("tensorflow",)}
     reference = train(validate_config(raw | {"output": str(tmp_path / "train-model")}))
     expected = json.loads((tmp_path / "train-model" / "metrics.json").read_text())
     assert len(metrics["coordinates"]) == len(expected["coordinates"]) == 9
@@ -59,7 +72,7 @@ def test_pipeline_runs_locally_and_matches_gdmix_train(synthetic_dir, tmp_path):
     # every step left its KFP outputs: an HTML report with plots for the final evaluation, and one
     # per coordinate and pass (passes 2 and 3 run one DAG definition; local_task_roots keeps their
     # outputs apart, where kfp.local alone would write pass 3's over pass 2's)
-    reports = sorted((tmp_path / "root").glob("*/evaluate*/report"))
+    reports = sorted((tmp_path / "root").glob("*/score*/report"))  # the final step scores and evaluates
     assert reports and "<svg" in reports[-1].read_text()
     assert len(list((tmp_path / "root").rglob("report"))) == 3 * 3 + 1
 
@@ -98,7 +111,7 @@ def test_pipeline_learns_l2_like_gdmix_train(synthetic_dir, tmp_path):
                 logged[key].append(metadata[f"learned_{key}"])
     for key in learned:
         assert sorted(logged[key]) == pytest.approx(sorted(learned[key]))
-    reports = [path.read_text() for path in (tmp_path / "root").glob("*/later-pass/evaluate*/report")]
+    reports = [path.read_text() for path in (tmp_path / "root").glob("*/later-pass/update-scores*/report")]
     assert reports and all("learned intercept l2" in report for report in reports)  # the per-coordinate table
 
 
@@ -155,14 +168,15 @@ def test_later_passes_share_one_definition(synthetic_dir, tmp_path):
     two, six = (structure(compiled[n])["pipeline"] for n in (2, 6))
     assert len(two["components"]) == len(six["components"])  # (the outer steps' numbering differs)
     assert sorted(two["deploymentSpec"]["executors"]) == sorted(six["deploymentSpec"]["executors"])
-    assert len(six["deploymentSpec"]["executors"]) == 8  # one per step function
+    assert len(six["deploymentSpec"]["executors"]) == 7  # one per step function (no test split: no evaluate)
     tasks = six["root"]["dag"]["tasks"]
     passes = {spec["taskInfo"]["name"]: spec["componentRef"]["name"] for spec in tasks.values()
               if spec["taskInfo"]["name"].startswith("pass ")}
     assert sorted(passes) == [f"pass {n}" for n in range(1, 7)]
     assert passes["pass 1"] == "comp-first-pass" and {passes[f"pass {n}"] for n in range(2, 7)} == {"comp-later-pass"}
     names = {t["taskInfo"]["name"] for t in six["components"]["comp-later-pass"]["dag"]["tasks"].values()}
-    assert {"global: fixed effect", "per_user: offsets", "per_user: scores", "per_item: evaluation"} <= names
+    assert {"global: fixed effect", "per_user: offsets", "per_user: scores and evaluation",
+            "per_item: scores and evaluation"} <= names
     growth = len(compiled[6].read_text().splitlines()) - len(compiled[2].read_text().splitlines())
     assert growth < 4 * 60, growth  # 4 more pass tasks of about 50 lines each
 

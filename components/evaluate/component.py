@@ -15,12 +15,6 @@ def evaluate(scores: Input[Dataset], metrics: Output[Metrics], roc: Output[Class
     Metrics of a split other than validation are logged with its name first (``test_auc``)."""
     from gdmix.stages.evaluation import evaluate_location
     from gdmix.stages.locations import read_location
+    from gdmix_components._runtime import log_evaluation
 
-    result = evaluate_location(read_location(scores), split, list(entities), title)
-    prefix = "" if split in ("", "validation") else f"{split}_"
-    for name, value in result.metrics.items():
-        metrics.log_metric(prefix + name, value)
-    if result.roc is not None:  # None when the labels hold one class only
-        roc.log_roc_curve(*result.roc)
-    with open(report.path, "w", encoding="utf-8") as handle:
-        handle.write(result.html)
+    log_evaluation(evaluate_location(read_location(scores), split, list(entities), title), split, metrics, roc, report)
