@@ -111,16 +111,16 @@ def thread_settings(env: dict | None = None) -> dict:
 
 @contextlib.contextmanager
 def limit_threads(threads: int | None):
-    """Limit numpy/scipy/sklearn's BLAS and OpenMP pools to ``threads`` (None: leave them)."""
+    """Limit numpy/scipy/sklearn's BLAS and OpenMP pools, and the threads gdmix solves batches
+    and scores rows on, to ``threads`` (None: leave them)."""
     if threads is None:
         yield
         return
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover
-        yield
-        return
-    with threadpool_limits(limits=threads):
+    from threadpoolctl import threadpool_limits
+
+    from gdmix.solvers.parallel import limited_cores
+
+    with threadpool_limits(limits=threads), limited_cores(threads):
         yield
 
 

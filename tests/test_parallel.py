@@ -63,3 +63,17 @@ def test_a_random_effect_is_bit_identical_on_one_core_and_on_several(monkeypatch
         assert np.array_equal(a, b)
     assert (one[2] != several[2]).nnz == 0
     assert one[3].as_dict() == several[3].as_dict()
+
+
+def test_the_thread_cap_and_a_benchmarks_limit_bound_the_cores(monkeypatch):
+    from gdmix.solvers.parallel import available_cores, limited_cores
+
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.delenv("GDMIX_INTRA_OP_THREADS", raising=False)
+    assert available_cores() == 4
+    monkeypatch.setenv("GDMIX_INTRA_OP_THREADS", "2")
+    assert available_cores() == 2
+    with limited_cores(1):
+        assert available_cores() == 1
+    monkeypatch.setenv("GDMIX_INTRA_OP_THREADS", "0")  # 0: no cap, as for TensorFlow
+    assert available_cores() == 4

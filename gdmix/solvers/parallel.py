@@ -10,6 +10,7 @@ independent of how many cores the machine has.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -25,12 +26,32 @@ R = TypeVar("R")
 IN_FLIGHT_PER_WORKER = 2
 
 
+#: the process's thread cap, as the launchers and benchmarks set it for TensorFlow too
+#: (gdmix.tf_runtime reads the same variable; solvers import nothing from gdmix)
+THREADS_VARIABLE = "GDMIX_INTRA_OP_THREADS"
+_limit: int | None = None  # set by :func:`limited_cores`
+
+
 def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity, as a container's limit sets it)."""
+    """The cores this process may run on (its CPU affinity, as a container's limit sets it),
+    at most ``GDMIX_INTRA_OP_THREADS`` when that is set, and at most :func:`limited_cores`'s."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    caps = [cap for cap in (_limit, os.environ.get(THREADS_VARIABLE)) if cap not in (None, "", "0")]
+    return min([cores] + [max(1, int(cap)) for cap in caps])
+
+
+@contextlib.contextmanager
+def limited_cores(cores: int):
+    """Batches on at most ``cores`` threads meanwhile (a benchmark's one-thread run)."""
+    global _limit
+    before, _limit = _limit, cores
+    try:
+        yield
+    finally:
+        _limit = before
 
 
 def ordered_map(function: Callable[[T], R], items: Iterable[T], workers: int | None = None) -> Iterator[R]:
