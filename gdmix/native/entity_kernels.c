@@ -86,29 +86,31 @@ static void primal_system(Entity *e, const double *s) {
     for (int64_t j = 0; j < q; j++) e->system[j * q + j] += e->l2;
 }
 
-/* Solve A X = B in place for symmetric positive definite A (Cholesky); 0 if a pivot is not positive. */
+/* Solve A X = B in place for symmetric positive definite A (both triangles filled); 0 if a pivot is
+   not positive. A = U'U is factored into the upper triangle row by row: every update is a
+   contiguous multiply-add over a row (vectorised), none a dot-product reduction. */
 static int cholesky_solve(double *a, double *b, int64_t m, int64_t k) {
     for (int64_t j = 0; j < m; j++) {
-        double d = a[j * m + j];
-        for (int64_t c = 0; c < j; c++) d -= a[j * m + c] * a[j * m + c];
+        double *uj = a + j * m, d = uj[j];
         if (!(d > 0.0)) return 0;
         d = sqrt(d);
-        a[j * m + j] = d;
+        uj[j] = d;
+        for (int64_t c = j + 1; c < m; c++) uj[c] /= d;
         for (int64_t r = j + 1; r < m; r++) {
-            double t = a[r * m + j];
-            for (int64_t c = 0; c < j; c++) t -= a[r * m + c] * a[j * m + c];
-            a[r * m + j] = t / d;
+            double f = uj[r], *ur = a + r * m;
+            if (f == 0.0) continue;
+            for (int64_t c = r; c < m; c++) ur[c] -= f * uj[c];
         }
     }
-    for (int64_t j = 0; j < k; j++) {  /* L y = b, then L' x = y */
-        for (int64_t r = 0; r < m; r++) {
-            double t = b[r * k + j];
-            for (int64_t c = 0; c < r; c++) t -= a[r * m + c] * b[c * k + j];
-            b[r * k + j] = t / a[r * m + r];
+    for (int64_t j = 0; j < k; j++) {
+        for (int64_t c = 0; c < m; c++) {  /* U'y = b, column by column */
+            double y = b[c * k + j] / a[c * m + c];
+            b[c * k + j] = y;
+            for (int64_t r = c + 1; r < m; r++) b[r * k + j] -= a[c * m + r] * y;
         }
-        for (int64_t r = m - 1; r >= 0; r--) {
+        for (int64_t r = m - 1; r >= 0; r--) {  /* U x = y */
             double t = b[r * k + j];
-            for (int64_t c = r + 1; c < m; c++) t -= a[c * m + r] * b[c * k + j];
+            for (int64_t c = r + 1; c < m; c++) t -= a[r * m + c] * b[c * k + j];
             b[r * k + j] = t / a[r * m + r];
         }
     }
