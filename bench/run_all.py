@@ -17,7 +17,9 @@ detext                ~5 min
 pipeline              ~6 min   2 repeats of pipeline and gdmix train, 1 gdmix demo
 movielens_tune        ~10 min  only when named (the grid search behind lr-tuned.yaml)
 empirical_bayes       ~3 min   l2: auto against a fixed l2 (3 repeats); lr-auto against lr-tuned
-profile_random_effect ~2 min   the tiny-entity random effect's cold pass: throughput and a cProfile
+profile_random_effect ~3 min   the tiny-entity random effect's cold and warm passes: throughput and a cProfile
+pipeline_steps        ~12 min  per-step start-up vs work, the small 2-pass job's ratio, 1 gdmix demo
+detext_scaling        ~6 min   DeText input sharded: examples/s and memory per worker at 1 and 2 workers
 ==================== ======== ==========================================================
 
 ``make bench`` (no names) runs :data:`DEFAULT`: about 51 minutes on the 2-core VM (estimates
@@ -32,8 +34,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench import (detext, empirical_bayes, fixed_effect, fixed_effect_scale, measure, movielens, movielens_tune,
-                   photon, pipeline, profile_random_effect, random_effect, scale)
+from bench import (detext, detext_scaling, empirical_bayes, fixed_effect, fixed_effect_scale, measure, movielens,
+                   movielens_tune, photon, pipeline, pipeline_steps, profile_random_effect, random_effect, scale)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BENCHMARKS = {
@@ -49,10 +51,12 @@ BENCHMARKS = {
     "pipeline": lambda: pipeline.run(repeats=2, demo_repeats=1),
     "empirical_bayes": empirical_bayes.run,
     "profile_random_effect": profile_random_effect.run,
+    "pipeline_steps": lambda: pipeline_steps.run(repeats=2, demo=True, demo_repeats=1),
+    "detext_scaling": detext_scaling.run,
 }
 # what `make bench` runs: every comparison, within ~45 minutes on 2 cores
 DEFAULT = ["random_effect", "fixed_effect", "fixed_effect_scale", "photon", "scale_large", "movielens", "detext",
-           "pipeline", "empirical_bayes", "profile_random_effect"]
+           "pipeline", "empirical_bayes", "profile_random_effect", "pipeline_steps", "detext_scaling"]
 # a benchmark saved under another name than its key
 SAVED_AS = {"scale_large": "scale"}
 

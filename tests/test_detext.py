@@ -157,14 +157,15 @@ def test_ranking_losses_match_a_plain_reference():
 
 
 def test_workers_split_each_global_batch_exactly():
-    from gdmix.models.detext.data import Batches
+    from gdmix.models.detext.data import Batches, TrainingShard
 
     for groups in (False, True):
-        rows, _ = _rows(103, groups=groups)
+        rows, offsets = _rows(103, groups=groups)
         batches = Batches(rows, 16, seed=3, by_group=groups)
+        workers = [TrainingShard.in_memory(rows, offsets, rank, 3)[0] for rank in range(3)]
         for _ in range(20):
             batch = batches.next()
-            shares = [Batches.local(batch, rows, rank, 3) for rank in range(3)]
+            shares = [worker.local(batch) + worker.start for worker in workers]  # global row positions
             assert sorted(np.concatenate(shares)) == sorted(batch)
             if groups:  # a list never spans two workers
                 owners = [set(rows.groups[s]) for s in shares]

@@ -89,18 +89,20 @@ class ContractTable:
         return piece.path, int(row - self.piece_starts[k] + piece.start)
 
 
-def read_contract_table(uri: str, columns: ContractColumns, shard: tuple[int, int] | None = None) -> ContractTable:
-    """Read and validate the dataset at ``uri``, or only shard ``(index, count)`` of its rows.
+def read_contract_table(uri: str, columns: ContractColumns, shard: tuple[int, int] | None = None,
+                        rows: tuple[int, int] | None = None) -> ContractTable:
+    """Read and validate the dataset at ``uri``, or only shard ``(index, count)`` of its rows,
+    or only its rows ``[low, high)`` (``rows``, numbered across the files in name order).
 
     A shard is a contiguous range of the dataset's rows (files in name order), balanced to
-    within one row however the rows fall into files and row groups; an empty shard is valid
-    (the caller decides whether the whole dataset is empty), and uids are checked for
-    uniqueness within what was read.
+    within one row however the rows fall into files and row groups (:func:`shard_bounds`); an
+    empty shard is valid (the caller decides whether the whole dataset is empty), and uids are
+    checked for uniqueness within what was read.
     """
     files = fs.list_parquet_files(uri)
     if not files:
         raise DataError("dataset is empty: no Parquet files found", path=str(uri))
-    pieces = plan_pieces(files, shard)
+    pieces = plan_pieces(files, shard, rows)
     tables = [_read_piece(piece, columns) for piece in pieces] or [_read_piece(FilePiece(files[0], 0, 0), columns)]
     has_label = all(t.schema.get_field_index("label") >= 0 for t in tables)
     if not has_label:
@@ -109,20 +111,25 @@ def read_contract_table(uri: str, columns: ContractColumns, shard: tuple[int, in
     table = pa.concat_tables(tables)
     sizes = np.array([t.num_rows for t in tables], dtype=np.int64)
     result = ContractTable(table, pieces or [FilePiece(files[0], 0, 0)], np.cumsum(sizes) - sizes, has_label)
-    if table.num_rows == 0 and shard is None:
+    if table.num_rows == 0 and shard is None and rows is None:
         raise DataError("dataset is empty (0 rows)", path=str(uri))
     _check_unique_uids(result, columns.uid)
     return result
 
 
-def plan_pieces(files: list[str], shard: tuple[int, int] | None = None) -> list[FilePiece]:
-    """The file pieces of a dataset (whole files), or of rows ``[k N / W, (k + 1) N / W)``."""
+def shard_bounds(total: int, index: int, count: int) -> tuple[int, int]:
+    """Rows ``[k N / W, (k + 1) N / W)``: shard ``index`` of ``count`` over ``total`` rows."""
+    return total * index // count, total * (index + 1) // count
+
+
+def plan_pieces(files: list[str], shard: tuple[int, int] | None = None,
+                rows: tuple[int, int] | None = None) -> list[FilePiece]:
+    """The file pieces of a dataset (whole files), of shard ``(k, W)`` (:func:`shard_bounds`),
+    or of the rows ``[low, high)`` given as ``rows``."""
     sizes = [_num_rows(path) for path in files]
-    if shard is None:
+    if shard is None and rows is None:
         return [FilePiece(path, 0, size) for path, size in zip(files, sizes)]
-    index, count = shard
-    total = sum(sizes)
-    low, high = total * index // count, total * (index + 1) // count
+    low, high = rows if rows is not None else shard_bounds(sum(sizes), *shard)
     pieces, first = [], 0
     for path, size in zip(files, sizes):
         start, stop = max(low - first, 0), min(high - first, size)

@@ -2,16 +2,25 @@
 
 :class:`DetextRows` holds, for a set of rows, the text columns (bytes), the wide bag as CSR
 (columns from the bag's index map), the dense columns, and labels, weights and list ids.
-Batches are positions into it; :func:`batch_inputs` turns a batch into the network's input
-tensors (the wide bag padded to the batch's longest row).
+Batches are positions into it; :func:`batch_arrays` / :func:`batch_inputs` turn a batch into
+the network's inputs (the wide bag padded to the batch's longest row).
 
-Batches are the same on every worker: a seeded permutation of rows (pointwise) or of whole
-lists (ranking losses), ``batch_size`` rows at a time, and worker k of n takes the k-th
-slice of each batch. The workers' loss sums then add up to exactly the single-worker batch.
+Batches are the same on every worker (:class:`Batches`): a seeded permutation of the global row
+numbers (pointwise) or of whole lists (ranking losses), ``batch_size`` rows at a time, computed
+from global metadata only (:class:`RowIndex`: the row count and, for ranking losses, the list ids).
+Each worker holds only its shard, a contiguous range of the training rows (:class:`TrainingShard`,
+:func:`shard_range`), and takes from every global batch the rows of its range. Local batch sizes
+vary, but the shards' loss sums add up to exactly the single-worker batch's (the training loop
+all-reduces sums and divides by the global weight), so 1 and N workers follow the same trajectory.
+A ranking list must never be split: shard boundaries are moved to list starts, which needs each
+list's rows to be consecutive in the data when there is more than one worker (checked:
+:func:`shard_range` raises a :class:`~gdmix.errors.DataError` naming the column otherwise).
+:func:`training_batches` feeds a worker's shares through a ``tf.data`` pipeline with prefetch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +29,7 @@ import scipy.sparse as sp
 
 from gdmix.config import DetextConfig
 from gdmix.errors import DataError
+from gdmix.io.contract import shard_bounds
 from gdmix.models.detext.network import text_columns
 from gdmix.models.detext.text import text_array
 from gdmix.tf_runtime import import_tensorflow
@@ -77,15 +87,25 @@ def _to_numpy(values):
     return values.to_numpy(zero_copy_only=False) if hasattr(values, "to_numpy") else np.asarray(values)
 
 
+def batch_arrays(rows: DetextRows, positions: np.ndarray, offsets: np.ndarray) -> dict[str, np.ndarray]:
+    """The network's inputs for ``positions`` as numpy arrays (offsets already include the data's own)."""
+    arrays = {f"text:{name}": values[positions] for name, values in rows.texts.items()}
+    arrays["wide_ids"], arrays["wide_values"] = _padded(rows.wide, positions)
+    arrays["dense"] = rows.dense[positions]
+    arrays["offset"] = np.asarray(offsets[positions], np.float32)
+    return dict(sorted(arrays.items()))  # one key order everywhere (a traced signature's order)
+
+
 def batch_inputs(rows: DetextRows, positions: np.ndarray, offsets: np.ndarray) -> dict:
-    """The network's input dict for ``positions`` (offsets already include the data's own)."""
-    inputs = {f"text:{name}": tf.constant(values[positions], dtype=tf.string) for name, values in rows.texts.items()}
-    ids, values = _padded(rows.wide, positions)
-    inputs["wide_ids"] = tf.constant(ids)
-    inputs["wide_values"] = tf.constant(values)
-    inputs["dense"] = tf.constant(rows.dense[positions])
-    inputs["offset"] = tf.constant(np.asarray(offsets[positions], np.float32))
-    return dict(sorted(inputs.items()))  # one key order everywhere (a traced signature's order)
+    """:func:`batch_arrays` as tensors: the network's input dict."""
+    return {name: tf.constant(values, dtype=tf.string if name.startswith("text:") else None)
+            for name, values in batch_arrays(rows, positions, offsets).items()}
+
+
+def blank_rows(text_names: list[str], dense_dims: int) -> DetextRows:
+    """One empty row: enough to build a network's weights when a worker holds no rows."""
+    return DetextRows({name: np.array([b""], dtype=object) for name in text_names}, None,
+                      np.zeros((1, dense_dims), np.float32), None, np.ones(1, np.float32), None)
 
 
 def _padded(wide: sp.csr_matrix | None, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -104,10 +124,31 @@ def _padded(wide: sp.csr_matrix | None, positions: np.ndarray) -> tuple[np.ndarr
     return ids, values
 
 
-class Batches:
-    """The global batch schedule, identical on every worker; :meth:`local` is a worker's share."""
+@dataclass(frozen=True)
+class RowIndex:
+    """What the global batch schedule needs, and nothing more: the number of training rows and,
+    for ranking losses, every row's list id as an integer code (codes sort like the ids)."""
 
-    def __init__(self, rows: DetextRows, batch_size: int, seed: int, by_group: bool):
+    num_rows: int
+    groups: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, num_rows: int, groups: np.ndarray | None) -> "RowIndex":
+        return cls(num_rows, None if groups is None else list_codes(groups))
+
+
+def list_codes(groups: np.ndarray) -> np.ndarray:
+    """List ids (any sortable type) as int64 codes in the ids' sort order."""
+    return np.unique(np.asarray(groups), return_inverse=True)[1].astype(np.int64).reshape(-1)
+
+
+class Batches:
+    """The global batch schedule, identical on every worker.
+
+    ``rows`` is anything with ``num_rows`` and ``groups`` (:class:`RowIndex`, or :class:`DetextRows`
+    when every row is in memory): the schedule never looks at the rows' contents."""
+
+    def __init__(self, rows, batch_size: int, seed: int, by_group: bool):
         self.batch_size = batch_size
         self.rng = np.random.default_rng(seed)
         if by_group:
@@ -136,14 +177,160 @@ class Batches:
         taken, self._queue = self._queue[:count], self._queue[count:]
         return taken
 
-    @staticmethod
-    def local(batch: np.ndarray, rows: DetextRows, rank: int, size: int) -> np.ndarray:
-        """Worker ``rank``'s share of a global batch (whole lists stay on one worker)."""
-        if rows.groups is None or size == 1:
-            return np.array_split(batch, size)[rank]
-        groups = rows.groups[batch]
-        _, first = np.unique(groups, return_index=True)
-        order = np.argsort(first)  # lists in batch order
-        mine = np.array_split(np.arange(len(order)), size)[rank]
-        keep = np.isin(groups, np.unique(groups)[order[mine]])
-        return batch[keep]
+
+def shard_range(index: RowIndex, rank: int, size: int, source: str = "data",
+                column: str | None = None, locate=None) -> tuple[int, int]:
+    """Worker ``rank``'s rows ``[low, high)``: the fixed effect's balanced shard
+    (:func:`~gdmix.io.contract.shard_bounds`), with both ends moved forward to the next list start
+    for ranking losses, so a list is never split between workers.
+
+    With more than one worker the lists must be contiguous (each list's rows consecutive); a list
+    found in two places is a :class:`DataError` naming ``column`` and, through ``locate`` (global
+    row -> (file, row in file)), the file and row where it reappears."""
+    low, high = shard_bounds(index.num_rows, rank, size)
+    if index.groups is None or size == 1:
+        return low, high
+    starts = np.flatnonzero(np.diff(index.groups) != 0) + 1
+    _check_contiguous(index.groups, starts, source, column, locate)
+    boundaries = np.concatenate([[0], starts, [index.num_rows]])
+    move = lambda row: int(boundaries[np.searchsorted(boundaries, row)])  # noqa: E731
+    return move(low), move(high)
+
+
+def _check_contiguous(codes: np.ndarray, starts: np.ndarray, source: str, column: str | None, locate) -> None:
+    """Every list id forms one run of rows (a run per distinct id)."""
+    runs = np.concatenate([[0], starts]) if len(codes) else starts
+    if len(runs) == len(np.unique(codes)):
+        return
+    run_codes = codes[runs]
+    _, first_run = np.unique(run_codes, return_index=True)
+    repeated = np.setdiff1d(np.arange(len(runs)), first_run)[0]  # the first run of an id seen before
+    row = int(runs[repeated])
+    path, file_row = locate(row) if locate is not None else (source, row)
+    raise DataError("the rows of a ranking list are not consecutive (the list id reappears here after other "
+                    "lists): with more than one worker each list must be stored contiguously (sort the data by "
+                    "the list id) so that no list is split between workers", path=path, column=column, row=file_row)
+
+
+@dataclass
+class TrainingShard:
+    """A worker's contiguous range of the training rows: its :class:`DetextRows` (global row
+    ``start + i`` is ``rows`` row i) and the :class:`RowIndex` of all rows, for the schedule."""
+
+    rows: DetextRows
+    start: int
+    index: RowIndex
+
+    @classmethod
+    def in_memory(cls, rows: DetextRows, offsets: np.ndarray, rank: int, size: int,
+                  source: str = "data") -> tuple["TrainingShard", np.ndarray]:
+        """The shard of rows every worker holds in full (coordinate descent in one process), and its offsets."""
+        index = RowIndex.of(rows.num_rows, rows.groups)
+        low, high = shard_range(index, rank, size, source)
+        positions = np.arange(low, high)
+        return cls(rows.take(positions), low, index), np.asarray(offsets)[positions]
+
+    def local(self, batch: np.ndarray) -> np.ndarray:
+        """This worker's share of a global batch, as positions into ``rows`` (in batch order)."""
+        mine = batch[(batch >= self.start) & (batch < self.start + self.rows.num_rows)]
+        return mine - self.start
+
+    def codes(self) -> np.ndarray:
+        """The shard's list ids as global codes (zeros without lists)."""
+        if self.index.groups is None:
+            return np.zeros(self.rows.num_rows, np.int64)
+        return self.index.groups[self.start:self.start + self.rows.num_rows]
+
+
+@dataclass
+class HeldOutShard:
+    """A worker's contiguous range of the validation rows (``rows``, global row ``start`` first) and,
+    for the metric, every validation row's label, weight and list code (``everything``, no inputs):
+    each worker scores only its rows, and the logits are all-reduced before the metric."""
+
+    rows: DetextRows
+    start: int
+    everything: DetextRows
+
+    @classmethod
+    def gather(cls, rows: DetextRows, start: int, index: RowIndex, collective) -> "HeldOutShard":
+        """Every worker's labels and weights, all-reduced once (zeros outside each worker's range)."""
+        columns = np.zeros((2, index.num_rows))
+        columns[:, start:start + rows.num_rows] = [rows.labels, rows.weights]
+        labels, weights = collective.sum(columns.ravel()).reshape(2, index.num_rows).astype(np.float32)
+        return cls(rows, start, DetextRows({}, None, np.zeros((index.num_rows, 0), np.float32), labels, weights,
+                                           index.groups))
+
+    def place(self, logits: np.ndarray) -> np.ndarray:
+        """This worker's logits at their global rows, zeros elsewhere (to be all-reduced)."""
+        out = np.zeros(self.everything.num_rows)
+        out[self.start:self.start + self.rows.num_rows] = logits
+        return out
+
+
+SCHEDULE_CHUNK = 64  # steps whose positions one Python call hands to tf.data
+
+
+def training_batches(shard: TrainingShard, offsets: np.ndarray, batches: Batches, steps: int,
+                     prefetch: int = 2) -> "tf.data.Dataset":
+    """``steps`` elements ``(inputs, labels, weights, list codes, global batch rows)``: this worker's
+    share of each global batch, prepared ahead of the step that uses it (``prefetch`` elements).
+
+    The elements are exactly :func:`batch_arrays` of each share (a share may be empty: the worker
+    still takes part in the step's all-reduce). They are gathered inside tf.data from the shard's
+    columns held once as tensors, not built in Python and handed over through ``from_generator``
+    per step (which made training steps measurably dearer than a plain Python feed). Python only
+    computes the schedule, the local positions of :data:`SCHEDULE_CHUNK` steps at a time (one
+    ``from_generator`` element per chunk; memory stays bounded by a chunk)."""
+    rows = shard.rows
+    labels = rows.labels if rows.labels is not None else np.zeros(rows.num_rows, np.float32)
+    columns = {f"text:{name}": tf.constant(values, tf.string) if len(values) else tf.zeros([0], tf.string)
+               for name, values in rows.texts.items()}
+    columns |= {"dense": tf.constant(rows.dense, tf.float32),
+                "offset": tf.constant(np.asarray(offsets, np.float32).reshape(-1)[:rows.num_rows]),
+                "labels": tf.constant(np.asarray(labels, np.float32)),
+                "weights": tf.constant(np.asarray(rows.weights, np.float32)),
+                "codes": tf.constant(shard.codes().astype(np.int64))}
+    wide = _ragged_wide(rows.wide)
+
+    def schedule() -> Iterator[tuple]:
+        for first in range(0, steps, SCHEDULE_CHUNK):
+            shares, sizes = [], []
+            for _ in range(min(SCHEDULE_CHUNK, steps - first)):
+                batch = batches.next()
+                shares.append(shard.local(batch).astype(np.int64))
+                sizes.append(len(batch))
+            yield (np.concatenate(shares), np.array([len(s) for s in shares], np.int64),
+                   np.array(sizes, np.int64))
+
+    chunk = (tf.TensorSpec([None], tf.int64),) * 3
+    chunks = tf.data.Dataset.from_generator(schedule, output_signature=chunk)
+    per_step = chunks.flat_map(lambda flat, lengths, sizes: tf.data.Dataset.from_tensor_slices(
+        (tf.RaggedTensor.from_row_lengths(flat, lengths), sizes)))
+
+    def gather(mine, size):
+        inputs = {name: tf.gather(columns[name], mine) for name in columns if name.startswith("text:")}
+        inputs["dense"] = tf.gather(columns["dense"], mine)
+        inputs["offset"] = tf.gather(columns["offset"], mine)
+        count = tf.shape(mine, out_type=tf.int64)[0]
+        if wide is None:
+            inputs["wide_ids"], inputs["wide_values"] = tf.zeros([count, 1], tf.int32), tf.zeros([count, 1], tf.float32)
+        else:
+            ids, values = tf.gather(wide[0], mine), tf.gather(wide[1], mine)
+            shape = tf.stack([count, tf.maximum(ids.bounding_shape(axis=1, out_type=tf.int64), 1)])
+            inputs["wide_ids"] = ids.to_tensor(0, shape=shape)
+            inputs["wide_values"] = values.to_tensor(0.0, shape=shape)
+        return (dict(sorted(inputs.items())), tf.gather(columns["labels"], mine), tf.gather(columns["weights"], mine),
+                tf.gather(columns["codes"], mine), size)
+
+    return per_step.map(gather).prefetch(prefetch)
+
+
+def _ragged_wide(wide: sp.csr_matrix | None):
+    """A CSR's rows as ragged feature ids (column + 1) and values, as :func:`_padded` pads them."""
+    if wide is None:
+        return None
+    lengths, used = np.diff(wide.indptr).astype(np.int64), slice(wide.indptr[0], wide.indptr[-1])
+    ids = tf.RaggedTensor.from_row_lengths(tf.constant(wide.indices[used].astype(np.int32) + 1), lengths)
+    values = tf.RaggedTensor.from_row_lengths(tf.constant(wide.data[used].astype(np.float32)), lengths)
+    return ids, values

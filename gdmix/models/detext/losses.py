@@ -49,7 +49,8 @@ def listwise(logits, labels, weights, groups):
     cross = -tf.math.unsorted_segment_sum(labels * log_softmax, index, count)
     weight = tf.math.unsorted_segment_max(weights, index, count)
     has_positive = tf.cast(positive > 0, logits.dtype)
-    return tf.reduce_sum(has_positive * weight * cross / tf.maximum(positive, 1e-12)), tf.reduce_sum(has_positive * weight)
+    return (tf.reduce_sum(has_positive * weight * cross / tf.maximum(positive, 1e-12)),
+            tf.reduce_sum(has_positive * weight))
 
 
 LOSSES = {"pointwise": pointwise, "pairwise": pairwise, "listwise": listwise}

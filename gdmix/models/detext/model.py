@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from gdmix.config import DetextConfig
+from gdmix.distributed.collective import Collective, SingleProcess
 from gdmix.io import fs
 from gdmix.models.detext.data import DetextRows
 from gdmix.models.detext.network import build_network, input_signature
@@ -45,10 +46,10 @@ class DetextModel:
     network: object
 
     @classmethod
-    def create(cls, config: DetextConfig, vocabulary: list[str], wide_features: int, dense: np.ndarray) -> "DetextModel":
-        mean = dense.mean(axis=0) if dense.size else np.zeros(dense.shape[1], np.float32)
-        std = dense.std(axis=0) if dense.size else np.ones(dense.shape[1], np.float32)
-        std = np.where(std > 0, std, 1.0)
+    def create(cls, config: DetextConfig, vocabulary: list[str], wide_features: int, dense: np.ndarray,
+               collective: Collective = SingleProcess()) -> "DetextModel":
+        """An untrained model; ``dense`` are this worker's training rows (statistics over every worker's)."""
+        mean, std = dense_statistics(dense, collective)
         network = build_network(config, vocabulary, wide_features, mean, std)
         return cls(config, vocabulary, wide_features, mean, std, network)
 
@@ -119,11 +120,27 @@ class DetextModel:
         return model
 
     def _build(self) -> None:
-        from gdmix.models.detext.data import batch_inputs
+        from gdmix.models.detext.data import batch_inputs, blank_rows
 
-        rows = DetextRows({c: np.array([b""], dtype=object) for c in _texts(self.config)}, None,
-                          np.zeros((1, len(self.dense_mean)), np.float32), None, np.ones(1, np.float32), None)
+        rows = blank_rows(_texts(self.config), len(self.dense_mean))
         self.network(batch_inputs(rows, np.arange(1), np.zeros(1)), training=False)
+
+
+def dense_statistics(dense: np.ndarray, collective: Collective) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and deviation of each dense column over every worker's rows (``dense``: this worker's).
+
+    Two all-reduced passes in float64 (sums, then squared deviations from the mean), the same
+    arithmetic for one worker as for N, so shards give the statistics of the whole data. A
+    column without spread (or no rows) gets deviation 1."""
+    dims = dense.shape[1]
+    if dims == 0:
+        return np.zeros(0, np.float32), np.ones(0, np.float32)
+    sums = collective.sum(np.concatenate([[len(dense)], dense.sum(axis=0, dtype=np.float64)]))
+    count = max(sums[0], 1.0)
+    mean = sums[1:] / count
+    variance = collective.sum(((dense - mean) ** 2).sum(axis=0)) / count
+    std = np.sqrt(variance)
+    return mean.astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32)
 
 
 def _texts(config: DetextConfig) -> list[str]:

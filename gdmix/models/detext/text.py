@@ -45,11 +45,22 @@ def build_vocabulary(columns: list[np.ndarray], max_bytes: int, max_len: int, si
     """The ``size`` most frequent words (at least ``min_count`` occurrences) of the training
     texts, ties broken alphabetically so every worker builds the same list; ``[PAD]`` and
     ``[UNK]`` first."""
+    return vocabulary_from_counts(count_tokens(columns, max_bytes, max_len), size, min_count)
+
+
+def count_tokens(columns: list[np.ndarray], max_bytes: int, max_len: int) -> Counter:
+    """How often each word (UTF-8 bytes) occurs in the texts: counts of shards add up to the
+    counts of all rows, so workers can build one vocabulary from their own rows."""
     counts: Counter = Counter()
     for column in columns:
         for start in range(0, len(column), 65536):
-            chunk = tf.constant(_as_bytes(column[start:start + 65536]))
+            chunk = tf.constant(_as_bytes(column[start:start + 65536]), dtype=tf.string)
             counts.update(tokens(chunk, max_bytes, max_len).flat_values.numpy().tolist())
+    return counts
+
+
+def vocabulary_from_counts(counts: Counter, size: int, min_count: int) -> list[str]:
+    """:func:`build_vocabulary`'s choice of words from word counts."""
     ranked = sorted(((count, word) for word, count in counts.items() if count >= min_count),
                     key=lambda item: (-item[0], item[1]))
     words = [word.decode("utf-8") for _, word in ranked[: max(size - len(SPECIAL), 0)]]

@@ -1,13 +1,16 @@
 """The training loop: synchronous data-parallel steps with gradients summed by a collective.
 
 Each step every worker computes the loss sum and its gradient on its share of the global batch
-(:class:`~gdmix.models.detext.data.Batches`); one all-reduce adds the gradients, loss sums and
-weight sums of all workers; every worker divides, clips by global norm and applies the same
-update, so the weights stay identical without further synchronisation. The collective is TF's
-(``TF_CONFIG``) or Horovod's (``horovodrun``), or the identity for one process.
+(:class:`~gdmix.models.detext.data.Batches`: the rows of the batch that lie in the worker's shard,
+:class:`~gdmix.models.detext.data.TrainingShard`, fed by a prefetching ``tf.data`` pipeline; a
+worker with no rows in a batch contributes zeros); one all-reduce adds the gradients, loss sums and
+weight sums of all workers; every worker divides by the global batch's weight, clips by global
+norm and applies the same update, so the weights stay identical without further synchronisation.
+The collective is TF's (``TF_CONFIG``) or Horovod's (``horovodrun``), or the identity for one process.
 
-Every ``eval_every`` steps the chief scores the validation rows; the weights with the best
-value of ``metric`` (in its direction) are kept, and the model ends with them.
+Every ``eval_every`` steps the workers score the validation rows (each its shard, the logits
+all-reduced; or each all of them when they are in memory) and compute the same metric; the
+weights with the best value of ``metric`` (in its direction) are kept, and the model ends with them.
 
 The loop always runs ``steps`` steps (there is no early stopping); the report says whether
 training had levelled off by then (``stop_reason``, ``converged``, see :func:`stop_reason`).
@@ -27,7 +30,8 @@ from gdmix.config import DetextConfig
 from gdmix.distributed.collective import Collective, SingleProcess
 from gdmix.errors import ConfigError
 from gdmix.metrics import binary_metrics
-from gdmix.models.detext.data import Batches, DetextRows, batch_inputs
+from gdmix.models.detext.data import (Batches, DetextRows, HeldOutShard, TrainingShard, batch_inputs, blank_rows,
+                                      training_batches)
 from gdmix.models.detext.losses import LOSSES
 from gdmix.tf_runtime import import_tensorflow
 
@@ -134,13 +138,19 @@ def score_rows(network, rows: DetextRows, offsets: np.ndarray) -> np.ndarray:
     return out
 
 
-def train_network(network, config: DetextConfig, train: DetextRows, train_offsets: np.ndarray,
-                  validation: DetextRows | None = None, validation_offsets: np.ndarray | None = None,
+def train_network(network, config: DetextConfig, train: DetextRows | TrainingShard, train_offsets: np.ndarray,
+                  validation: DetextRows | HeldOutShard | None = None, validation_offsets: np.ndarray | None = None,
                   collective: Collective = SingleProcess(), log=print, progress=None) -> TrainingReport:
+    """Train ``network`` for ``config.steps`` steps on ``train``: this worker's
+    :class:`TrainingShard` (``train_offsets`` are its rows' offsets), or every training row in
+    memory (:class:`DetextRows`; each worker then keeps only its shard of them). ``validation``:
+    every validation row (each worker scores all), or this worker's :class:`HeldOutShard`."""
+    if isinstance(train, DetextRows):
+        train, train_offsets = TrainingShard.in_memory(train, train_offsets, collective.rank, collective.size)
     loss_fn = LOSSES[config.loss]
     optimizer = _optimizer(tf, config)
-    batches = Batches(train, config.batch_size, config.seed, by_group=config.loss != "pointwise")
-    _ = network(batch_inputs(train, np.arange(min(2, train.num_rows)), train_offsets))  # build the weights
+    batches = Batches(train.index, config.batch_size, config.seed, by_group=config.loss != "pointwise")
+    _build(network, train.rows, train_offsets)
     variables = network.trainable_variables
     _broadcast(network, collective)
     warn_if_collective_fallback(config, collective)
@@ -169,18 +179,19 @@ def train_network(network, config: DetextConfig, train: DetextRows, train_offset
             summed, _ = tf.clip_by_global_norm(summed, config.max_gradient_norm)
         optimizer.apply_gradients(zip(summed, variables))
 
-    for step in range(1, config.steps + 1):
-        batch = batches.next()
-        local = Batches.local(batch, train, collective.rank, collective.size)
-        groups = tf.constant(train.groups[local]) if train.groups is not None else tf.zeros([len(local)], tf.int64)
-        flat, loss_sum, weight_sum = local_gradient(batch_inputs(train, local, train_offsets),
-                                                    tf.constant(train.labels[local]),
-                                                    tf.constant(train.weights[local]), groups)
-        total = collective.sum(np.concatenate([flat.numpy().astype(np.float64),
-                                               [float(loss_sum), float(weight_sum)]]))
+    def local_sums(inputs, labels, weights, groups) -> np.ndarray:
+        """This worker's gradient, loss and weight sums (zeros when the batch has none of its rows)."""
+        if int(tf.shape(labels)[0]) == 0:
+            return np.zeros(sum(sizes) + 2)
+        flat, loss_sum, weight_sum = local_gradient(inputs, labels, weights, groups)
+        return np.concatenate([flat.numpy().astype(np.float64), [float(loss_sum), float(weight_sum)]])
+
+    stream = training_batches(train, train_offsets, batches, config.steps)
+    for step, (inputs, labels, weights, groups, global_rows) in enumerate(stream, start=1):
+        total = collective.sum(local_sums(inputs, labels, weights, groups))
         scale = 1.0 / max(total[-1], 1e-12)
         apply(tf.constant((total[:-2] * scale).astype(np.float32)))
-        examples += len(batch)
+        examples += int(global_rows)
         loss = total[-2] * scale
         step_losses.append(float(loss))
         if step % max(config.steps // 50, 1) == 0 or step == config.steps:
@@ -204,9 +215,21 @@ def train_network(network, config: DetextConfig, train: DetextRows, train_offset
     return report
 
 
+def _build(network, rows: DetextRows, offsets: np.ndarray) -> None:
+    """Create the network's weights from two of this worker's rows (a blank row when it has none)."""
+    if rows.num_rows == 0:
+        rows, offsets = blank_rows(list(rows.texts), rows.dense.shape[1]), np.zeros(1)
+    network(batch_inputs(rows, np.arange(min(2, rows.num_rows)), offsets))
+
+
 def _evaluate(network, config, validation, offsets, collective) -> float:
-    """Every worker scores the validation rows (cheap next to training) so all agree on the best step."""
-    return evaluate_metric(config.metric, score_rows(network, validation, offsets), validation)
+    """The validation metric, the same on every worker so all agree on the best step: every worker
+    scores all rows (:class:`DetextRows`), or its shard, all-reduced into every row's logit
+    (:class:`HeldOutShard`: adding zeros is exact, so the metric is the single worker's)."""
+    if isinstance(validation, DetextRows):
+        return evaluate_metric(config.metric, score_rows(network, validation, offsets), validation)
+    logits = collective.sum(validation.place(score_rows(network, validation.rows, offsets)))
+    return evaluate_metric(config.metric, logits, validation.everything)
 
 
 def _better(value: float, best: float | None, direction: str) -> bool:
