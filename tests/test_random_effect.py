@@ -239,3 +239,22 @@ def test_single_row_entities_take_the_exact_one_dimensional_path(solver_path):
         assert report.unconverged_entities == 0
         assert report.batches == (0 if solver_path == "numpy" else 1)  # no dense batch / one kernel call
         _check_against_scipy(codes, features, labels, weights, offsets, config, trained, intercepts, coef, limit=80)
+
+
+def test_a_model_is_written_in_parts_that_read_back_as_its_table(monkeypatch, tmp_path):
+    from gdmix.io import fs
+    from gdmix.models.random_effect import CoefficientVariances
+
+    rng = np.random.default_rng(17)
+    coef = sp.random(40, 12, density=0.3, random_state=17, format="csr")
+    variances = CoefficientVariances(rng.random(40), coef.copy())
+    model = RandomEffectModel(pa.array([f"e{i}" for i in range(40)]), rng.normal(size=40), coef, 0.7, variances)
+    index_map = IndexMap(pa.array([f"f{i:02d}" for i in range(12)]), pa.array([""] * 12))
+    monkeypatch.setattr("gdmix.models.random_effect.available_cores", lambda: 3)
+    model.write(str(tmp_path / "model"), index_map)
+    assert len(fs.list_parquet_files(str(tmp_path / "model"))) == 3
+    read = fs.read_parquet_dir(str(tmp_path / "model"))
+    assert read.equals(model.to_table(index_map)) and read.schema.metadata == model.to_table(index_map).schema.metadata
+    back = RandomEffectModel.from_table(read, index_map)
+    assert back.l2 == 0.7 and np.array_equal(back.intercepts, model.intercepts)
+    assert len(RandomEffectModel(pa.array([], pa.string()), np.zeros(0), sp.csr_matrix((0, 12))).split(3)) == 1

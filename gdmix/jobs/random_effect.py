@@ -161,7 +161,7 @@ def _train_one(spec: RandomEffectConfig, prep_dir: str, partition: int, index_ma
         model = dataclasses.replace(model, l2=learned["l2"], intercept_l2=learned_intercept)
     staging = fs.join(output, ".staging", spec.name, partition_name(partition))
     fs.remove(staging)
-    fs.write_parquet(model.to_table(index_map), fs.join(staging, "model"))
+    model.write(fs.join(staging, "model"), index_map)
     for split, dataset in data.items():
         if dataset is not None:
             own = model.score(dataset.entities[spec.entity], dataset.bag(spec.feature_bag))

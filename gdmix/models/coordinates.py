@@ -120,6 +120,9 @@ class RandomEffectCoordinate(_Tabular, ConfiguredCoordinate):
     def score(self, model: RandomEffectModel, data: Dataset) -> np.ndarray:
         return model.score(data.entities[self.entity], data.bag(self.feature_bag))
 
+    def save(self, model: RandomEffectModel, uri: str, index_map: IndexMap) -> None:
+        model.write(uri, index_map)
+
     def model_to_table(self, model: RandomEffectModel, index_map: IndexMap) -> pa.Table:
         return model.to_table(index_map)
 

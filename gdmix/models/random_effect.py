@@ -28,6 +28,7 @@ from scipy.special import expit
 from gdmix.config import RandomEffectConfig
 from gdmix.dataset import EntityIds
 from gdmix.features.index_map import IndexMap
+from gdmix.io import fs
 from gdmix.models.empirical_bayes import (
     L2_SEARCH_BOUNDS, L2_SEARCH_XTOL, estimate_l2, estimate_l2_per_group, initial_ridges, laplace_log_evidence,
 )
@@ -41,7 +42,7 @@ from gdmix.solvers.batched_newton import (
 )
 from gdmix.native import entity_kernels as native
 from gdmix.solvers.lbfgs import minimize_lbfgs
-from gdmix.solvers.parallel import ordered_map
+from gdmix.solvers.parallel import available_cores, ordered_map
 from gdmix.errors import GdmixError
 from gdmix.losses.logistic import log_loss_terms, penalised_objective
 from gdmix.sparse import csr_values_at, segments, starts_of, take_or
@@ -140,6 +141,31 @@ class RandomEffectModel:
             sp.vstack([self.coef, prior.coef[keep]], format="csr"),
             self.l2, variances, self.intercept_l2,
         )
+
+    def split(self, parts: int) -> list["RandomEffectModel"]:
+        """The model as ``parts`` consecutive ranges of its entities (fewer when it has fewer
+        entities, one when it has none)."""
+        bounds = np.linspace(0, self.num_entities, max(1, min(parts, self.num_entities)) + 1).astype(np.int64)
+
+        def piece(first: int, stop: int) -> "RandomEffectModel":
+            variances = None if self.variances is None else CoefficientVariances(
+                self.variances.intercepts[first:stop], self.variances.coef[first:stop])
+            return dataclasses.replace(self, entity_ids=self.entity_ids.slice(first, stop - first),
+                                       intercepts=self.intercepts[first:stop], coef=self.coef[first:stop],
+                                       variances=variances)
+
+        return [piece(first, stop) for first, stop in zip(bounds[:-1], bounds[1:])]
+
+    def write(self, uri: str, index_map: IndexMap) -> None:
+        """The coefficient table (:meth:`to_table`) as one Parquet file per core, ``part-00000``,
+        ``part-00001``, ...: consecutive ranges of entities, built and written in parallel (read in
+        file-name order they are the one table). ``uri`` is a fresh (staging) directory."""
+        def write(numbered: tuple[int, "RandomEffectModel"]) -> None:
+            number, part = numbered
+            fs.write_parquet(part.to_table(index_map), uri, f"part-{number:05d}.parquet")
+
+        for _ in ordered_map(write, list(enumerate(self.split(available_cores())))):
+            pass
 
     def to_table(self, index_map: IndexMap) -> pa.Table:
         """Rows ``entity, name, term, value`` (and ``variance``, when the model has them): each

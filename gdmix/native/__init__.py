@@ -39,24 +39,31 @@ def _arch_flags() -> list[str]:
     return ["-march=x86-64-v3"] if (" avx2" in flags and " fma" in flags) else ["-march=x86-64-v2"]
 
 
+def compile_into(target: Path, source: Path, compiler: str, flags: list[str], libraries: list[str],
+                 timeout: float = 600) -> None:
+    """``compiler flags source -o target libraries``, atomically: built under a temporary name and
+    moved into place (concurrent workers may build at once)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as handle:
+        temporary = Path(handle.name)
+    try:
+        done = subprocess.run([compiler, *flags, str(source), "-o", str(temporary), *libraries],
+                              capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise RuntimeError(f"compiling {source.name} failed:\n{done.stderr[-2000:]}")
+        temporary.replace(target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def build_library(target: Path) -> None:
-    """Compile the op into ``target`` (atomically: concurrent workers may build at once)."""
+    """Compile the op into ``target``."""
     tf = import_tensorflow()
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if compiler is None:
         raise RuntimeError("no C++ compiler found (set CXX)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as handle:
-        temporary = Path(handle.name)
-    command = [compiler, "-O3", *_arch_flags(), "-w", "-shared", "-fPIC", str(SOURCE), "-o", str(temporary),
-               *tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-        if done.returncode != 0:
-            raise RuntimeError(f"compiling {SOURCE.name} failed:\n{done.stderr[-2000:]}")
-        temporary.replace(target)
-    finally:
-        temporary.unlink(missing_ok=True)
+    compile_into(target, SOURCE, compiler, ["-O3", *_arch_flags(), "-w", "-shared", "-fPIC"],
+                 [*tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()])
 
 
 def library_path() -> Path:

@@ -24,8 +24,6 @@ import functools
 import hashlib
 import os
 import shutil
-import subprocess
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -33,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from gdmix.native import _arch_flags, cache_root
+from gdmix.native import _arch_flags, cache_root, compile_into
 
 SOURCE = Path(__file__).resolve().parent / "entity_kernels.c"
 #: entities per solver call (a call's results are written straight into the output arrays)
@@ -67,21 +65,11 @@ def _library_path() -> Path:
 
 
 def _build(target: Path) -> None:
-    """Compile the kernels into ``target`` (atomically: concurrent processes may build at once)."""
+    """Compile the kernels into ``target``."""
     compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
         raise RuntimeError("no C compiler found (set CC)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as handle:
-        temporary = Path(handle.name)
-    command = [compiler, *_flags(), str(SOURCE), "-o", str(temporary), "-lm"]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-        if done.returncode != 0:
-            raise RuntimeError(f"compiling {SOURCE.name} failed:\n{done.stderr[-2000:]}")
-        temporary.replace(target)
-    finally:
-        temporary.unlink(missing_ok=True)
+    compile_into(target, SOURCE, compiler, _flags(), ["-lm"], timeout=300)
 
 
 @functools.cache
