@@ -61,17 +61,21 @@ def test_new_rows_or_an_edited_model_are_not_taken_for_the_last_ones():
     data, coordinate = _dataset(), RandomEffectCoordinate(config)
     model, _ = coordinate.fit(data, np.zeros(data.num_rows))
     layout = coordinate.memo.problem.layout
-    assert coordinate.memo.start_from(model) is not None
+    rows = (data.entities["user"].codes, data.bags["user_bag"], data.label, data.weight, config)
+    assert coordinate.memo.start_from(model, *rows) is not None
 
+    other = _dataset(seed=22)  # other rows, warm-started from this model: built again, looked up
+    assert coordinate.memo.start_from(model, other.entities["user"].codes, *rows[1:]) is None
+    moved, _ = coordinate.fit(other, np.zeros(other.num_rows), model)
+    _same(moved, RandomEffectCoordinate(config).fit(other, np.zeros(other.num_rows), model)[0])
+    assert coordinate.memo.problem.layout is not layout
+
+    model, _ = coordinate.fit(data, np.zeros(data.num_rows))
     edited = dataclasses.replace(model, coef=model.coef.copy())
-    assert coordinate.memo.start_from(edited) is None  # another object: looked up, not trusted
+    assert coordinate.memo.start_from(edited, *rows) is None  # another object: looked up, not trusted
     model.coef.data[:3] = 0.0
     model.coef.eliminate_zeros()  # its own arrays changed in place (as writing a table may)
-    assert coordinate.memo.start_from(model) is None
+    assert coordinate.memo.start_from(model, *rows) is None
     again, _ = coordinate.fit(data, np.zeros(data.num_rows), model)
     reference, _ = RandomEffectCoordinate(config).fit(data, np.zeros(data.num_rows), model)
     _same(again, reference)
-
-    other = _dataset(seed=22)
-    coordinate.fit(other, np.zeros(other.num_rows))
-    assert coordinate.memo.problem.layout is not layout  # other rows: built again

@@ -105,13 +105,12 @@ class RandomEffectCoordinate(_Tabular, ConfiguredCoordinate):
         return self.config.entity
 
     def fit(self, data, offsets, initial=None, progress=None, validation=None):
-        entities = data.entities[self.entity]
-        memo = self.memo
-        start = memo.start_from(initial)
+        entities, features, memo = data.entities[self.entity], data.bag(self.feature_bag), self.memo
+        start = memo.start_from(initial, entities.codes, features, data.label, data.weight, self.config)
         if start is None and initial is not None:
             start = initial.warm_start_for(entities)
-        model, report = fit_random_effect_model(entities, data.bag(self.feature_bag), data.label, data.weight,
-                                                offsets, self.config, start, progress, memo=memo)
+        model, report = fit_random_effect_model(entities, features, data.label, data.weight, offsets, self.config,
+                                                start, progress, memo=memo)
         if initial is not None:
             model = model.carry_over(initial, entities.strings())
         memo.model = model

@@ -348,8 +348,7 @@ class PassMemo:
         """The problems of these rows at these offsets: the last pass's, when the rows and the
         config are the same; counts what it found into ``report`` either way."""
         inputs = (codes, features, labels, weights)
-        if (self.problem is not None and self.config == config
-                and all(mine is theirs for mine, theirs in zip(self.inputs, inputs))):
+        if self._holds(inputs, config):
             for key, value in self.counts.items():
                 setattr(report, key, value)
             return dataclasses.replace(self.problem, offsets=offsets)
@@ -358,11 +357,18 @@ class PassMemo:
         self.trained = self.model = None
         return problem
 
-    def start_from(self, model: RandomEffectModel) -> "_Solution | None":
-        """Where a fit of the memo's problems starts when warm-started from ``model``: read
-        straight off it when it is the last pass's model (its first rows are the trained layout
-        entities, their coefficients in layout order); None for any other model."""
-        if model is None or model is not self.model or self.trained is None:
+    def _holds(self, inputs: tuple, config: RandomEffectConfig) -> bool:
+        """Whether the memo's problems are those of these rows (the same arrays) and config."""
+        return (self.problem is not None and self.config == config and len(inputs) == len(self.inputs)
+                and all(mine is theirs for mine, theirs in zip(self.inputs, inputs)))
+
+    def start_from(self, model: RandomEffectModel, codes, features, labels, weights,
+                   config: RandomEffectConfig) -> "_Solution | None":
+        """Where a fit of these rows starts when warm-started from ``model``: read straight off it
+        when it is the last pass's model on the same rows (its first rows are the trained layout
+        entities, their coefficients in layout order); None for any other model or rows."""
+        if (model is None or model is not self.model or self.trained is None
+                or not self._holds((codes, features, labels, weights), config)):
             return None
         layout, trained = self.problem.layout, self.trained
         slots, _, _ = segments(layout.pair_start[trained], layout.feature_count[trained])
