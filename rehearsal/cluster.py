@@ -90,7 +90,7 @@ class FakeCluster(Service):
         if getattr(self, "kubelet", None) is not None:
             self.kubelet.shutdown()
         if self.docker is not None:  # anything left with this cluster's label (e.g. run_in_pod)
-            for c in self.docker.containers.list(all=True, filters={"label": f"{LABEL}={self.id}"}):
+            for c in self.containers():
                 c.remove(force=True)
         if getattr(self, "apiserver", None) is not None:
             self.apiserver.stop()
@@ -201,11 +201,13 @@ class FakeCluster(Service):
 
     def running_containers(self) -> list[Any]:
         """This cluster's containers that still exist and run (pods, step containers)."""
-        return self.docker.containers.list(filters={"label": f"{LABEL}={self.id}", "status": "running"})
+        # ignore_removed: a container removed between docker's listing and its inspection is gone, not an error
+        return self.docker.containers.list(filters={"label": f"{LABEL}={self.id}", "status": "running"},
+                                           ignore_removed=True)
 
     def containers(self) -> list[Any]:
         """This cluster's containers, running or not."""
-        return self.docker.containers.list(all=True, filters={"label": f"{LABEL}={self.id}"})
+        return self.docker.containers.list(all=True, filters={"label": f"{LABEL}={self.id}"}, ignore_removed=True)
 
     def wait_for(self, predicate, timeout: float = 60, interval: float = 0.5) -> bool:
         deadline = time.monotonic() + timeout
