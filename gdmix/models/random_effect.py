@@ -50,7 +50,8 @@ from gdmix.sparse import csr_values_at, segments, starts_of, take_or
 SPARSE_GTOL_FLOOR = 1e-8
 #: entities whose smaller side (rows or local features) is at most this are solved by the fused
 #: kernel (:mod:`gdmix.native.entity_kernels`) when no evidence is asked for; larger ones by
-#: batched numpy, whose blocked BLAS wins on large systems
+#: batched numpy (LAPACK's blocked factorisations for the rare large dense system; the kernel's
+#: plain loops were measured only up to this size, where they beat it)
 NATIVE_MAX_SIDE = 256
 #: where a coefficient table keeps the ridge ``l2: auto`` learned (Parquet schema metadata)
 L2_METADATA = "gdmix.l2"
