@@ -66,10 +66,30 @@ def _parser() -> argparse.ArgumentParser:
                        help="score at the coefficients (mean) or at one draw from the posterior of every coordinate "
                             "saved with variances (sample: exploration)")
     score.add_argument("--sample-seed", type=int, default=0, help="seed of --posterior sample's draw")
+    score.add_argument("--format", dest="form", choices=("parquet", "gdmix-avro"), default="parquet",
+                       help="one Parquet table (default), or GDMix's score Avro: OUT/<coordinate>/part-00000.avro")
     score.set_defaults(handler=_score)
 
+    export = commands.add_parser("export-model", help="write a trained model in another system's format")
+    export.add_argument("model_dir", help="a trained model (gdmix train's output, the pipeline's model)")
+    export.add_argument("out", help="where to write it: OUT/<coordinate>/models/part-*.avro, as GDMix laid it out")
+    export.add_argument("--format", dest="form", choices=("photon-avro",), required=True,
+                        help="photon-avro: Photon ML's BayesianLinearModelAvro, as GDMix and Photon ML read it")
+    export.add_argument("--files", type=int, default=1, help="files per random effect (consecutive entity ranges)")
+    export.set_defaults(handler=_export_model)
+
+    import_ = commands.add_parser("import-model", help="read a model from another system's format into ours")
+    import_.add_argument("path", help="GDMix's output_dir (<coordinate>/models/*.avro), Photon ML's model folder "
+                                      "(fixed-effect/ and random-effect/<coordinate>/coefficients/), or our export")
+    import_.add_argument("out", help="the model directory to write (scorable, usable as warm_start)")
+    import_.add_argument("--format", dest="form", choices=("photon-avro",), required=True)
+    import_.add_argument("--config", help="the configuration whose coordinates the models are (default: the "
+                                          "model.json of an export of ours)")
+    _add_set(import_)
+    import_.set_defaults(handler=_import_model)
+
     evaluate = commands.add_parser("evaluate", help="AUC, log loss and AUPR of a score dataset")
-    evaluate.add_argument("scores", help="Parquet scores with label and score (logit) columns")
+    evaluate.add_argument("scores", help="Parquet scores with label and score (logit) columns, or GDMix's score Avro")
     evaluate.add_argument("--label", default="label")
     evaluate.add_argument("--score", default="score")
     evaluate.add_argument("--weight", default="weight", help="weight column, used if present")
@@ -305,8 +325,26 @@ def _pipeline_submit(args) -> int:
 def _score(args) -> int:
     from gdmix.scoring import score_dataset
 
-    summary = score_dataset(args.model_dir, args.data, args.out, args.posterior, args.sample_seed)
+    summary = score_dataset(args.model_dir, args.data, args.out, args.posterior, args.sample_seed, args.form)
     print(to_json(summary), end="")
+    return 0
+
+
+def _export_model(args) -> int:
+    from gdmix.models.photon_transfer import export_model
+
+    print(to_json(export_model(args.model_dir, args.out, args.form, files=args.files, log=_log)), end="")
+    return 0
+
+
+def _import_model(args) -> int:
+    from gdmix.config import load_config
+    from gdmix.models.photon_transfer import import_model
+
+    if args.overrides and not args.config:
+        raise GdmixError("--set needs --config (it overrides the configuration's values)")
+    config = load_config(args.config, args.overrides) if args.config else None
+    print(to_json(import_model(args.path, args.out, config, args.form, log=_log)), end="")
     return 0
 
 

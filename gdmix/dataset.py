@@ -14,9 +14,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
-from gdmix.features.bags import bag_to_csr, flatten_bag
+from gdmix.errors import DataError
+from gdmix.features.bags import CodedBag, bag_to_csr, flatten_bag
 from gdmix.features.index_map import IndexMap
-from gdmix.io.contract import ContractTable
+from gdmix.memory import aligned_empty
+from gdmix.io.contract import (ContractColumns, ContractTable, FilePiece, check_same_types, check_unique_uids,
+                               iter_coded_pieces, locate_row)
 
 
 @dataclass(frozen=True)
@@ -92,3 +95,112 @@ def to_dataset(table: ContractTable, index_maps: Mapping[str, IndexMap], entitie
         columns={name: t.column(name) for name in columns},
     )
 
+
+
+def load_dataset(uri: str, columns: ContractColumns, index_maps: Mapping[str, IndexMap] | None = None,
+                 shard: tuple[int, int] | None = None, rows: tuple[int, int] | None = None,
+                 ) -> tuple[Dataset, dict[str, IndexMap]]:
+    """Read, validate and convert a dataset one row group at a time: the same rules and errors
+    as :func:`gdmix.io.contract.read_contract_table` followed by :func:`to_dataset`, without
+    ever holding the whole dataset as Arrow. With no ``index_maps`` (training data) they are
+    built from the data's features, as :func:`build_index_maps` does.
+
+    Why: the Arrow form of a bag (strings per occurrence) is several times its CSR; holding it
+    whole next to the CSR set the peak memory of training. Here the peak is the CSR plus one row
+    group, and each distinct feature is looked up once per row group, not once per occurrence.
+    """
+    parts = _DatasetParts(columns)
+    for piece, table in iter_coded_pieces(uri, columns, shard, rows):
+        parts.add(piece, table, index_maps)
+    if parts.num_rows == 0 and shard is None and rows is None:
+        raise DataError("dataset is empty (0 rows)", path=str(uri))
+    maps = dict(index_maps) if index_maps is not None else parts.index_maps()
+    return parts.finish(maps), maps
+
+
+class _DatasetParts:
+    """The converted row groups of one dataset, until :meth:`finish` joins them."""
+
+    def __init__(self, columns: ContractColumns):
+        self.columns = columns
+        self.pieces: list[FilePiece] = []
+        self.schema: pa.Schema | None = None
+        self.numbers: dict[str, list[np.ndarray]] = {}  # uid, label, weight, offset
+        self.arrays: dict[str, list[pa.Array]] = {}  # entity ids and carried columns
+        self.bags: dict[str, list[CodedBag | sp.csr_matrix]] = {bag: [] for bag in columns.bags}
+        self.labelled = True
+
+    @property
+    def num_rows(self) -> int:
+        return sum(len(uid) for uid in self.numbers.get("uid", []))
+
+    def add(self, piece: FilePiece, table: pa.Table, index_maps: Mapping[str, IndexMap] | None) -> None:
+        if self.schema is None:
+            self.schema = table.schema
+        else:
+            check_same_types(self.schema, self.pieces[0].path, table.schema, piece.path)
+        self.pieces.append(piece)
+        self.labelled &= "label" in table.column_names
+        for name in ("uid", "label", "weight", "offset"):
+            if name in table.column_names:
+                self.numbers.setdefault(name, []).append(table.column(name).to_numpy())
+        for name in (*self.columns.entities, *self.columns.extra):
+            self.arrays.setdefault(name, []).extend(table.column(name).chunks)
+        for bag in self.columns.bags:
+            coded = CodedBag.from_column(table.column(bag))
+            if index_maps is not None:  # convert now: the CSR is smaller than the coded form
+                imap = index_maps[bag]
+                coded = coded.to_csr(imap.lookup(coded.names, coded.terms), len(imap))
+            self.bags[bag].append(coded)
+
+    def index_maps(self) -> dict[str, IndexMap]:
+        """One map per bag over the distinct features of every row group."""
+        maps = {}
+        for bag, parts in self.bags.items():
+            names = pa.concat_arrays([part.names for part in parts])
+            terms = pa.concat_arrays([part.terms for part in parts])
+            maps[bag] = IndexMap.from_features(names, terms)
+        return maps
+
+    def finish(self, index_maps: Mapping[str, IndexMap]) -> Dataset:
+        sizes = np.array([len(uid) for uid in self.numbers["uid"]], dtype=np.int64)
+        starts = np.cumsum(sizes) - sizes
+        uid = np.concatenate(self.numbers.pop("uid"))
+        check_unique_uids(uid, lambda row: locate_row(self.pieces, starts, row), self.columns.uid)
+        numeric = {name: np.concatenate(self.numbers.pop(name)) for name in ("label", "weight", "offset")
+                   if name in self.numbers}
+        return Dataset(
+            uid=uid,
+            label=numeric.get("label") if self.labelled else None,
+            weight=numeric["weight"],
+            offset=numeric["offset"],
+            entities={name: EntityIds.from_array(self._column(name)) for name in self.columns.entities},
+            bags={bag: _stack_rows(self.bags.pop(bag), index_maps[bag]) for bag in list(self.bags)},
+            columns={name: self._column(name) for name in self.columns.extra},
+        )
+
+    def _column(self, name: str) -> pa.ChunkedArray:
+        return pa.chunked_array(self.arrays[name], type=self.schema.field(name).type)
+
+
+def _stack_rows(parts: list[CodedBag | sp.csr_matrix], index_map: IndexMap) -> sp.csr_matrix:
+    """The row groups' matrices one under another, each part freed as soon as it is copied (the
+    peak is the result plus one part, not twice the result); the non-zeros are aligned so that
+    the fixed effect's TensorFlow tensors can share them instead of copying."""
+    width = len(index_map)
+    for k, part in enumerate(parts):
+        if isinstance(part, CodedBag):
+            parts[k] = part.to_csr(index_map.lookup(part.names, part.terms), width)
+    num_rows = sum(part.shape[0] for part in parts)
+    nnz = sum(part.nnz for part in parts)
+    index_type = np.int32 if max(nnz, width) < np.iinfo(np.int32).max else np.int64
+    data, indices = aligned_empty(nnz, np.float64), aligned_empty(nnz, index_type)
+    indptr = np.empty(num_rows + 1, index_type)
+    indptr[0], row, at = 0, 0, 0
+    while parts:
+        part = parts.pop(0)
+        rows, count = part.shape[0], part.nnz
+        data[at:at + count], indices[at:at + count] = part.data, part.indices
+        indptr[row + 1:row + rows + 1] = part.indptr[1:] + at
+        row, at = row + rows, at + count
+    return sp.csr_matrix((data, indices, indptr), shape=(num_rows, width))

@@ -24,12 +24,13 @@ import numpy as np
 from gdmix.artifacts import TrainedModel, load_models, read_spec
 from gdmix.config import GdmixConfig
 from gdmix.console import Reporter, SilentReporter
-from gdmix.dataset import Dataset, build_index_maps, to_dataset
+from gdmix.dataset import Dataset, load_dataset
 from gdmix.errors import ConfigError, DataError
-from gdmix.io.contract import ContractColumns, read_contract_table
+from gdmix.io.contract import ContractColumns
 from gdmix.jobs.local import fit_on_local_workers
 from gdmix.layout import HELD_OUT, SPLITS
 from gdmix.ledger import Ledger
+from gdmix.memory import release_free_memory
 from gdmix.models.coordinates import Coordinate, FixedEffectCoordinate, Model, make_coordinate
 
 
@@ -93,17 +94,16 @@ def _load_splits(config: GdmixConfig, coordinates: list[Coordinate], reporter: R
         uid=config.data.uid, label=config.data.label, weight=config.data.weight,
         offset=config.data.offset, entities=tuple(entities), bags=tuple(bags), extra=extra,
     )
-    tables = {}
+    datasets, index_maps = {}, None
     for name in SPLITS:
         uri = getattr(config.data, name)
         if uri:
             reporter.info(f"reading {name} data {uri}")
-            tables[name] = read_contract_table(uri, columns)
-    if not np.any(tables["train"].table.column("weight").to_numpy() > 0):
-        raise DataError("every training row has weight 0: nothing to train on",
-                        path=config.data.train, column=config.data.weight or "weight")
-    index_maps = build_index_maps(tables["train"], bags)
-    datasets = {name: to_dataset(table, index_maps, entities, extra) for name, table in tables.items()}
+            datasets[name], index_maps = load_dataset(uri, columns, index_maps)
+        if name == "train" and not np.any(datasets["train"].weight > 0):
+            raise DataError("every training row has weight 0: nothing to train on",
+                            path=config.data.train, column=config.data.weight or "weight")
+    release_free_memory()  # reading's buffers, before training needs the memory
     reporter.info(
         ", ".join(f"{data.num_rows:,} {name} rows" for name, data in datasets.items())
         + "; features: " + (", ".join(f"{b}={len(m)}" for b, m in index_maps.items()) or "none")

@@ -15,7 +15,7 @@ from kfp import compiler
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPONENTS = ("prepare", "fixed_effect", "detext", "random_effect_plan", "random_effect", "update_scores", "evaluate",
-              "export_model", "score")
+              "export_model", "score", "import_photon_model", "export_photon_model")
 _MOVIELENS = ROOT / "gdmix" / "examples" / "movielens-100k"
 #: the cluster examples launch their jobs into namespace gdmix, as manifests/standalone sets it up
 #: (multi-user Kubeflow: run with --set pipeline.namespace=<profile>)

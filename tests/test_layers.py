@@ -182,7 +182,7 @@ def test_examples_have_one_source_shipped_as_package_data():
 #: The README's "Architecture" table, bottom layer first: a module may import its own layer and
 #: the layers below it. Keys are module paths relative to gdmix/ (a package covers its modules).
 LAYERS = [
-    ("data, utils", {"errors", "io", "features", "config", "metrics", "console", "dataset", "sparse", "layout",
+    ("data, utils", {"errors", "io", "features", "config", "metrics", "console", "dataset", "sparse", "layout", "memory",
                      "tf_runtime", "images", "command_line", "__init__"}),
     ("numerics", {"losses", "solvers", "native"}),
     ("models", {"models", "distributed", "artifacts"}),

@@ -22,7 +22,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("tensorflow", "pyspark", "torch")
 #: the steps that may load nothing heavy; the fixed-effect launchers start TF workers, prepare runs Spark
-LIGHT_STEPS = ("evaluate", "export_model", "random_effect", "random_effect_plan", "score", "update_scores")
+LIGHT_STEPS = ("evaluate", "export_model", "export_photon_model", "import_photon_model", "random_effect",
+               "random_effect_plan", "score", "update_scores")
 #: the launchers: TF in their workers only, Spark in prepare's own process (local backend)
 LAUNCHERS_WITHOUT_TENSORFLOW = ("fixed_effect", "prepare")
 

@@ -1,4 +1,5 @@
-"""Reading a scored dataset for evaluation: any Parquet with a label and a logit column.
+"""Reading a scored dataset for evaluation: any Parquet with a label and a logit column, or
+GDMix's score Avro.
 
 Both ways a score file is evaluated read it here: ``gdmix evaluate`` (the numbers only, as
 JSON) and the pipeline's evaluation step (the full report, per-entity AUC included). A file
@@ -15,6 +16,7 @@ import pyarrow as pa
 
 from gdmix.errors import DataError
 from gdmix.io import fs
+from gdmix.io.score_avro import has_avro_scores, read_gdmix_scores
 from gdmix.metrics import binary_metrics
 
 
@@ -29,13 +31,17 @@ class ScoredRows:
 def read_scored(uri: str, label: str = "label", score: str = "score", weight: str | None = "weight",
                 entities: list[str] = ()) -> ScoredRows:
     """The label, score, weight (if present) and entity id columns (those present) of every
-    Parquet file under ``uri``."""
-    files = fs.list_parquet_files(uri)
-    if not files:
-        raise DataError("no Parquet files found", path=uri)
+    Parquet file under ``uri``, or of GDMix's score Avro files there (read as our columns:
+    ``score`` is its ``predictionScore``; see :mod:`gdmix.io.score_avro`)."""
+    if has_avro_scores(uri):
+        tables = [(uri, read_gdmix_scores(uri))]
+    else:
+        files = fs.list_parquet_files(uri)
+        if not files:
+            raise DataError("no Parquet files found", path=uri)
+        tables = ((path, fs.read_parquet(path)) for path in files)
     parts = []
-    for path in files:
-        table = fs.read_parquet(path)
+    for path, table in tables:
         for column in (label, score):
             if column not in table.column_names:
                 raise DataError("missing column", path=path, column=column)

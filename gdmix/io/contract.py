@@ -16,6 +16,7 @@ so that nothing downstream needs to re-check.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,9 +85,15 @@ class ContractTable:
         return self.table.num_rows
 
     def locate(self, row: int) -> tuple[str, int]:
-        k = int(np.searchsorted(self.piece_starts, row, side="right") - 1)
-        piece = self.pieces[k]
-        return piece.path, int(row - self.piece_starts[k] + piece.start)
+        return locate_row(self.pieces, self.piece_starts, row)
+
+
+def locate_row(pieces: list[FilePiece], piece_starts: np.ndarray, row: int) -> tuple[str, int]:
+    """(file, row within that file) of row ``row`` of pieces read one after another, piece
+    ``k`` starting at row ``piece_starts[k]``."""
+    k = int(np.searchsorted(piece_starts, row, side="right") - 1)
+    piece = pieces[k]
+    return piece.path, int(row - piece_starts[k] + piece.start)
 
 
 def read_contract_table(uri: str, columns: ContractColumns, shard: tuple[int, int] | None = None,
@@ -115,6 +122,42 @@ def read_contract_table(uri: str, columns: ContractColumns, shard: tuple[int, in
         raise DataError("dataset is empty (0 rows)", path=str(uri))
     _check_unique_uids(result, columns.uid)
     return result
+
+
+def iter_coded_pieces(uri: str, columns: ContractColumns, shard: tuple[int, int] | None = None,
+                      rows: tuple[int, int] | None = None) -> Iterator[tuple[FilePiece, pa.Table]]:
+    """The dataset :func:`read_contract_table` reads, validated by the same rules, as one table
+    per row group (or the part of it inside the shard), with every feature bag's names and terms
+    *dictionary-coded* as Parquet stores them (``list<struct<name: dictionary, term:
+    dictionary (nulls mean the empty term), value: float64>>``).
+
+    Why: a caller that turns bags into sparse matrices then looks up each distinct feature once
+    instead of each occurrence, never materialises the strings, and holds one row group at a
+    time instead of the whole table (:func:`gdmix.dataset.load_dataset`). Row groups, because
+    Arrow cannot read dictionary-coded nested columns of several row groups at once. Every
+    file yields at least one table (maybe empty), so its schema is always checked.
+    """
+    files = fs.list_parquet_files(uri)
+    if not files:
+        raise DataError("dataset is empty: no Parquet files found", path=str(uri))
+    pieces = plan_pieces(files, shard, rows) or [FilePiece(files[0], 0, 0)]
+    for piece in pieces:
+        for part in _row_group_parts(piece):
+            yield part, _read_piece(part, columns, coded=True)
+
+
+def _row_group_parts(piece: FilePiece) -> list[FilePiece]:
+    """``piece`` cut at its file's row-group boundaries (an empty piece stays one part)."""
+    fs_, inner = fs.url_to_fs(piece.path)
+    metadata = pq.read_metadata(inner, filesystem=fs_)
+    parts, row = [], 0
+    for group in range(metadata.num_row_groups):
+        size = metadata.row_group(group).num_rows
+        start, stop = max(piece.start, row), min(piece.stop, row + size)
+        if start < stop:
+            parts.append(FilePiece(piece.path, start, stop))
+        row += size
+    return parts or [piece]
 
 
 def shard_bounds(total: int, index: int, count: int) -> tuple[int, int]:
@@ -147,11 +190,13 @@ def _num_rows(path: str) -> int:
         raise DataError(f"not a readable Parquet file ({exc})", path=path) from None
 
 
-def _read_rows(piece: FilePiece, columns: list[str]) -> pa.Table:
-    """Only the row groups a piece overlaps are read, then sliced to the piece exactly."""
+def _read_rows(piece: FilePiece, columns: list[str], coded_bags: tuple[str, ...] = ()) -> pa.Table:
+    """Only the row groups a piece overlaps are read, then sliced to the piece exactly; the
+    names and terms of ``coded_bags`` are read as dictionaries (the piece must then lie in one
+    row group)."""
     fs_, inner = fs.url_to_fs(piece.path)
     with fs_.open(inner, "rb") as handle:
-        parquet = pq.ParquetFile(handle)
+        parquet = pq.ParquetFile(handle, read_dictionary=_name_term_paths(handle, coded_bags))
         metadata = parquet.metadata
         groups, first_row, row = [], None, 0
         for group in range(metadata.num_row_groups):
@@ -166,14 +211,26 @@ def _read_rows(piece: FilePiece, columns: list[str]) -> pa.Table:
     return table.slice(piece.start - first_row, piece.stop - piece.start)
 
 
-def _read_piece(piece: FilePiece, columns: ContractColumns) -> pa.Table:
+def _name_term_paths(handle, bags: tuple[str, ...]) -> list[str] | None:
+    """The Parquet column paths of the bags' name and term fields (``bag.list.element.name``
+    or however the writer spelled the list levels)."""
+    if not bags:
+        return None
+    schema = pq.ParquetFile(handle).schema
+    handle.seek(0)
+    paths = (schema.column(i).path for i in range(len(schema)))
+    return [path for path in paths if path.split(".")[0] in bags and path.split(".")[-1] in ("name", "term")
+            and path.count(".") == 3]
+
+
+def _read_piece(piece: FilePiece, columns: ContractColumns, coded: bool = False) -> pa.Table:
     try:
-        return _validated_piece(piece, columns)
+        return _validated_piece(piece, columns, coded)
     except DataError as error:
         raise error.shifted(piece.start) from None
 
 
-def _validated_piece(piece: FilePiece, columns: ContractColumns) -> pa.Table:
+def _validated_piece(piece: FilePiece, columns: ContractColumns, coded: bool = False) -> pa.Table:
     path = piece.path
     fs_, inner = fs.url_to_fs(path)
     try:
@@ -216,7 +273,7 @@ def _validated_piece(piece: FilePiece, columns: ContractColumns) -> pa.Table:
     wanted += [offset_col] if has_offset else []
     wanted += list(columns.entities) + list(columns.bags) + list(columns.extra)
     wanted = list(dict.fromkeys(wanted))
-    raw = _read_rows(piece, wanted)
+    raw = _read_rows(piece, wanted, columns.bags if coded else ())
     n = raw.num_rows
 
     out: dict[str, pa.Array] = {}
@@ -236,7 +293,7 @@ def _validated_piece(piece: FilePiece, columns: ContractColumns) -> pa.Table:
     for name in columns.entities:
         out[name] = _entity_column(raw.column(name), path, name)
     for name in columns.bags:
-        out[name] = _bag_column(raw.column(name), path, name)
+        out[name] = _bag_column(raw.column(name), path, name, coded)
     for name in columns.extra:
         out.setdefault(name, raw.column(name).combine_chunks())
     return pa.table(out)
@@ -323,8 +380,9 @@ def _entity_column(column: pa.ChunkedArray, path: str, name: str) -> pa.Array:
     return _cast_int64(array, path, name) if target == pa.int64() else pc.cast(array, target)
 
 
-def _bag_column(column: pa.ChunkedArray, path: str, name: str) -> pa.Array:
-    """Check a name-term-value bag and normalise it to :data:`FEATURE_BAG_TYPE`.
+def _bag_column(column: pa.ChunkedArray, path: str, name: str, coded: bool = False) -> pa.Array:
+    """Check a name-term-value bag and normalise it to :data:`FEATURE_BAG_TYPE`, or with
+    ``coded`` to the dictionary-coded form :func:`iter_coded_pieces` describes.
 
     A null bag is an empty bag and a null term is the empty term; a null name or a null or
     non-finite value is an error naming the row.
@@ -361,7 +419,8 @@ def _bag_column(column: pa.ChunkedArray, path: str, name: str) -> pa.Array:
     terms = items.field("term")
     values = items.field("value")
     for part, label in ((names, "name"), (terms, "term")):
-        if not (pa.types.is_string(part.type) or pa.types.is_large_string(part.type)):
+        text_type = part.type.value_type if pa.types.is_dictionary(part.type) else part.type
+        if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
             raise DataError(f"feature {label} must be a string, found {part.type}", path=path, column=name)
     if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
         raise DataError(f"feature value must be numeric, found {values.type}", path=path, column=name)
@@ -375,37 +434,60 @@ def _bag_column(column: pa.ChunkedArray, path: str, name: str) -> pa.Array:
             f"{values[hit].as_py()}",
             path=path, column=name, row=int(parents[hit]),
         )
-    terms = pc.fill_null(pc.cast(terms, pa.string()), "")
-    struct = pa.StructArray.from_arrays(
-        [pc.cast(names, pa.string()), terms, values], fields=list(FEATURE_STRUCT)
-    )
     offsets = pc.cast(array.offsets, pa.int32()) if pa.types.is_large_list(list_type) else array.offsets
     first = offsets[0].as_py()
     if first:
         offsets = pc.subtract(offsets, first)
+    if coded:
+        names, terms = _coded_text(names), _coded_text(terms)
+        struct = pa.StructArray.from_arrays([names, terms, values], names=["name", "term", "value"])
+        return pa.ListArray.from_arrays(offsets, struct)
+    terms = pc.fill_null(pc.cast(terms, pa.string()), "")
+    struct = pa.StructArray.from_arrays(
+        [pc.cast(names, pa.string()), terms, values], fields=list(FEATURE_STRUCT)
+    )
     return pa.ListArray.from_arrays(offsets, struct, type=FEATURE_BAG_TYPE)
 
 
+def _coded_text(part: pa.Array) -> pa.DictionaryArray:
+    """A name or term field as a dictionary of strings (nulls kept: they are empty terms)."""
+    if not pa.types.is_dictionary(part.type):
+        part = pc.dictionary_encode(part)
+    if part.type.value_type != pa.string():
+        part = pa.DictionaryArray.from_arrays(part.indices, pc.cast(part.dictionary, pa.string()))
+    return part
+
+
 def _check_consistent_types(tables: list[pa.Table], files: list[str]) -> None:
-    reference = tables[0].schema
     for table, path in zip(tables[1:], files[1:]):
-        for field_ in table.schema:
-            expected = reference.field(field_.name).type
-            if field_.type != expected:
-                raise DataError(
-                    f"type {field_.type} differs from {expected} in {files[0]}", path=path, column=field_.name
-                )
+        check_same_types(tables[0].schema, files[0], table.schema, path)
+
+
+def check_same_types(reference: pa.Schema, reference_path: str, schema: pa.Schema, path: str) -> None:
+    """Every column of ``schema`` (file ``path``) has its type in ``reference`` where both have it."""
+    for field_ in schema:
+        if reference.get_field_index(field_.name) < 0:
+            continue
+        expected = reference.field(field_.name).type
+        if field_.type != expected:
+            raise DataError(
+                f"type {field_.type} differs from {expected} in {reference_path}", path=path, column=field_.name
+            )
 
 
 def _check_unique_uids(data: ContractTable, uid_name: str) -> None:
-    uid = data.table.column("uid").to_numpy()
+    check_unique_uids(data.table.column("uid").to_numpy(), data.locate, uid_name)
+
+
+def check_unique_uids(uid: np.ndarray, locate, uid_name: str) -> None:
+    """Raise naming both places of the first repeated uid; ``locate(row)`` gives (file, row)."""
     order = np.argsort(uid, kind="stable")
     sorted_uid = uid[order]
     repeats = np.flatnonzero(sorted_uid[1:] == sorted_uid[:-1])
     if repeats.size:
         first, second = order[repeats[0]], order[repeats[0] + 1]
-        path_a, row_a = data.locate(int(first))
-        path_b, row_b = data.locate(int(second))
+        path_a, row_a = locate(int(first))
+        path_b, row_b = locate(int(second))
         raise DataError(
             f"duplicate uid {int(sorted_uid[repeats[0]])} (first seen in {path_a} row {row_a}); "
             "uids must be unique",

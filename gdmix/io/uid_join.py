@@ -10,6 +10,7 @@ import numpy as np
 
 from gdmix.errors import DataError
 from gdmix.io import fs
+from gdmix.io.score_avro import has_avro_scores, read_gdmix_scores
 
 
 def lookup(keys: np.ndarray, values: np.ndarray, wanted: np.ndarray, source: str, what: str = "offset") -> np.ndarray:
@@ -25,6 +26,11 @@ def lookup(keys: np.ndarray, values: np.ndarray, wanted: np.ndarray, source: str
 
 
 def read_offsets(uri: str, wanted: np.ndarray) -> np.ndarray:
-    """The ``offset`` column of a (uid, offset) dataset for the ``wanted`` uids."""
+    """The ``offset`` column of a (uid, offset) dataset for the ``wanted`` uids; or, for a
+    coordinate scored by GDMix (its score Avro), that coordinate's own score
+    (``predictionScorePerCoordinate``: see :mod:`gdmix.io.score_avro`)."""
+    if has_avro_scores(uri):
+        table = read_gdmix_scores(uri)
+        return lookup(table.column("uid").to_numpy(), table.column("coordinate_score").to_numpy(), wanted, uri)
     table = fs.read_parquet_dir(uri, columns=["uid", "offset"])
     return lookup(table.column("uid").to_numpy(), table.column("offset").to_numpy(), wanted, uri)

@@ -15,10 +15,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from gdmix.config import RandomEffectConfig
-from gdmix.dataset import Dataset, EntityIds, to_dataset
+from gdmix.dataset import Dataset, EntityIds, load_dataset
 from gdmix.features.index_map import IndexMap
 from gdmix.io import fs
-from gdmix.io.contract import ContractColumns, read_contract_table
+from gdmix.io.contract import ContractColumns
 from gdmix.io.uid_join import read_offsets
 from gdmix.layout import index_map_uri, model_uri, partition_name, partitions_uri
 from gdmix.models.random_effect import RandomEffectModel, WarmStart
@@ -39,11 +39,10 @@ def read_partition(prep_dir: str, spec: RandomEffectConfig, split: str, partitio
     flags = ("active",) if split == "train" else ()
     columns = ContractColumns(entities=(spec.entity,), bags=(spec.feature_bag,) if spec.feature_bag else (),
                               extra=flags)
-    table = read_contract_table(uri, columns)
-    data = to_dataset(table, {spec.feature_bag: index_map} if spec.feature_bag else {}, [spec.entity])
+    data, _ = load_dataset(uri, columns, {spec.feature_bag: index_map} if spec.feature_bag else {})
     if offsets:
         data.offset = data.offset + read_offsets(fs.join(offsets, split, partition_name(partition)), data.uid)
-    active = table.table.column("active").to_numpy(zero_copy_only=False).astype(bool) if flags else None
+    active = data.columns["active"].to_numpy(zero_copy_only=False).astype(bool) if flags else None
     return data, active
 
 

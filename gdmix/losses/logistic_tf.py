@@ -12,6 +12,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from gdmix.losses.logistic import curvature, data_hessian
+from gdmix.memory import TENSOR_ALIGNMENT
 from gdmix.native import logistic_loss_op
 from gdmix.tf_runtime import import_tensorflow
 
@@ -27,12 +28,12 @@ class TfLogisticLoss:
     """
 
     def __init__(self, features: sp.csr_matrix, labels: np.ndarray, weights: np.ndarray, offsets: np.ndarray):
-        tf = import_tensorflow()
+        import_tensorflow()
         features = features.tocsr()
         self.num_rows, self.num_features = features.shape
         self.nnz = features.nnz
         self._tensors = tuple(
-            tf.constant(np.asarray(array, dtype=dtype))
+            shared_tensor(array, dtype)
             for array, dtype in ((features.indptr, np.int64), (features.indices, np.int32),
                                  (features.data, np.float64), (labels, np.float64),
                                  (weights, np.float64), (offsets, np.float64))
@@ -76,6 +77,18 @@ class TfLogisticLoss:
     def nonzero_bytes(self) -> int:
         """Bytes that grow with the non-zeros (column ids and values): 12 per non-zero."""
         return int(sum(t.dtype.size * int(np.prod(t.shape)) for t in self._tensors[1:3]))
+
+
+def shared_tensor(array: np.ndarray, dtype):
+    """A tensor of ``array``: the same memory where the array already has ``dtype`` and is
+    aligned as TensorFlow requires (the CSR :func:`gdmix.dataset.load_dataset` builds), a copy
+    otherwise. Sharing keeps a job from holding its largest data twice. The tensor keeps the
+    array alive; neither is written after this."""
+    tf = import_tensorflow()
+    array = np.ascontiguousarray(array, dtype=dtype)
+    if array.size and array.flags.writeable and array.ctypes.data % TENSOR_ALIGNMENT == 0:
+        return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
+    return tf.constant(array)
 
 
 _COMPILED: dict = {}
