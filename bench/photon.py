@@ -25,8 +25,9 @@ This benchmark:
     python -m bench.photon [--scale 1.0] [--baseline-entities 3000] [--repeats 3] [--seed 0]
 
 ``--scale 0.02`` shrinks every population (rows follow) for a quick check.
-Full size on the 2-core VM: about 12 minutes (generation ~40 s, writing Parquet ~1 min, 3 x the
-GAME job from files ~2-2.5 min each, the per_re1 comparison ~2 min).
+Full size on the 2-core VM: about 4 minutes (generation and writing the Parquet ~40 s, 3 x the
+GAME job from files ~35 s each, the job as a ``gdmix train`` process ~45 s, the per_re1
+comparison ~1.5 min); ``--scale 2`` about 5 minutes with one repeat.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ Expected time of each on the project's 2-core VM (each module's docstring says w
 random_effect         ~3 min   3 repeats, baseline on 10,000 sampled entities
 fixed_effect          ~0.5 min
 fixed_effect_scale    ~10 min  3 repeats (sklearn newton-cg reference once)
-photon                ~11 min  3 repeats of the GAME job from Parquet
+photon                ~4 min   3 repeats of the GAME job from Parquet
+photon_x2             ~6 min   only when named: the same job at twice the entities (3.1M rows), once
 scale_large           ~9.5 min 10M and 30M rows, once each (``scale`` adds 3M: ~11 min)
 movielens             ~2 min   6 split seeds, lr / lr-tuned / lr-auto
 detext                ~5 min
@@ -24,7 +25,7 @@ detext_scaling        ~6 min   DeText input sharded: examples/s and memory per w
 
 ``make bench`` (no names) runs :data:`DEFAULT`: about 51 minutes on the 2-core VM (estimates
 scaled from small runs; each JSON records ``benchmark_wall_seconds``). ``scale`` (with the 3M
-size) and ``movielens_tune`` run when named: ``python -m bench.run_all scale movielens_tune``.
+size), ``photon_x2`` and ``movielens_tune`` run when named: ``python -m bench.run_all scale movielens_tune``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ BENCHMARKS = {
     "fixed_effect": fixed_effect.run,
     "fixed_effect_scale": lambda: fixed_effect_scale.run(repeats=3),
     "photon": lambda: photon.run(baseline_entities=3000, repeats=3),
+    "photon_x2": lambda: photon.run(baseline_entities=3000, repeats=1, scale=2.0),
     "scale": lambda: scale.run(sizes=((3_000_000, 1_000_000), (10_000_000, 3_333_333), (30_000_000, 10_000_000))),
     "scale_large": lambda: scale.run(sizes=((10_000_000, 3_333_333), (30_000_000, 10_000_000))),
     "movielens": movielens.run,

@@ -142,6 +142,7 @@ def _train_coordinate(coordinate: Coordinate, pass_number: int, datasets: dict[s
                                    models.get(coordinate.name), progress, validation)
     seconds = time.perf_counter() - tic
     models[coordinate.name] = model
+    release_free_memory()  # the step's temporaries, before the next step allocates its own
     for split, data in datasets.items():
         ledger.set_scores(coordinate.name, split, coordinate.score(model, data))
     result = ledger.record({"name": coordinate.name, "type": coordinate.config.type, "pass": pass_number,

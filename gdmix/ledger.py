@@ -34,6 +34,7 @@ from gdmix.dataset import Dataset
 from gdmix.errors import DataError
 from gdmix.io import fs
 from gdmix.io.contract import ContractColumns, read_contract_table
+from gdmix.io.score_avro import has_avro_scores, read_gdmix_scores
 from gdmix.layout import HELD_OUT, METRICS_FILE, SCORE_TABLE_FILE, SPLITS, scores_uri
 from gdmix.metrics import binary_metrics, per_entity_auc_key, per_entity_auc_summary
 
@@ -154,10 +155,15 @@ class Ledger:
     def read_scores(self, coordinate: str, scores_root: str, model: str) -> None:
         """``coordinate``'s new scores from its job's output (``<scores_root>/<split>/``: uid,
         coordinate_score; rows sorted by uid as the score table's are) and the location of its
-        model. Every row must have exactly one score: a dropped or duplicated row is an error."""
+        model. A split's folder may instead hold GDMix's score Avro (a coordinate any GDMix-era
+        job scored: its ``predictionScorePerCoordinate``, see :mod:`gdmix.io.score_avro`).
+        Every row must have exactly one score: a dropped or duplicated row is an error."""
         for split, rows in self.splits.items():
             uri = fs.join(scores_root, split)
-            scored = fs.read_parquet_dir(uri, columns=["uid", "coordinate_score"]).sort_by("uid")
+            wanted = ["uid", "coordinate_score"]
+            scored = read_gdmix_scores(uri).select(wanted) if has_avro_scores(uri) else \
+                fs.read_parquet_dir(uri, columns=wanted)
+            scored = scored.sort_by("uid")
             found = scored.column("uid").to_numpy()
             if len(found) != rows.num_rows or not np.array_equal(found, rows.uid):
                 missing = np.setdiff1d(rows.uid, found)

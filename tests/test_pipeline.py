@@ -15,6 +15,7 @@ from gdmix.config import validate_config
 from gdmix.errors import ConfigError, DataError, GdmixError
 from gdmix.game import train
 from gdmix.io import fs
+from gdmix.io.score_avro import write_gdmix_scores
 from gdmix.stages.context import check_shape, data_overrides, run_config, shape_of
 from gdmix.stages.training import partition_groups
 from gdmix.stages.locations import input_location, output_location
@@ -236,6 +237,26 @@ def test_score_table_never_drops_rows(synthetic_dir, tmp_path):
                      str(short / "train"))
     with pytest.raises(DataError, match="no score for uid"):
         table.read_scores("per_user", str(short), "model-uri")
+
+
+def test_score_table_reads_a_coordinate_gdmix_scored(synthetic_dir, tmp_path):
+    """An external coordinate's scores as GDMix's score Avro: its own score is taken
+    (predictionScorePerCoordinate), not the cumulative predictionScore; rows in any order."""
+    config = run_config(yaml.safe_dump(synthetic_config(synthetic_dir, str(tmp_path / "o"))))
+    table = Ledger.initial(config)
+    scores = tmp_path / "avro"
+    rng = np.random.default_rng(3)
+    own = {}
+    for split, rows in table.splits.items():
+        order = rng.permutation(rows.num_rows)
+        own[split] = rng.normal(size=rows.num_rows)
+        (scores / split).mkdir(parents=True)
+        write_gdmix_scores(str(scores / split), rows.uid[order], own[split][order] + 7.0, own[split][order],
+                           None, np.ones(rows.num_rows))
+    table.read_scores("external", str(scores), "model-uri")
+    for split, rows in table.splits.items():
+        # GDMix's schema holds scores as Avro floats (float32)
+        np.testing.assert_array_equal(rows.scores["external"], own[split].astype(np.float32))
 
 
 def test_submit_uploads_a_version_and_runs_it(synthetic_dir, tmp_path, capsys):

@@ -1,5 +1,6 @@
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
 
@@ -251,8 +252,10 @@ def test_a_model_is_written_in_parts_that_read_back_as_its_table(monkeypatch, tm
     model = RandomEffectModel(pa.array([f"e{i}" for i in range(40)]), rng.normal(size=40), coef, 0.7, variances)
     index_map = IndexMap(pa.array([f"f{i:02d}" for i in range(12)]), pa.array([""] * 12))
     monkeypatch.setattr("gdmix.models.random_effect.available_cores", lambda: 3)
+    monkeypatch.setattr("gdmix.models.random_effect.WRITE_CHUNK_ENTITIES", 5)  # 14 entities per file: 3 chunks
     model.write(str(tmp_path / "model"), index_map)
-    assert len(fs.list_parquet_files(str(tmp_path / "model"))) == 3
+    files = fs.list_parquet_files(str(tmp_path / "model"))
+    assert len(files) == 3 and pq.ParquetFile(files[0]).metadata.num_row_groups == 3
     read = fs.read_parquet_dir(str(tmp_path / "model"))
     assert read.equals(model.to_table(index_map)) and read.schema.metadata == model.to_table(index_map).schema.metadata
     back = RandomEffectModel.from_table(read, index_map)

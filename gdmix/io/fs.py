@@ -12,7 +12,7 @@ import json
 import math
 import posixpath
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import fsspec
@@ -98,10 +98,26 @@ def read_parquet_dir(uri: str, columns: list[str] | None = None) -> pa.Table:
 
 def write_parquet(table: pa.Table, uri: str, name: str = "part-00000.parquet") -> str:
     """Write ``table`` as file ``name`` inside directory ``uri`` (created if needed)."""
+    return write_parquet_tables([table], uri, name)
+
+
+def write_parquet_tables(tables: Iterable[pa.Table], uri: str, name: str = "part-00000.parquet") -> str:
+    """Write tables of one schema one after another as file ``name`` inside directory ``uri``,
+    each built only when the previous one is written (a large table in bounded memory)."""
     fs, path = url_to_fs(uri)
     fs.makedirs(path, exist_ok=True)
     target = posixpath.join(path, name)
-    pq.write_table(table, target, filesystem=fs)
+    writer = None
+    try:
+        for table in tables:
+            if writer is None:
+                writer = pq.ParquetWriter(target, table.schema, filesystem=fs)
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        raise ValueError(f"no table to write as {target}")
     return unstrip(fs, target)
 
 

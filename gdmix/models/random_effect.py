@@ -53,6 +53,8 @@ SPARSE_GTOL_FLOOR = 1e-8
 #: batched numpy (LAPACK's blocked factorisations for the rare large dense system; the kernel's
 #: plain loops were measured only up to this size, where they beat it)
 NATIVE_MAX_SIDE = 256
+#: a coefficient table is built and written this many entities at a time (:meth:`RandomEffectModel.write`)
+WRITE_CHUNK_ENTITIES = 1 << 15
 #: where a coefficient table keeps the ridge ``l2: auto`` learned (Parquet schema metadata)
 L2_METADATA = "gdmix.l2"
 #: ... and the intercept's, when ``l2: auto`` learned it apart (``per_group``)
@@ -160,10 +162,13 @@ class RandomEffectModel:
     def write(self, uri: str, index_map: IndexMap) -> None:
         """The coefficient table (:meth:`to_table`) as one Parquet file per core, ``part-00000``,
         ``part-00001``, ...: consecutive ranges of entities, built and written in parallel (read in
-        file-name order they are the one table). ``uri`` is a fresh (staging) directory."""
+        file-name order they are the one table), each in chunks of :data:`WRITE_CHUNK_ENTITIES`
+        entities so that the table (strings on every row) never exists whole in memory. ``uri``
+        is a fresh (staging) directory."""
         def write(numbered: tuple[int, "RandomEffectModel"]) -> None:
             number, part = numbered
-            fs.write_parquet(part.to_table(index_map), uri, f"part-{number:05d}.parquet")
+            chunks = part.split(-(-part.num_entities // WRITE_CHUNK_ENTITIES))
+            fs.write_parquet_tables((chunk.to_table(index_map) for chunk in chunks), uri, f"part-{number:05d}.parquet")
 
         for _ in ordered_map(write, list(enumerate(self.split(available_cores())))):
             pass
