@@ -17,9 +17,9 @@ import scipy.sparse as sp
 from gdmix.errors import DataError
 from gdmix.features.bags import CodedBag, bag_to_csr, flatten_bag
 from gdmix.features.index_map import IndexMap
-from gdmix.memory import aligned_empty
 from gdmix.io.contract import (ContractColumns, ContractTable, FilePiece, check_same_types, check_unique_uids,
                                iter_coded_pieces, locate_row)
+from gdmix.memory import aligned_empty
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,6 @@ def to_dataset(table: ContractTable, index_maps: Mapping[str, IndexMap], entitie
         bags={bag: bag_to_csr(t.column(bag), imap, t.num_rows) for bag, imap in index_maps.items()},
         columns={name: t.column(name) for name in columns},
     )
-
 
 
 def load_dataset(uri: str, columns: ContractColumns, index_maps: Mapping[str, IndexMap] | None = None,

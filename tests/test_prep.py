@@ -22,6 +22,7 @@ from gdmix.io import fs
 from gdmix.io.contract import ContractColumns, read_contract_table
 from gdmix.models.random_effect import fit_random_effect
 from gdmix.prep.run import run_prep
+from gdmix.io.score_avro import write_gdmix_scores
 from gdmix.prep.offsets import join_offsets
 
 ROWS = 3000
@@ -324,3 +325,13 @@ def test_offsets_join_never_drops_a_row(prepared, tmp_path):
     assert offsets.num_rows == train.num_rows
     values = dict(zip(offsets.column("uid").to_pylist(), offsets.column("offset").to_pylist()))
     assert values[int(uids[0])] == 0.0 and values[int(uids[1])] == 0.25
+
+    # a coordinate GDMix scored (its score Avro) counts with its own score, beside our Parquet
+    (tmp_path / "gdmix").mkdir()
+    write_gdmix_scores(str(tmp_path / "gdmix"), uids, np.full(len(uids), 9.0), np.full(len(uids), 0.5), None,
+                       np.ones(len(uids)))
+    join_offsets(lenient, "per_user", [str(tmp_path / "scores"), str(tmp_path / "gdmix")],
+                 str(tmp_path / "both"), log=messages.append)
+    both = fs.read_parquet_dir(str(tmp_path / "both" / "train"))
+    values = dict(zip(both.column("uid").to_pylist(), both.column("offset").to_pylist()))
+    assert both.num_rows == train.num_rows and values[int(uids[0])] == 0.5 and values[int(uids[1])] == 0.75

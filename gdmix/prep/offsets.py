@@ -2,8 +2,9 @@
 
 A partitioned random-effect trainer needs, for every row of its partition, the offset from all
 other coordinates. This Spark step sums the ``coordinate_score`` of the given score datasets
-per uid and writes it next to each partition (``<output>/{train,validation,test}/partition=<p>/``:
-uid, offset). Every row is kept: a uid without a score is an error (``missing_offsets:
+per uid (a folder of GDMix's score Avro counts with its ``predictionScorePerCoordinate``, or its
+``predictionScore`` where it has no such field, as DeText's inference writes it) and writes it
+next to each partition (``<output>/{train,validation,test}/partition=<p>/``: uid, offset). Every row is kept: a uid without a score is an error (``missing_offsets:
 error``, the default) or gets 0 with a warning counting such rows (``zero``) - never a silent
 inner-join drop.
 """
@@ -13,10 +14,11 @@ from __future__ import annotations
 from gdmix.config import GdmixConfig, RandomEffectConfig
 from gdmix.errors import ConfigError, DataError
 from gdmix.io import fs
+from gdmix.io.score_avro import PER_COORDINATE, SCORE, UID, has_avro_scores
 from gdmix.layout import SPLITS, partitions_uri
 from gdmix.prep.partition import write_partitioned
 from gdmix.prep.spark import executor_errors, spark_session
-from gdmix.prep.storage import read_parquet
+from gdmix.prep.storage import read_input, read_parquet
 
 
 def join_offsets(config: GdmixConfig, coordinate: str, scores: list[str], output: str, log=print) -> dict:
@@ -32,7 +34,7 @@ def join_offsets(config: GdmixConfig, coordinate: str, scores: list[str], output
         from pyspark.sql import functions as F
 
         with executor_errors(), fs.staged_directory(output) as out:
-            frames = [read_parquet(spark, uri).select("uid", "coordinate_score") for uri in scores]
+            frames = [_scores(spark, uri) for uri in scores]
             total = frames[0]
             for frame in frames[1:]:
                 total = total.unionByName(frame)
@@ -57,3 +59,15 @@ def join_offsets(config: GdmixConfig, coordinate: str, scores: list[str], output
     finally:
         spark.stop()
     return summary
+
+
+def _scores(spark, uri: str):
+    """(uid, coordinate_score) of one score dataset: our Parquet, or GDMix's score Avro (read by
+    the executors, as every Avro input)."""
+    from pyspark.sql import functions as F
+
+    if not has_avro_scores(uri):
+        return read_parquet(spark, uri).select("uid", "coordinate_score")
+    frame = read_input(spark, uri, "avro")
+    own = PER_COORDINATE if PER_COORDINATE in frame.columns else SCORE
+    return frame.select(F.col(UID).cast("long").alias("uid"), F.col(own).cast("double").alias("coordinate_score"))
