@@ -108,16 +108,27 @@ def load_dataset(uri: str, columns: ContractColumns, index_maps: Mapping[str, In
     whole next to the CSR set the peak memory of training. Here the peak is the CSR plus one row
     group, and each distinct feature is looked up once per row group, not once per occurrence.
     """
-    parts = _DatasetParts(columns)
+    reading = read_dataset(uri, columns, index_maps, shard, rows)
+    maps = dict(index_maps) if index_maps is not None else reading.index_maps()
+    return reading.finish(maps), maps
+
+
+def read_dataset(uri: str, columns: ContractColumns, index_maps: Mapping[str, IndexMap] | None = None,
+                 shard: tuple[int, int] | None = None, rows: tuple[int, int] | None = None) -> "DatasetReading":
+    """The first half of :func:`load_dataset`: every row group read, validated and converted,
+    the bags in the given maps' columns or, without maps, kept coded until :meth:`DatasetReading.finish`
+    gets them (a distributed job agrees on one map across workers in between). An empty dataset
+    is an error unless only a shard or a row range was asked for."""
+    reading = DatasetReading(columns)
     for piece, table in iter_coded_pieces(uri, columns, shard, rows):
-        parts.add(piece, table, index_maps)
-    if parts.num_rows == 0 and shard is None and rows is None:
+        reading.add(piece, table, index_maps)
+    if reading.num_rows == 0 and shard is None and rows is None:
         raise DataError("dataset is empty (0 rows)", path=str(uri))
-    maps = dict(index_maps) if index_maps is not None else parts.index_maps()
-    return parts.finish(maps), maps
+    reading.check_unique_uids()
+    return reading
 
 
-class _DatasetParts:
+class DatasetReading:
     """The converted row groups of one dataset, until :meth:`finish` joins them."""
 
     def __init__(self, columns: ContractColumns):
@@ -161,11 +172,23 @@ class _DatasetParts:
             maps[bag] = IndexMap.from_features(names, terms)
         return maps
 
-    def finish(self, index_maps: Mapping[str, IndexMap]) -> Dataset:
+    def total(self, name: str) -> float:
+        """The sum of a numeric column (``weight``) over the rows read."""
+        return float(sum(values.sum() for values in self.numbers.get(name, [])))
+
+    def uid(self) -> np.ndarray:
+        return np.concatenate(self.numbers["uid"])
+
+    def check_unique_uids(self) -> None:
+        """A repeated uid is an error naming both of its files and rows."""
         sizes = np.array([len(uid) for uid in self.numbers["uid"]], dtype=np.int64)
         starts = np.cumsum(sizes) - sizes
+        check_unique_uids(self.uid(), lambda row: locate_row(self.pieces, starts, row), self.columns.uid)
+
+    def finish(self, index_maps: Mapping[str, IndexMap]) -> Dataset:
+        """The dataset, its bags in ``index_maps``' columns. Call once: the row groups' parts
+        are released as they are joined."""
         uid = np.concatenate(self.numbers.pop("uid"))
-        check_unique_uids(uid, lambda row: locate_row(self.pieces, starts, row), self.columns.uid)
         numeric = {name: np.concatenate(self.numbers.pop(name)) for name in ("label", "weight", "offset")
                    if name in self.numbers}
         return Dataset(

@@ -5,6 +5,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import scipy.sparse as sp
 
 from gdmix.dataset import build_index_maps, load_dataset, to_dataset
 from gdmix.errors import DataError
@@ -145,3 +146,24 @@ def test_the_fixed_effect_shares_the_non_zeros_instead_of_copying(data):
     copied = shared_tensor(unaligned, np.float64)
     assert not np.shares_memory(np.asarray(copied), unaligned)
     np.testing.assert_array_equal(np.asarray(copied), unaligned)
+
+
+def test_shards_read_apart_finish_in_a_map_agreed_between_them(data):
+    """What the fixed-effect job's workers do: each reads its shard with its bags still coded,
+    the union of their features becomes the map, and each finishes in it."""
+    from gdmix.dataset import read_dataset
+    from gdmix.features.index_map import IndexMap
+
+    whole, maps = load_dataset(str(data / "train"), COLUMNS)
+    readings = [read_dataset(str(data / "train"), COLUMNS, shard=(k, 3)) for k in range(3)]
+    agreed = {}
+    for bag in COLUMNS.bags:
+        local = [reading.index_maps()[bag] for reading in readings]
+        agreed[bag] = IndexMap.from_features(pa.concat_arrays([m.names for m in local]),
+                                             pa.concat_arrays([m.terms for m in local]))
+        assert agreed[bag].names.equals(maps[bag].names) and agreed[bag].terms.equals(maps[bag].terms)
+    assert sum(reading.total("weight") for reading in readings) == pytest.approx(whole.weight.sum())
+    shards = [reading.finish(agreed) for reading in readings]
+    for bag in COLUMNS.bags:
+        stacked = sp.vstack([shard.bags[bag] for shard in shards], format="csr")
+        assert (stacked != whole.bags[bag]).nnz == 0

@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from gdmix.artifacts import TrainedModel, load_models
 from gdmix.config import FixedEffectConfig, GdmixConfig
-from gdmix.dataset import Dataset, build_index_maps, to_dataset
+from gdmix.dataset import Dataset, DatasetReading, read_dataset
 from gdmix.distributed.cluster import worker_info
 from gdmix.distributed.collective import agree, connect
 from gdmix.distributed.exchange import Exchange
@@ -40,7 +40,7 @@ from gdmix.errors import DataError
 from gdmix.features.index_map import IndexMap
 from gdmix.io import fs
 from gdmix.io.checkpoint import Checkpoint
-from gdmix.io.contract import ContractColumns, ContractTable, read_contract_table
+from gdmix.io.contract import ContractColumns
 from gdmix.io.uid_join import read_offsets
 from gdmix.jobs.commit import StagedOutput
 from gdmix.layout import SPLITS, index_map_uri
@@ -69,14 +69,14 @@ def run_fixed_effect_job(
     exchange = Exchange(fs.join(workdir, "exchange"), collective)
     who = f"worker {info.index}/{info.count}"
 
-    tables = agree(collective, lambda: _read_shards(config, spec, info.index, info.count))
-    counts = collective.sum(np.array([tables["train"].num_rows, float(np.sum(tables["train"].table.column("weight")))]))
+    readings = agree(collective, lambda: _read_shards(config, spec, info.index, info.count))
+    counts = collective.sum(np.array([readings["train"].num_rows, readings["train"].total("weight")]))
     agree(collective, lambda: _check_training_set(config, counts))
-    agree(collective, lambda: _check_unique_uids(tables, exchange))
-    bag_map = agree(collective, lambda: _index_map(spec, tables["train"], index_maps, exchange))
+    agree(collective, lambda: _check_unique_uids(readings, exchange))
+    bag_map = agree(collective, lambda: _index_map(spec, readings["train"], index_maps, exchange))
     maps = {spec.feature_bag: bag_map} if spec.feature_bag else {}
-    data = {split: to_dataset(table, maps, []) for split, table in tables.items()}
-    del tables  # the Arrow columns (names and terms of every feature) are no longer needed
+    data = agree(collective, lambda: {split: reading.finish(maps) for split, reading in readings.items()})
+    readings.clear()  # finished: their parts are released
     train = data["train"]
     base = {"train": train.offset + agree(collective, lambda: _external_offsets(offsets, train))}
     for split in SPLITS[1:]:
@@ -137,11 +137,13 @@ def _working_directory(output: str, config: GdmixConfig, *identity) -> str:
     return posixpath.join(parent, f".{name}.job-{key}")
 
 
-def _read_shards(config: GdmixConfig, spec: FixedEffectConfig, index: int, count: int) -> dict[str, ContractTable]:
+def _read_shards(config: GdmixConfig, spec: FixedEffectConfig, index: int, count: int) -> dict[str, DatasetReading]:
+    """This worker's shard of every split, read row group by row group; the bags stay coded
+    until the workers agree on the index map (:func:`_index_map`)."""
     columns = ContractColumns(uid=config.data.uid, label=config.data.label, weight=config.data.weight,
                               offset=config.data.offset, bags=(spec.feature_bag,) if spec.feature_bag else ())
     uris = {split: getattr(config.data, split) for split in SPLITS}
-    return {split: read_contract_table(uri, columns, shard=(index, count)) for split, uri in uris.items() if uri}
+    return {split: read_dataset(uri, columns, shard=(index, count)) for split, uri in uris.items() if uri}
 
 
 def _check_training_set(config: GdmixConfig, counts: np.ndarray) -> None:
@@ -153,11 +155,11 @@ def _check_training_set(config: GdmixConfig, counts: np.ndarray) -> None:
                         path=config.data.train, column=config.data.weight or "weight")
 
 
-def _check_unique_uids(tables: dict[str, ContractTable], exchange: Exchange) -> None:
+def _check_unique_uids(readings: dict[str, DatasetReading], exchange: Exchange) -> None:
     """uids are unique within each shard already; here across shards, bucketed by a hash."""
     count = exchange.collective.size
-    for split, table in tables.items():
-        uids = table.table.column("uid").to_numpy()
+    for split, reading in readings.items():
+        uids = reading.uid()
         bucket = (uids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) >> np.uint64(40)) % np.uint64(count)
         received = np.concatenate(exchange.shuffle(f"uids-{split}", [uids[bucket == k] for k in range(count)]))
         values, seen = np.unique(received, return_counts=True)
@@ -167,13 +169,13 @@ def _check_unique_uids(tables: dict[str, ContractTable], exchange: Exchange) -> 
                             column="uid")
 
 
-def _index_map(spec: FixedEffectConfig, train: ContractTable, given: str | None, exchange: Exchange) -> IndexMap:
+def _index_map(spec: FixedEffectConfig, train: DatasetReading, given: str | None, exchange: Exchange) -> IndexMap:
     """The bag's index map: the given one, or the union of every worker's features."""
     if spec.feature_bag is None:
         return IndexMap.empty()
     if given:
         return IndexMap.load(index_map_uri(given, spec.feature_bag))
-    local = build_index_maps(train, [spec.feature_bag])[spec.feature_bag]
+    local = train.index_maps()[spec.feature_bag]
     parts = exchange.all_gather_table("features", pa.table({"name": local.names, "term": local.terms}))
     everything = pa.concat_tables(parts)
     return IndexMap.from_features(everything.column("name").combine_chunks(), everything.column("term").combine_chunks())
