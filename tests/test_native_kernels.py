@@ -55,6 +55,28 @@ def test_the_kernel_finds_the_batched_solvers_optimum(monkeypatch, regularize_in
     assert native[3].iterations_mean > 0
 
 
+def test_large_entities_solved_through_lapack_match_the_loops_and_the_batched_solver(monkeypatch):
+    """Entities with dozens of rows and features (row space and primal) factor their systems
+    with LAPACK above the kernel's threshold; the loops and the batched solver agree."""
+    codes, features, labels, weights, offsets = _population(13, width=60, most_rows=150)
+    sides = np.minimum(np.bincount(codes), 60)
+    assert (sides >= 45).sum() >= 5  # some systems are large enough for LAPACK
+    config = RandomEffectConfig(name="re", type="random_effect", entity="e", l2=0.9)
+    with_lapack = _fit(monkeypatch, "native", codes, features, labels, weights, offsets, config)
+    library = native.library()
+    library.use_lapack(None, None, None, None)
+    try:
+        loops = _fit(monkeypatch, "native", codes, features, labels, weights, offsets, config)
+    finally:
+        library.use_lapack(*native._lapack_routines())
+    batched = _fit(monkeypatch, "numpy", codes, features, labels, weights, offsets, config)
+    for other in (loops, batched):
+        assert other[3].unconverged_entities == 0
+        np.testing.assert_allclose(with_lapack[1], other[1], atol=1e-8)
+        np.testing.assert_allclose(with_lapack[2].toarray(), other[2].toarray(), atol=1e-8)
+    assert with_lapack[3].unconverged_entities == 0
+
+
 def test_a_warm_start_lands_on_the_same_optimum_in_fewer_steps(monkeypatch):
     codes, features, labels, weights, offsets = _population(12)
     config = RandomEffectConfig(name="re", type="random_effect", entity="e", l2=1.3)

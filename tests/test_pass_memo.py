@@ -79,3 +79,30 @@ def test_new_rows_or_an_edited_model_are_not_taken_for_the_last_ones():
     again, _ = coordinate.fit(data, np.zeros(data.num_rows), model)
     reference, _ = RandomEffectCoordinate(config).fit(data, np.zeros(data.num_rows), model)
     _same(again, reference)
+
+
+def test_training_scores_come_from_the_solve_and_equal_the_models_bit_for_bit(monkeypatch):
+    """The kernel scores each entity's rows while solving it; rows it did not solve (entities
+    the batched solver took, rows left out by min_rows / max_rows) are scored afterwards: the
+    coordinate's scores of its training rows are the model's, bit for bit."""
+    from gdmix.models import random_effect
+
+    monkeypatch.setattr(random_effect, "NATIVE_MAX_SIDE", 4)  # larger entities: the batched solver
+    config = RandomEffectConfig(name="re", type="random_effect", entity="user", feature_bag="user_bag", l2=0.8,
+                                min_rows=2, max_rows=40)
+    data, coordinate = _dataset(), RandomEffectCoordinate(config)
+    entities, features = data.entities["user"], data.bags["user_bag"]
+    model = None
+    for offsets in (np.zeros(data.num_rows), np.full(data.num_rows, 0.3)):
+        model, _ = coordinate.fit(data, offsets, model)
+        solved = coordinate.memo.scores
+        if random_effect.native.library() is not None:
+            assert 0 < np.isnan(solved).sum() < data.num_rows  # some rows by the kernel, some not
+        assert np.array_equal(coordinate.score(model, data), model.score(entities, features))
+
+    other = _dataset(seed=22)  # other rows: scored by the model, not taken from the memo
+    assert coordinate.memo.training_scores(model, other.entities["user"], other.bags["user_bag"], other.label,
+                                           other.weight) is None
+    model.coef.data[:3] = 0.0
+    model.coef.eliminate_zeros()  # edited in place: no longer the model the solve scored with
+    assert coordinate.memo.training_scores(model, entities, features, data.label, data.weight) is None

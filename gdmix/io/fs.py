@@ -103,7 +103,12 @@ def write_parquet(table: pa.Table, uri: str, name: str = "part-00000.parquet") -
 
 def write_parquet_tables(tables: Iterable[pa.Table], uri: str, name: str = "part-00000.parquet") -> str:
     """Write tables of one schema one after another as file ``name`` inside directory ``uri``,
-    each built only when the previous one is written (a large table in bounded memory)."""
+    each built only when the previous one is written (a large table in bounded memory).
+
+    Dictionary-typed columns (each table may have its own dictionaries) are written as the
+    columns of their values: without Arrow's schema in the file (which would make readers
+    decode them as dictionaries), the schema's metadata kept as the file's key-value metadata,
+    so the file reads back as if plain columns had been written."""
     fs, path = url_to_fs(uri)
     fs.makedirs(path, exist_ok=True)
     target = posixpath.join(path, name)
@@ -111,7 +116,10 @@ def write_parquet_tables(tables: Iterable[pa.Table], uri: str, name: str = "part
     try:
         for table in tables:
             if writer is None:
-                writer = pq.ParquetWriter(target, table.schema, filesystem=fs)
+                dictionaries = any(pa.types.is_dictionary(field.type) for field in table.schema)
+                writer = pq.ParquetWriter(target, table.schema, filesystem=fs, store_schema=not dictionaries)
+                if dictionaries and table.schema.metadata:
+                    writer.add_key_value_metadata(table.schema.metadata)
             writer.write_table(table)
     finally:
         if writer is not None:

@@ -117,7 +117,9 @@ class RandomEffectCoordinate(_Tabular, ConfiguredCoordinate):
         return model, report.as_dict()
 
     def score(self, model: RandomEffectModel, data: Dataset) -> np.ndarray:
-        return model.score(data.entities[self.entity], data.bag(self.feature_bag))
+        entities, features = data.entities[self.entity], data.bag(self.feature_bag)
+        scores = self.memo.training_scores(model, entities, features, data.label, data.weight)
+        return model.score(entities, features) if scores is None else scores
 
     def save(self, model: RandomEffectModel, uri: str, index_map: IndexMap) -> None:
         model.write(uri, index_map)

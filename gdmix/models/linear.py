@@ -40,12 +40,30 @@ def is_intercept(table: pa.Table) -> np.ndarray:
     return mask.to_numpy(zero_copy_only=False)
 
 
-def names_and_terms(index_map: IndexMap, columns: np.ndarray) -> tuple[pa.Array, pa.Array]:
-    """(name, term) of each column index; -1 stands for the intercept."""
+def names_and_terms(index_map: IndexMap, columns: np.ndarray, dictionary: bool = False) -> tuple[pa.Array, pa.Array]:
+    """(name, term) of each column index; -1 stands for the intercept. With ``dictionary``, as
+    dictionary arrays over the names and terms the columns use: no string is built per row (what
+    writing a large table wants; the values are the same)."""
     position = np.where(columns >= 0, columns, len(index_map))
-    names = pa.concat_arrays([index_map.names, pa.array([INTERCEPT_NAME])]).take(position)
-    terms = pa.concat_arrays([index_map.terms, pa.array([INTERCEPT_TERM])]).take(position)
-    return names, terms
+    names = pa.concat_arrays([index_map.names, pa.array([INTERCEPT_NAME])])
+    terms = pa.concat_arrays([index_map.terms, pa.array([INTERCEPT_TERM])])
+    if not dictionary:
+        return names.take(position), terms.take(position)
+    used, codes = compact_codes(position, len(names))
+    indices = pa.array(codes.astype(np.int32))
+    return (pa.DictionaryArray.from_arrays(indices, names.take(used)),
+            pa.DictionaryArray.from_arrays(indices, terms.take(used)))
+
+
+def compact_codes(values: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct ``values`` (integers in ``[0, bound)``) in increasing order, and each value's
+    position among them: by a mark per possible value when ``bound`` is not much larger than the
+    values, else by sorting."""
+    if bound > 8 * len(values):
+        return np.unique(values, return_inverse=True)
+    present = np.zeros(bound, dtype=bool)
+    present[values] = True
+    return np.flatnonzero(present), (np.cumsum(present) - 1)[values]
 
 
 def check_unique_coefficients(table: pa.Table, keys: list[str], source: str) -> None:

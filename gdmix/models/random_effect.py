@@ -168,14 +168,18 @@ class RandomEffectModel:
         def write(numbered: tuple[int, "RandomEffectModel"]) -> None:
             number, part = numbered
             chunks = part.split(-(-part.num_entities // WRITE_CHUNK_ENTITIES))
-            fs.write_parquet_tables((chunk.to_table(index_map) for chunk in chunks), uri, f"part-{number:05d}.parquet")
+            fs.write_parquet_tables((chunk.to_table(index_map, dictionary=True) for chunk in chunks), uri,
+                                    f"part-{number:05d}.parquet")
 
         for _ in ordered_map(write, list(enumerate(self.split(available_cores())))):
             pass
 
-    def to_table(self, index_map: IndexMap) -> pa.Table:
+    def to_table(self, index_map: IndexMap, dictionary: bool = False) -> pa.Table:
         """Rows ``entity, name, term, value`` (and ``variance``, when the model has them): each
-        entity's intercept, then its coefficients."""
+        entity's intercept, then its coefficients. With ``dictionary``, the three string columns
+        are dictionary arrays over this model's ids and the names and terms it uses: the same
+        values without a string per row, as :meth:`write` writes them (Parquet stores them
+        dictionary-encoded either way)."""
         coef = self.coef.tocsr()
         if not coef.has_sorted_indices:
             coef = coef.sorted_indices()
@@ -197,9 +201,13 @@ class RandomEffectModel:
             values[intercept_at], values[entry_at] = intercepts, entries
             return pa.array(values)
 
-        names, terms = names_and_terms(index_map, columns)
-        arrays = [self.entity_ids.take(rows), names, terms, laid_out(self.intercepts, coef.data[kept])]
+        names, terms = names_and_terms(index_map, columns, dictionary)
+        entities = self.entity_ids.take(rows) if not dictionary else pa.DictionaryArray.from_arrays(
+            pa.array(rows.astype(np.int32)), pc.cast(self.entity_ids, pa.string()))
+        arrays = [entities, names, terms, laid_out(self.intercepts, coef.data[kept])]
         schema = RANDOM_EFFECT_SCHEMA
+        if dictionary:
+            schema = pa.schema([field.with_type(array.type) for field, array in zip(schema, arrays)])
         if self.variances is not None:
             arrays.append(laid_out(self.variances.intercepts,
                                    csr_values_at(self.variances.coef, nnz_row, coef.indices[kept])))
@@ -318,18 +326,20 @@ def fit_random_effect_model(entities: EntityIds, features: sp.csr_matrix, labels
     carries the entities' problems from one pass of coordinate descent to the next (see
     :class:`PassMemo`)."""
     report = RandomEffectReport()
+    scores = None
     if memo is None:
         problem = entity_problems(entities.codes, features, labels, weights, offsets, config, report)
     else:
         problem = memo.problem_for(entities.codes, features, labels, weights, offsets, config, report)
-    fitted = _fit(problem, report, features.shape[1], initial, progress, intercept_l2)
+        scores = np.full(len(labels), np.nan)  # the training rows' scores, where the solve gives them
+    fitted = _fit(problem, report, features.shape[1], initial, progress, intercept_l2, scores)
     variances = None
     if config.variance != "none":
         variances = fitted.variances(full=config.variance == "full")
     model = RandomEffectModel(entities.strings().take(fitted.codes), fitted.intercepts, fitted.coef,
                               fitted.report.l2, variances, fitted.report.intercept_l2)
     if memo is not None:
-        memo.trained = fitted.trained
+        memo.trained, memo.scores = fitted.trained, scores
     return model, fitted.report
 
 
@@ -348,6 +358,9 @@ class PassMemo:
     counts: dict = dataclasses.field(default_factory=dict)  # the report's counts of ``problem``
     trained: np.ndarray | None = None  # layout entities of the last model's first rows, in order
     model: RandomEffectModel | None = None  # the last pass's model (with any entities carried over)
+    # the training rows' scores by the last model, computed by the solve while each entity's rows
+    # were in cache (NaN for rows it did not score: see :meth:`training_scores`)
+    scores: np.ndarray | None = None
 
     def problem_for(self, codes, features, labels, weights, offsets, config: RandomEffectConfig,
                     report: RandomEffectReport) -> "_EntityProblems":
@@ -360,7 +373,7 @@ class PassMemo:
             return dataclasses.replace(self.problem, offsets=offsets)
         problem = entity_problems(codes, features, labels, weights, offsets, config, report)
         self.inputs, self.config, self.problem, self.counts = inputs, config, problem, report.as_dict()
-        self.trained = self.model = None
+        self.trained = self.model = self.scores = None
         return problem
 
     def _holds(self, inputs: tuple, config: RandomEffectConfig) -> bool:
@@ -368,24 +381,52 @@ class PassMemo:
         return (self.problem is not None and self.config == config and len(inputs) == len(self.inputs)
                 and all(mine is theirs for mine, theirs in zip(self.inputs, inputs)))
 
+    def _last_model_slots(self, model: RandomEffectModel, codes, features, labels, weights,
+                          config: RandomEffectConfig) -> np.ndarray | slice | None:
+        """The pairs the last pass's model stores in its first rows (in order; a slice when they
+        are all of them), when ``model`` is that model, unedited, on these very rows; else None."""
+        if (model is None or model is not self.model or self.trained is None
+                or not self._holds((codes, features, labels, weights), config)):
+            return None
+        layout, trained = self.problem.layout, self.trained
+        if len(trained) == layout.num_entities:  # everyone trained (as usual): every pair, in order
+            slots = slice(None)
+        else:
+            slots, _, _ = segments(layout.pair_start[trained], layout.feature_count[trained])
+        features_of_slots = layout.pair_feature[slots]
+        coef = model.coef
+        count = len(features_of_slots)
+        if coef.indptr[len(trained)] != count or not np.array_equal(coef.indices[:count], features_of_slots):
+            return None  # its coefficients were edited since (zeros dropped)
+        return slots
+
+    def training_scores(self, model: RandomEffectModel, entities: EntityIds, features, labels,
+                        weights) -> np.ndarray | None:
+        """``model.score(entities, features)``, bit for bit, when ``model`` is the last pass's on
+        these very rows: the rows the solve scored are taken as they are, the others (entities
+        the kernel did not solve, rows left out of training) scored now; None otherwise."""
+        if self.scores is None or self._last_model_slots(model, entities.codes, features, labels, weights,
+                                                         self.config) is None:
+            return None
+        scores = self.scores.copy()
+        missing = np.flatnonzero(np.isnan(scores))
+        if len(missing):
+            scores[missing] = model.score(entities.take(missing), features[missing])
+        return scores
+
     def start_from(self, model: RandomEffectModel, codes, features, labels, weights,
                    config: RandomEffectConfig) -> "_Solution | None":
         """Where a fit of these rows starts when warm-started from ``model``: read straight off it
         when it is the last pass's model on the same rows (its first rows are the trained layout
         entities, their coefficients in layout order); None for any other model or rows."""
-        if (model is None or model is not self.model or self.trained is None
-                or not self._holds((codes, features, labels, weights), config)):
+        slots = self._last_model_slots(model, codes, features, labels, weights, config)
+        if slots is None:
             return None
-        layout, trained = self.problem.layout, self.trained
-        slots, _, _ = segments(layout.pair_start[trained], layout.feature_count[trained])
-        coef = model.coef
-        if coef.indptr[len(trained)] != len(slots) or not np.array_equal(coef.indices[:len(slots)],
-                                                                         layout.pair_feature[slots]):
-            return None  # its coefficients were edited since (zeros dropped): look them up instead
+        layout, trained, coef = self.problem.layout, self.trained, model.coef
         start = _Solution(np.zeros(layout.num_entities), np.zeros(len(layout.pair_feature)), l2=model.l2,
                           intercept_l2=model.intercept_l2)
         start.intercepts[trained] = model.intercepts[:len(trained)]
-        start.pair_coef[slots] = coef.data[:len(slots)]
+        start.pair_coef[slots] = coef.data[:coef.indptr[len(trained)]]
         return start
 
 
@@ -469,14 +510,15 @@ def learned_l2_report(solution) -> dict:
 
 
 def _fit(problem: "_EntityProblems", report: RandomEffectReport, width: int, initial: "WarmStart | _Solution | None",
-         progress, intercept_l2: float | None = None) -> _Fit:
+         progress, intercept_l2: float | None = None, scores: np.ndarray | None = None) -> _Fit:
     """Solve ``problem`` from ``initial`` (a warm start, or a starting solution of this very
-    problem) at the config's ``l2``, or search ``l2`` (``l2: auto``)."""
+    problem) at the config's ``l2``, or search ``l2`` (``l2: auto``). At a fixed ``l2``,
+    ``scores`` receives the rows the fused kernel scored (see :meth:`_EntityProblems.solve`)."""
     trainable, config = problem.trainable, problem.config
     start = initial if isinstance(initial, _Solution) else _Solution.initial(problem.layout, initial)
     auto = config.l2_auto
     if auto is None:
-        solution = problem.solve(config.l2, start, progress, intercept_l2=intercept_l2)
+        solution = problem.solve(config.l2, start, progress, intercept_l2=intercept_l2, scores=scores)
     else:
         if auto.per_group:
             solution = estimate_l2_per_group(problem, *initial_ridges(auto.init, start.l2, start.intercept_l2), start)
@@ -607,11 +649,13 @@ class _EntityProblems:
         return [along_l2, (moved / l2, 0.0)]
 
     def solve(self, l2: float, start: _Solution, progress=None, evidence: bool = False,
-              intercept_l2: float | None = None) -> _Solution:
+              intercept_l2: float | None = None, scores: np.ndarray | None = None) -> _Solution:
         """Every trainable entity at ridge ``l2`` (and, where given, ``intercept_l2`` on the
         intercepts the prior covers), from ``start`` (moved along its tangents when it has them);
         with ``evidence``, the sums over entities of their Laplace log evidence and of its slopes
-        (see :func:`estimate_l2`), and the optimum's tangents."""
+        (see :func:`estimate_l2`), and the optimum's tangents. ``scores`` (one per dataset row)
+        receives the score of every row the fused kernel's entities own, by the solution (others
+        are left as they were)."""
         layout, config = self.layout, self.config
         ridge, directions = self.intercept_ridge(l2, intercept_l2), self.directions(l2, intercept_l2)
         start = start.toward(l2, intercept_l2)
@@ -650,7 +694,8 @@ class _EntityProblems:
             out.batches += native.solve_entities(
                 layout, dense[small], self.labels, self.weights, self.offsets, l2, ridge, start.intercepts,
                 start.pair_coef, max_iter=config.solver.max_iter, tol=config.solver.tol, intercepts=out.intercepts,
-                pairs=out.pair_coef, iterations=out.iterations, converged=out.converged, map_chunks=each_chunk)
+                pairs=out.pair_coef, iterations=out.iterations, converged=out.converged, map_chunks=each_chunk,
+                scores=scores)
             dense = dense[~small]
         for batch, width, solution, optimum in ordered_map(solve_one, layout.batches(dense)):
             out.intercepts[batch] = solution.intercept

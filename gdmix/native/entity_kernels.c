@@ -57,6 +57,64 @@ static void lu_solve(double *a, double *b, int64_t m, int64_t k) {
     }
 }
 
+/* LAPACK for the rare large system (an entity with dozens to hundreds of rows and features): the
+   blocked factorisations are several times faster than the plain loops there, which win below
+   LAPACK_MIN_SIDE (no call overhead, no transposes). The routines are scipy's C-callable wrappers
+   (scipy.linalg.cython_lapack), handed over once by the loader through use_lapack; 32-bit ints,
+   column-major. Without them every size takes the loops. */
+#define LAPACK_MIN_SIDE 40
+typedef void (*potrf_fn)(char *, int *, double *, int *, int *);
+typedef void (*potrs_fn)(char *, int *, int *, double *, int *, double *, int *, int *);
+typedef void (*getrf_fn)(int *, int *, double *, int *, int *, int *);
+typedef void (*getrs_fn)(char *, int *, int *, double *, int *, int *, double *, int *, int *);
+static potrf_fn lapack_potrf;
+static potrs_fn lapack_potrs;
+static getrf_fn lapack_getrf;
+static getrs_fn lapack_getrs;
+
+void use_lapack(void *potrf, void *potrs, void *getrf, void *getrs) {
+    lapack_potrf = (potrf_fn)potrf;
+    lapack_potrs = (potrs_fn)potrs;
+    lapack_getrf = (getrf_fn)getrf;
+    lapack_getrs = (getrs_fn)getrs;
+}
+
+/* b (m x k, row-major) to and from LAPACK's column-major layout in scratch. */
+static void to_columns(const double *b, double *scratch, int64_t m, int64_t k) {
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < k; j++) scratch[j * m + i] = b[i * k + j];
+}
+
+static void from_columns(const double *scratch, double *b, int64_t m, int64_t k) {
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < k; j++) b[i * k + j] = scratch[j * m + i];
+}
+
+/* A X = B by LAPACK's LU: the row-major A is the column-major A', so its factors solve A' X = B
+   transposed ('T'). Returns 0 when A is singular (B is then left as it was). */
+static int lapack_lu_solve(double *a, double *b, int64_t m, int64_t k, double *scratch, int *pivots) {
+    int n = (int)m, nrhs = (int)k, info = 0;
+    lapack_getrf(&n, &n, a, &n, pivots, &info);
+    if (info != 0) return 0;
+    to_columns(b, scratch, m, k);
+    char trans = 'T';
+    lapack_getrs(&trans, &n, &nrhs, a, &n, pivots, scratch, &n, &info);
+    from_columns(scratch, b, m, k);
+    return info == 0;
+}
+
+/* A X = B for symmetric A by LAPACK's Cholesky; 0 if A is not positive definite. */
+static int lapack_cholesky_solve(double *a, double *b, int64_t m, int64_t k, double *scratch) {
+    int n = (int)m, nrhs = (int)k, info = 0;
+    char upper = 'U';
+    lapack_potrf(&upper, &n, a, &n, &info);
+    if (info != 0) return 0;
+    to_columns(b, scratch, m, k);
+    lapack_potrs(&upper, &n, &nrhs, a, &n, scratch, &n, &info);
+    from_columns(scratch, b, m, k);
+    return info == 0;
+}
+
 typedef struct {
     int64_t n, q, m;          /* rows, features, unknowns besides the intercept (n: row space, q: primal) */
     int row_space;
@@ -64,7 +122,31 @@ typedef struct {
     int64_t *nz_col, *row_ptr;  /* the entity's non-zeros row by row: local column and value */
     double *theta, *z, *dtheta, *dz, *trial_theta, *trial_z, *work;
     double l2, l0, total_weight;
+    double *lapack_scratch;  /* 2 x side, for LAPACK's column-major right-hand sides */
+    int *pivots;             /* side */
 } Entity;
+
+static int cholesky_solve(double *a, double *b, int64_t m, int64_t k);
+
+static int use_lapack_for(int64_t m) { return m >= LAPACK_MIN_SIDE && lapack_potrf != NULL; }
+
+/* A X = B (A: m x m, row-major, destroyed), by LAPACK where it pays, else by the loops. For a
+   singular A, X is NaN (the loops divide by the zero pivot), which the line search refuses. */
+static void solve_general(Entity *e, double *a, double *b, int64_t m, int64_t k) {
+    if (!use_lapack_for(m)) {
+        lu_solve(a, b, m, k);
+        return;
+    }
+    if (!lapack_lu_solve(a, b, m, k, e->lapack_scratch, e->pivots))
+        for (int64_t i = 0; i < m * k; i++) b[i] = NAN;
+}
+
+/* A X = B for symmetric positive definite A (both triangles filled, destroyed); 0 if a pivot is
+   not positive (then A must be rebuilt: its factorisation was under way). */
+static int solve_positive_definite(Entity *e, double *a, double *b, int64_t m, int64_t k) {
+    if (use_lapack_for(m)) return lapack_cholesky_solve(a, b, m, k, e->lapack_scratch);
+    return cholesky_solve(a, b, m, k);
+}
 
 /* out = F'x (q long), from the sparse rows. */
 static void transpose_times(const Entity *e, const double *x, double *out) {
@@ -171,7 +253,7 @@ static double newton(Entity *e, double b, const double *theta, const double *z, 
             e->rhs[2 * i] = v[i];
             e->rhs[2 * i + 1] = s[i];
         }
-        lu_solve(e->system, e->rhs, n, 2);
+        solve_general(e, e->system, e->rhs, n, 2);
         double s_moved0 = 0.0, s_moved1 = 0.0;
         double *moved = c;  /* K X, two columns interleaved, reusing c (2n long: c and the next block) */
         for (int64_t i = 0; i < n; i++) {
@@ -209,10 +291,10 @@ static double newton(Entity *e, double b, const double *theta, const double *z, 
     }
     primal_system(e, s);
     for (int64_t j = 0; j < q; j++) { e->rhs[2 * j] = grad[j]; e->rhs[2 * j + 1] = c[j]; }
-    if (!cholesky_solve(e->system, e->rhs, q, 2)) {  /* not positive definite in round-off: pivot instead */
+    if (!solve_positive_definite(e, e->system, e->rhs, q, 2)) {  /* not positive definite in round-off: pivot */
         primal_system(e, s);
         for (int64_t j = 0; j < q; j++) { e->rhs[2 * j] = grad[j]; e->rhs[2 * j + 1] = c[j]; }
-        lu_solve(e->system, e->rhs, q, 2);
+        solve_general(e, e->system, e->rhs, q, 2);
     }
     double c_u = 0.0, c_v = 0.0;
     for (int64_t j = 0; j < q; j++) { c_u += c[j] * e->rhs[2 * j]; c_v += c[j] * e->rhs[2 * j + 1]; }
@@ -255,6 +337,38 @@ static int line_search(Entity *e, double *b, double *value, double db, double sl
         }
     }
     return 0;
+}
+
+/* Prefetching: an entity's rows are scattered over the bag (they are the dataset's rows, in its
+   order), so reading them is a cache miss per row and per line of its non-zeros, which would
+   dominate a tiny entity's solve. While entity e is solved, the row pointers, labels, weights and
+   offsets of the entity PREFETCH_AHEAD places on are requested, and the non-zeros of the next
+   one, whose row pointers arrived by then. At most PREFETCH_ROWS rows per entity: a large entity
+   is solved long enough for the hardware to stream the rest. */
+#define PREFETCH_AHEAD 2
+#define PREFETCH_ROWS 16
+#define DOUBLES_PER_LINE 8
+
+static void prefetch_rows(int64_t k, const int64_t *row_start, const int64_t *row_count, const int64_t *rows,
+                          const int64_t *indptr, const double *labels, const double *weights, const double *offsets) {
+    int64_t count = row_count[k] < PREFETCH_ROWS ? row_count[k] : PREFETCH_ROWS;
+    for (int64_t i = 0; i < count; i++) {
+        int64_t row = rows[row_start[k] + i];
+        __builtin_prefetch(indptr + row);
+        __builtin_prefetch(labels + row);
+        __builtin_prefetch(weights + row);
+        __builtin_prefetch(offsets + row);
+    }
+}
+
+static void prefetch_nonzeros(int64_t k, const int64_t *row_start, const int64_t *row_count, const int64_t *rows,
+                              const int64_t *indptr, const double *data) {
+    int64_t count = row_count[k] < PREFETCH_ROWS ? row_count[k] : PREFETCH_ROWS;
+    for (int64_t i = 0; i < count; i++) {
+        int64_t row = rows[row_start[k] + i];
+        for (int64_t p = indptr[row]; p < indptr[row + 1]; p += DOUBLES_PER_LINE) __builtin_prefetch(data + p);
+        __builtin_prefetch(data + indptr[row + 1] - 1);
+    }
 }
 
 /* Read entity k's rows into its dense arrays (and, in row space, their Gram matrix FF'). */
@@ -312,18 +426,30 @@ static void start_point(Entity *e, const double *beta0) {
         e->theta[i] = t;
         for (int64_t j = 0; j < n; j++) e->system[i * n + j] = e->gram[i * n + j] + (i == j ? jitter : 0.0);
     }
-    lu_solve(e->system, e->theta, n, 1);
+    solve_general(e, e->system, e->theta, n, 1);
+}
+
+/* The entity's rows scored by its model as it is written (intercept b, coefficients beta), while
+   the rows are in cache: the sums of score_rows (below), in the same column order, so the same
+   scores bit for bit. */
+static void score_own_rows(const Entity *e, double b, const double *beta, const int64_t *rows, double *out) {
+    for (int64_t i = 0; i < e->n; i++) {
+        double total = 0.0;
+        for (int64_t p = e->row_ptr[i]; p < e->row_ptr[i + 1]; p++) total += e->nz_val[p] * beta[e->nz_col[p]];
+        out[rows[i]] = b + total;
+    }
 }
 
 /* Solve entities[0..count) of the layout; returns 0, or -1 when out of memory. Outputs per layout
-   entity (intercept, iterations, converged) and per (entity, local feature) pair (coefficients). */
+   entity (intercept, iterations, converged), per (entity, local feature) pair (coefficients) and,
+   unless out_scores is NULL, per dataset row of these entities (its score by the result). */
 int solve_entities(int64_t count, const int64_t *entities, const int64_t *row_start, const int64_t *row_count,
                    const int64_t *rows, const int64_t *indptr, const double *data, const int64_t *nnz_start,
                    const void *nnz_col, int col_bytes, const int64_t *pair_start, const int64_t *feature_count,
                    const double *labels, const double *weights, const double *offsets, double l2,
                    const double *intercept_ridge, const double *start_intercept, const double *start_pair,
                    int64_t max_iter, double tol, double *out_intercept, double *out_pair, int64_t *out_iterations,
-                   uint8_t *out_converged) {
+                   uint8_t *out_converged, double *out_scores) {
     int64_t most_n = 1, most_q = 1, most_nnz = 1;
     for (int64_t e = 0; e < count; e++) {
         int64_t k = entities[e];
@@ -336,10 +462,18 @@ int solve_entities(int64_t count, const int64_t *entities, const int64_t *row_st
                        side, most_n, side, most_n, side, most_n, 6 * side, most_nnz};
     int64_t total = 0;
     for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) total += sizes[i];
-    double *arena = malloc(total * sizeof(double));
+    double *arena = malloc((total + 2 * side) * sizeof(double));
     int64_t *index_arena = malloc((most_nnz + most_n + 1) * sizeof(int64_t));
-    if (arena == NULL || index_arena == NULL) { free(arena); free(index_arena); return -1; }
+    int *pivots = malloc(side * sizeof(int));
+    if (arena == NULL || index_arena == NULL || pivots == NULL) {
+        free(arena);
+        free(index_arena);
+        free(pivots);
+        return -1;
+    }
     Entity ent;
+    ent.lapack_scratch = arena + total;
+    ent.pivots = pivots;
     ent.nz_col = index_arena;
     ent.row_ptr = index_arena + most_nnz;
     double **slots[] = {&ent.f, &ent.gram, &ent.y, &ent.w, &ent.o, &ent.system, &ent.rhs, &ent.theta, &ent.z,
@@ -349,6 +483,9 @@ int solve_entities(int64_t count, const int64_t *entities, const int64_t *row_st
     ent.l2 = l2;
     for (int64_t e = 0; e < count; e++) {
         int64_t k = entities[e];
+        if (e + PREFETCH_AHEAD < count)
+            prefetch_rows(entities[e + PREFETCH_AHEAD], row_start, row_count, rows, indptr, labels, weights, offsets);
+        if (e + 1 < count) prefetch_nonzeros(entities[e + 1], row_start, row_count, rows, indptr, data);
         load_entity(&ent, k, row_start, row_count, rows, indptr, data, nnz_start, nnz_col, col_bytes, feature_count,
                     labels, weights, offsets);
         ent.l0 = intercept_ridge[k];
@@ -374,9 +511,11 @@ int solve_entities(int64_t count, const int64_t *entities, const int64_t *row_st
         } else {
             memcpy(beta, ent.theta, ent.q * sizeof(double));
         }
+        if (out_scores != NULL) score_own_rows(&ent, b, beta, rows + row_start[k], out_scores);
     }
     free(arena);
     free(index_arena);
+    free(pivots);
     return 0;
 }
 

@@ -44,7 +44,7 @@ _DOUBLE = np.ctypeslib.ndpointer(np.float64, flags="C_CONTIGUOUS")
 _BYTES = np.ctypeslib.ndpointer(np.uint8, flags="C_CONTIGUOUS")
 _SOLVE_ARGUMENTS = [ctypes.c_int64, _INT64, _INT64, _INT64, _INT64, _INT64, _DOUBLE, _INT64, ctypes.c_void_p,
                     ctypes.c_int, _INT64, _INT64, _DOUBLE, _DOUBLE, _DOUBLE, ctypes.c_double, _DOUBLE, _DOUBLE,
-                    _DOUBLE, ctypes.c_int64, ctypes.c_double, _DOUBLE, _DOUBLE, _INT64, _BYTES]
+                    _DOUBLE, ctypes.c_int64, ctypes.c_double, _DOUBLE, _DOUBLE, _INT64, _BYTES, ctypes.c_void_p]
 
 
 def _score_arguments(index) -> list:
@@ -93,7 +93,30 @@ def library():
         function.argtypes = arguments
     loaded.solve_entities.restype = ctypes.c_int
     loaded.score_rows_int32.restype = loaded.score_rows_int64.restype = None
+    loaded.use_lapack.argtypes = [ctypes.c_void_p] * len(LAPACK_ROUTINES)
+    loaded.use_lapack.restype = None
+    loaded.use_lapack(*_lapack_routines())
     return loaded
+
+
+#: the LAPACK routines the kernel factors its rare large systems with, in ``use_lapack``'s order
+LAPACK_ROUTINES = ("dpotrf", "dpotrs", "dgetrf", "dgetrs")
+
+
+def _lapack_routines() -> list[int | None]:
+    """Addresses of scipy's C-callable LAPACK wrappers (``scipy.linalg.cython_lapack``: nogil,
+    thread-safe, the BLAS scipy ships), or NULLs: the kernel then uses its own loops at every
+    size."""
+    try:
+        from scipy.linalg import cython_lapack
+    except ImportError:  # pragma: no cover - scipy is a dependency
+        return [None] * len(LAPACK_ROUTINES)
+    name_of = ctypes.pythonapi.PyCapsule_GetName
+    name_of.restype, name_of.argtypes = ctypes.c_char_p, [ctypes.py_object]
+    pointer_of = ctypes.pythonapi.PyCapsule_GetPointer
+    pointer_of.restype, pointer_of.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+    capsules = [cython_lapack.__pyx_capi__[name] for name in LAPACK_ROUTINES]
+    return [pointer_of(capsule, name_of(capsule)) for capsule in capsules]
 
 
 MapChunks = Callable[[Callable, Iterable], Iterator]
@@ -102,11 +125,14 @@ MapChunks = Callable[[Callable, Iterable], Iterator]
 def solve_entities(layout, entities: np.ndarray, labels, weights, offsets, l2: float, intercept_ridge: np.ndarray,
                    start_intercepts: np.ndarray, start_pairs: np.ndarray, *, max_iter: int, tol: float,
                    intercepts: np.ndarray, pairs: np.ndarray, iterations: np.ndarray, converged: np.ndarray,
-                   map_chunks: MapChunks) -> int:
+                   map_chunks: MapChunks, scores: np.ndarray | None = None) -> int:
     """Solve ``entities`` (layout numbers), writing each one's intercept, iterations and
-    convergence (indexed by entity) and coefficients (by pair) into the output arrays;
-    ``map_chunks(function, chunks)`` runs the chunks (on every core). Returns the number of
-    kernel calls."""
+    convergence (indexed by entity) and coefficients (by pair) into the output arrays, and, into
+    ``scores`` (float64, one per dataset row) when given, the score of each of their rows by the
+    result, as :func:`score_rows` computes it; ``map_chunks(function, chunks)`` runs the chunks
+    (on every core). Returns the number of kernel calls."""
+    if scores is not None and not (scores.dtype == np.float64 and scores.flags.c_contiguous and scores.flags.writeable):
+        raise ValueError("scores must be a writeable, contiguous float64 array")
     function = library().solve_entities
     row_start, row_count, rows, indptr, data, nnz_start, nnz_col, pair_start, feature_count = layout.kernel_arrays()
     layout_arrays = (row_start, row_count, rows, indptr, data, nnz_start, nnz_col.ctypes.data, nnz_col.itemsize,
@@ -114,10 +140,11 @@ def solve_entities(layout, entities: np.ndarray, labels, weights, offsets, l2: f
     vectors = [np.ascontiguousarray(v, dtype=np.float64) for v in (labels, weights, offsets, intercept_ridge,
                                                                    start_intercepts, start_pairs)]
     flags = converged.view(np.uint8)
+    scores_address = None if scores is None else scores.ctypes.data
 
     def solve(chunk: np.ndarray) -> None:
         status = function(len(chunk), chunk, *layout_arrays, *vectors[:3], float(l2), *vectors[3:], int(max_iter),
-                          float(tol), intercepts, pairs, iterations, flags)
+                          float(tol), intercepts, pairs, iterations, flags, scores_address)
         if status != 0:
             raise MemoryError("the native entity solver could not allocate its workspace")
 
