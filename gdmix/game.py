@@ -79,6 +79,9 @@ def coordinate_descent(config: GdmixConfig, datasets: dict[str, Dataset], index_
     for pass_number in range(1, config.passes + 1):
         for coordinate in coordinates:
             _train_coordinate(coordinate, pass_number, datasets, ledger, models, reporter, fit)
+    for coordinate in coordinates:
+        coordinate.end_passes()  # the layouts kept between passes: not needed to write the outputs
+    release_free_memory()
 
     trained = TrainedModel(config.data, coordinates, index_maps, models)
     ledger.commit(config.output, trained, total_seconds=time.perf_counter() - started)

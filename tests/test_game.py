@@ -98,6 +98,9 @@ def test_more_passes_keep_improving_training_fit(synthetic_dir, tmp_path):
     assert train_logloss[-1] <= train_logloss[2] + 1e-9  # after pass 3 no worse than after pass 1
     # coordinate descent settles: the last pass barely moves the fixed effect
     assert entries[-3]["solver"]["iterations"] <= entries[0]["solver"]["iterations"]
+    # what random effects kept from pass to pass (layouts, scores) is gone before the outputs
+    memos = [c.memo for c in result.model.coordinates if hasattr(c, "memo")]
+    assert len(memos) == 2 and all(m.problem is None and m.scores is None for m in memos)
 
 
 def test_warm_start_reproduces_previous_run(trained, tmp_path):

@@ -43,6 +43,10 @@ class Coordinate(Protocol):
 
     def load(self, uri: str, index_map: IndexMap) -> Model: ...
 
+    def end_passes(self) -> None:
+        """Coordinate descent is over: drop what was kept from pass to pass (memory the
+        outputs' writing may want)."""
+
 
 @dataclass(frozen=True)
 class ConfiguredCoordinate:
@@ -51,6 +55,9 @@ class ConfiguredCoordinate:
 
     config: FixedEffectConfig | RandomEffectConfig | DetextConfig
     columns = ()
+
+    def end_passes(self) -> None:
+        """Nothing is kept between passes."""
 
     @property
     def name(self) -> str:
@@ -115,6 +122,9 @@ class RandomEffectCoordinate(_Tabular, ConfiguredCoordinate):
             model = model.carry_over(initial, entities.strings())
         memo.model = model
         return model, report.as_dict()
+
+    def end_passes(self) -> None:
+        self.memo.clear()
 
     def score(self, model: RandomEffectModel, data: Dataset) -> np.ndarray:
         entities, features = data.entities[self.entity], data.bag(self.feature_bag)

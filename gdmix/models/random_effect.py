@@ -362,6 +362,11 @@ class PassMemo:
     # were in cache (NaN for rows it did not score: see :meth:`training_scores`)
     scores: np.ndarray | None = None
 
+    def clear(self) -> None:
+        """Forget everything (the next pass builds afresh)."""
+        self.inputs, self.config, self.problem, self.counts = (), None, None, {}
+        self.trained = self.model = self.scores = None
+
     def problem_for(self, codes, features, labels, weights, offsets, config: RandomEffectConfig,
                     report: RandomEffectReport) -> "_EntityProblems":
         """The problems of these rows at these offsets: the last pass's, when the rows and the

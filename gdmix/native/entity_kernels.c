@@ -228,8 +228,13 @@ static double floor_schur(double schur, double total_weight) {
     return schur > least ? schur : least;
 }
 
-/* One Newton direction at (b, theta, z): returns max |gradient|; fills *db, dtheta, dz, *slope. */
-static double newton(Entity *e, double b, const double *theta, const double *z, double *db, double *slope) {
+/* One Newton direction at (b, theta, z): returns max |gradient|; fills *db, dtheta, dz, *slope,
+   unless the stopping rule holds there (max |gradient| / scale <= tol: no system is built or
+   factored for the step that will not be taken). */
+static int converged_at(double gmax, double scale, double tol) { return gmax / scale <= tol; }
+
+static double newton(Entity *e, double b, const double *theta, const double *z, double scale, double tol,
+                     double *db, double *slope) {
     int64_t n = e->n, q = e->q;
     double *r = e->work, *s = e->work + n, *v = e->work + 2 * n, *c = e->work + 3 * n;
     double sum_r = 0.0, sum_s = 0.0, gmax;
@@ -247,6 +252,7 @@ static double newton(Entity *e, double b, const double *theta, const double *z, 
         double *fv = e->trial_theta;  /* F'v, only to measure the gradient (trial_theta is free here) */
         transpose_times(e, v, fv);
         for (int64_t j = 0; j < q; j++) if (fabs(fv[j]) > gmax) gmax = fabs(fv[j]);
+        if (converged_at(gmax, scale, tol)) return gmax;
         for (int64_t i = 0; i < n; i++) {
             for (int64_t j = 0; j < n; j++) e->system[i * n + j] = s[i] * e->gram[i * n + j];
             e->system[i * n + i] += e->l2;
@@ -277,11 +283,12 @@ static double newton(Entity *e, double b, const double *theta, const double *z, 
     }
     double *grad = e->trial_theta;  /* scratch: the coefficients' gradient (trial_theta is free here) */
     transpose_times(e, r, grad);
-    transpose_times(e, s, c);
     for (int64_t j = 0; j < q; j++) {
         grad[j] += e->l2 * theta[j];
         if (fabs(grad[j]) > gmax) gmax = fabs(grad[j]);
     }
+    if (converged_at(gmax, scale, tol)) return gmax;
+    transpose_times(e, s, c);
     if (q == 0) {
         double delta_b = -grad_b / floor_schur(sum_s + e->l0, e->total_weight);
         for (int64_t i = 0; i < n; i++) e->dz[i] = delta_b;
@@ -497,8 +504,8 @@ int solve_entities(int64_t count, const int64_t *entities, const int64_t *row_st
         uint8_t converged = 0;
         for (int64_t step = 0; step <= max_iter; step++) {
             double db, slope;
-            double gmax = newton(&ent, b, ent.theta, ent.z, &db, &slope) / scale;
-            if (gmax <= tol) { converged = 1; break; }
+            double gmax = newton(&ent, b, ent.theta, ent.z, scale, tol, &db, &slope);
+            if (converged_at(gmax, scale, tol)) { converged = 1; break; }
             if (step >= max_iter || !line_search(&ent, &b, &value, db, slope)) break;
             iterations++;
         }
