@@ -106,3 +106,23 @@ def test_training_scores_come_from_the_solve_and_equal_the_models_bit_for_bit(mo
     model.coef.data[:3] = 0.0
     model.coef.eliminate_zeros()  # edited in place: no longer the model the solve scored with
     assert coordinate.memo.training_scores(model, entities, features, data.label, data.weight) is None
+
+
+def test_the_partitioned_trainer_scores_active_rows_from_the_solve_and_passive_ones_after():
+    from gdmix.jobs.partition_data import TrainingRows
+    from gdmix.jobs.random_effect import _training_scores
+    from gdmix.models.random_effect import PassMemo, fit_random_effect_model
+
+    config = RandomEffectConfig(name="re", type="random_effect", entity="user", feature_bag="user_bag", l2=0.8)
+    data = _dataset()
+    active = np.random.default_rng(3).random(data.num_rows) < 0.8  # the rest: passive (max_rows)
+    rows = TrainingRows.active(data, active, config)
+    memo = PassMemo()
+    model, _ = fit_random_effect_model(rows.entities, rows.features, rows.labels, rows.weights, rows.offsets,
+                                       config, memo=memo)
+    memo.model = model
+    expected = model.score(data.entities["user"], data.bags["user_bag"])
+    assert np.array_equal(_training_scores(model, memo, rows, data, active, config), expected)
+    assert not np.isnan(memo.scores).all()  # the solve scored the active rows
+    memo.model = None  # not the model the solve scored with: every row scored by the model
+    assert np.array_equal(_training_scores(model, memo, rows, data, active, config), expected)

@@ -25,9 +25,11 @@ import json
 import os
 import time
 
+import numpy as np
 import pyarrow as pa
 
 from gdmix.config import GdmixConfig, RandomEffectConfig
+from gdmix.dataset import Dataset
 from gdmix.distributed.cluster import worker_info
 from gdmix.errors import ConfigError
 from gdmix.features.index_map import IndexMap
@@ -39,7 +41,7 @@ from gdmix.layout import (
     PARTITION_MANIFEST, SPLITS, coordinate_done_uri, learned_l2_uri, model_uri, partition_done_uri,
     partition_name, partitions_uri, scores_uri,
 )
-from gdmix.models.random_effect import fit_random_effect_model
+from gdmix.models.random_effect import PassMemo, RandomEffectModel, fit_random_effect_model
 
 
 def partition_list(text: str, total: int) -> list[int]:
@@ -155,16 +157,19 @@ def _train_one(spec: RandomEffectConfig, prep_dir: str, partition: int, index_ma
         settings = settings.model_copy(update={"l2": learned["l2"]})
     initial = partition_warm_start(warm_start, spec, partition, index_map, train.entities[spec.entity])
     rows = TrainingRows.active(train, flags, spec)
+    memo = PassMemo()  # keeps the training rows' scores the solve computes
     model, report = fit_random_effect_model(rows.entities, rows.features, rows.labels, rows.weights, rows.offsets,
-                                            settings, initial, intercept_l2=learned_intercept)
+                                            settings, initial, intercept_l2=learned_intercept, memo=memo)
     if learned is not None:  # the next pass's search starts from it, as after 'gdmix train'
         model = dataclasses.replace(model, l2=learned["l2"], intercept_l2=learned_intercept)
+    memo.model = model  # (the same coefficients either way)
     staging = fs.join(output, ".staging", spec.name, partition_name(partition))
     fs.remove(staging)
     model.write(fs.join(staging, "model"), index_map)
     for split, dataset in data.items():
         if dataset is not None:
-            own = model.score(dataset.entities[spec.entity], dataset.bag(spec.feature_bag))
+            own = (_training_scores(model, memo, rows, train, flags, spec) if split == "train"
+                   else model.score(dataset.entities[spec.entity], dataset.bag(spec.feature_bag)))
             fs.write_parquet(pa.table({
                 "uid": dataset.uid, "label": dataset.label, "weight": dataset.weight,
                 "score": dataset.offset + own, "coordinate_score": own,
@@ -173,6 +178,22 @@ def _train_one(spec: RandomEffectConfig, prep_dir: str, partition: int, index_ma
     return report.as_dict() | {"partition": partition, "rows": train.num_rows, "active_rows": int(flags.sum()),
                                "validation_rows": data["validation"].num_rows if data["validation"] else 0,
                                "test_rows": data["test"].num_rows if data["test"] else 0}
+
+
+def _training_scores(model: RandomEffectModel, memo: PassMemo, rows: TrainingRows, train: Dataset,
+                     active: np.ndarray, spec: RandomEffectConfig) -> np.ndarray:
+    """The model's scores of every training row: the active rows' as the solve computed them,
+    the passive rows' (left out by ``max_rows``) scored now."""
+    entities, features = train.entities[spec.entity], train.bag(spec.feature_bag)
+    solved = memo.training_scores(model, rows.entities, rows.features, rows.labels, rows.weights)
+    if solved is None:
+        return model.score(entities, features)
+    scores = np.empty(train.num_rows)
+    scores[active] = solved
+    passive = np.flatnonzero(~active)
+    if len(passive):
+        scores[passive] = model.score(entities.take(passive), features[passive])
+    return scores
 
 
 def _commit_partition(staging: str, output: str, coordinate: str, partition: int, data: dict) -> None:
