@@ -228,11 +228,12 @@ static double floor_schur(double schur, double total_weight) {
     return schur > least ? schur : least;
 }
 
-/* One Newton direction at (b, theta, z): returns max |gradient|; fills *db, dtheta, dz, *slope,
-   unless the stopping rule holds there (max |gradient| / scale <= tol: no system is built or
-   factored for the step that will not be taken). */
+/* The stopping rule: max |gradient| over max(1, total weight) at most tol. */
 static int converged_at(double gmax, double scale, double tol) { return gmax / scale <= tol; }
 
+/* One Newton direction at (b, theta, z): returns max |gradient|; fills *db, dtheta, dz, *slope,
+   unless the stopping rule holds there (no system is built or factored for a step that will not
+   be taken). */
 static double newton(Entity *e, double b, const double *theta, const double *z, double scale, double tol,
                      double *db, double *slope) {
     int64_t n = e->n, q = e->q;

@@ -7,7 +7,9 @@ coefficient costs a cache miss per non-zero. The kernels do both per entity, per
 
 * ``solve_entities``: Newton's method for each entity straight from the bag's CSR through the
   :class:`~gdmix.models.entity_layout.EntityLayout`, the same algorithm and stopping rule as
-  :func:`gdmix.solvers.batched_newton.solve_batch`;
+  :func:`gdmix.solvers.batched_newton.solve_batch`; the rare large system (40 or more unknowns)
+  is factored by LAPACK (scipy's, see :func:`_lapack_routines`), and each entity's rows can be
+  scored by its result while they are in cache (the sums of ``score_rows``, bit for bit);
 * ``score_rows_int32`` / ``score_rows_int64``: each row's intercept plus the merge of its
   sorted entries with its entity's sorted coefficients.
 
