@@ -17,9 +17,11 @@ TensorFlow / BLAS thread so the numbers are per worker and per core. Recorded:
   Parquet input, vocabulary, training, scoring, writing), CPU summed over every process.
 
 Repeats are summarised by median and range (``bench.measure.summary``). ``--gdmix-root`` runs
-the jobs against another copy of the source (how the "before" numbers were taken).
+the jobs against another copy of the source; ``--baseline ROOT`` runs every job against both
+that copy (reported under ``before``) and this tree, alternately on the same corpus, so that a
+loaded machine's drift falls on both sides alike (how the "before" numbers are taken).
 
-    python -m bench.detext_scaling [--rows 1000000] [--steps 200] [--repeats 3] [--workers 1 2]
+    python -m bench.detext_scaling [--rows 1000000] [--steps 200] [--repeats 3] [--workers 1 2] [--baseline ROOT]
 
 Default size on the 2-core VM: about 5-8 minutes.
 """
@@ -52,15 +54,19 @@ WIDE_FEATURES = 200
 
 
 def run(rows: int = ROWS, steps: int = 200, repeats: int = 3, workers: tuple[int, ...] = (1, 2),
-        batch_size: int = 256, gdmix_root: str | None = None) -> dict:
+        batch_size: int = 256, gdmix_root: str | None = None, baseline: str | None = None) -> dict:
+    sources = ([baseline] if baseline else []) + [gdmix_root]  # before, then after, in every repeat
     with tempfile.TemporaryDirectory(prefix="gdmix-detext-scaling-") as tmp:
         root = Path(tmp)
         _, generated = measure.timed(lambda: write_corpus(root, rows))
         config = write_config(root, steps, batch_size)
-        results = {str(count): _measure(root, config, count, repeats, gdmix_root) for count in workers}
+        results = {str(count): _measure(root, config, count, repeats, sources) for count in workers}
+    before = {"before": {"source": baseline, "generate_seconds": generated,
+                         "workers": {count: result[baseline] for count, result in results.items()}}} if baseline else {}
     return {"benchmark": "detext_scaling", "rows": rows, "validation_rows": _validation_rows(rows), "steps": steps,
-            "batch_size": batch_size, "repeats": repeats, "generate_seconds": generated, "workers": results,
-            "source": gdmix_root or "this tree",
+            "batch_size": batch_size, "repeats": repeats, "generate_seconds": generated,
+            "workers": {count: result[gdmix_root] for count, result in results.items()},
+            "source": gdmix_root or "this tree", **before,
             "what_is_timed": {
                 "examples_per_second_per_worker": "the DeText job's training loop (global examples/s / workers)",
                 "peak_rss_bytes_per_worker": "max VmHWM over the worker processes (launcher excluded)",
@@ -114,8 +120,16 @@ def write_config(root: Path, steps: int, batch_size: int) -> Path:
     return path
 
 
-def _measure(root: Path, config: Path, workers: int, repeats: int, gdmix_root: str | None) -> dict:
-    runs = [_one_job(root, config, workers, k, gdmix_root) for k in range(max(1, repeats))]
+def _measure(root: Path, config: Path, workers: int, repeats: int, sources: list[str | None]) -> dict:
+    """Each source's summary at ``workers``; the sources' jobs alternate, repeat after repeat."""
+    runs = {source: [] for source in sources}
+    for repeat in range(max(1, repeats)):
+        for k, source in enumerate(sources):
+            runs[source].append(_one_job(root, config, workers, f"{repeat}-{k}", source))
+    return {source: _summary(done, source) for source, done in runs.items()}
+
+
+def _summary(runs: list[dict], gdmix_root: str | None) -> dict:
     pick = lambda key: measure.summary([r[key] for r in runs])  # noqa: E731
     return {"examples_per_second_per_worker": pick("examples_per_second_per_worker"),
             "peak_rss_bytes_per_worker": pick("peak_rss_bytes_per_worker"),
@@ -131,7 +145,7 @@ def _env(gdmix_root: str | None) -> dict:
     return env
 
 
-def _one_job(root: Path, config: Path, workers: int, repeat: int, gdmix_root: str | None) -> dict:
+def _one_job(root: Path, config: Path, workers: int, repeat: str, gdmix_root: str | None) -> dict:
     """One job as a fresh process tree; the job's own throughput and per-process memory peaks."""
     output = root / f"job-{workers}-{repeat}"
     job = DetextJobSpec(config=str(config), coordinate="deep", output=str(output),
@@ -188,9 +202,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--gdmix-root", help="run the jobs against the gdmix package under this folder")
+    parser.add_argument("--baseline", help="also run every job against the gdmix package under this folder, "
+                                           "alternately (reported under 'before')")
     args = parser.parse_args()
     print(json.dumps(run(args.rows, args.steps, args.repeats, tuple(args.workers), args.batch_size,
-                         args.gdmix_root), indent=2))
+                         args.gdmix_root, args.baseline), indent=2))
 
 
 if __name__ == "__main__":

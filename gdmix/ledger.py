@@ -30,10 +30,10 @@ import pyarrow as pa
 from gdmix import __version__
 from gdmix.artifacts import TrainedModel, save_model
 from gdmix.config import DataConfig, GdmixConfig, RandomEffectConfig
-from gdmix.dataset import Dataset
+from gdmix.dataset import Dataset, EntityIds, load_dataset
 from gdmix.errors import DataError
 from gdmix.io import fs
-from gdmix.io.contract import ContractColumns, read_contract_table
+from gdmix.io.contract import ContractColumns
 from gdmix.io.score_avro import has_avro_scores, read_gdmix_scores
 from gdmix.layout import HELD_OUT, METRICS_FILE, SCORE_TABLE_FILE, SPLITS, scores_uri
 from gdmix.metrics import binary_metrics, per_entity_auc_key, per_entity_auc_summary
@@ -104,14 +104,16 @@ class Ledger:
 
     @classmethod
     def initial(cls, config: GdmixConfig) -> "Ledger":
-        """uid, label, weight, offset and entity ids of the prepared data, sorted by uid (no scores yet)."""
+        """uid, label, weight, offset and entity ids of the prepared data, sorted by uid (no scores
+        yet). Read row group by row group (:func:`~gdmix.dataset.load_dataset`): only these few
+        columns are ever held, never a split's whole Arrow table."""
         entities = tuple(sorted({c.entity for c in config.coordinates if isinstance(c, RandomEffectConfig)}))
         splits = {}
         for split in SPLITS:
             uri = getattr(config.data, split)
             if uri:
-                table = read_contract_table(uri, ContractColumns(entities=entities)).table
-                splits[split] = _split_from_table(table.sort_by("uid"), entities, ())
+                data, _ = load_dataset(uri, ContractColumns(entities=entities))
+                splits[split] = _split_by_uid(data)
         return cls(splits)
 
     @classmethod
@@ -226,6 +228,18 @@ class Ledger:
         document = self.metrics(model.data, total_seconds)
         fs.write_text_atomic(fs.join(output, METRICS_FILE), fs.to_json(document))
         return document
+
+
+def _split_by_uid(data: Dataset) -> SplitLedger:
+    """A split's rows in uid order (the score table's order), entity ids as the data holds them."""
+    order = np.argsort(data.uid, kind="stable")
+    return SplitLedger(data.uid[order], data.label[order], data.weight[order], data.offset[order],
+                       {name: _entity_values(ids)[order] for name, ids in data.entities.items()})
+
+
+def _entity_values(ids: EntityIds) -> np.ndarray:
+    """Every row's entity id itself (not its code): the values the score table stores."""
+    return ids.values.to_numpy(zero_copy_only=False)[ids.codes]
 
 
 def _split_from_table(table: pa.Table, entities, scored) -> SplitLedger:

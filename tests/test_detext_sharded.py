@@ -76,27 +76,28 @@ class _Member:
 
 def _worker(uri: str, config: DetextConfig, collective, exchange_root: Path) -> dict:
     """What the job does on one worker, up to training: its shard, the shared model, the loop."""
-    from gdmix.dataset import to_dataset
+    from gdmix.dataset import read_dataset
     from gdmix.distributed.exchange import Exchange
-    from gdmix.io.contract import ContractColumns, read_contract_table
+    from gdmix.io.contract import ContractColumns
     from gdmix.jobs.detext import _wide_index_map, training_shard, validation_shard
     from gdmix.models.detext.coordinate import detext_rows, new_model
     from gdmix.models.detext.data import HeldOutShard, TrainingShard
     from gdmix.models.detext.training import train_network
 
     exchange = Exchange(str(exchange_root), collective)
+    columns = ContractColumns(bags=("wide",), extra=("title", "q"))
     index, (low, high) = training_shard(uri, config, collective.rank, collective.size)
-    table = read_contract_table(uri, ContractColumns(bags=("wide",), extra=("title", "q")), rows=(low, high))
-    maps = _wide_index_map(config, table, None, exchange)
-    rows = detext_rows(config, to_dataset(table, maps, [], ("title", "q")))
+    reading = read_dataset(uri, columns, rows=(low, high))
+    maps = _wide_index_map(config, reading, None, exchange)
+    rows = detext_rows(config, reading.finish(maps))
     model = new_model(config, rows, len(maps["wide"]), exchange)
     model._build()  # threads share Keras's seed generator: every run starts from the same drawn weights
     draw = np.random.default_rng(config.seed)
     for weight in model.network.weights:
         weight.assign(draw.normal(0, 0.3, weight.shape).astype(weight.numpy().dtype))
     held_index, held_range = validation_shard(uri, config, collective.rank, collective.size)  # the training rows
-    held_rows = rows if held_range == (low, high) else detext_rows(config, to_dataset(read_contract_table(
-        uri, ContractColumns(bags=("wide",), extra=("title", "q")), rows=held_range), maps, [], ("title", "q")))
+    held_rows = rows if held_range == (low, high) else detext_rows(
+        config, read_dataset(uri, columns, rows=held_range).finish(maps))
     validation = HeldOutShard.gather(held_rows, held_range[0], held_index, collective)
     report = train_network(model.network, config, TrainingShard(rows, low, index), np.zeros(rows.num_rows),
                            validation, np.zeros(held_rows.num_rows), collective=collective, log=lambda m: None)
@@ -128,7 +129,8 @@ def _train(uri: Path, config: DetextConfig, workers: int, tmp: Path) -> list[dic
 
 
 def test_a_worker_reads_only_the_row_groups_of_its_shard(tmp_path, monkeypatch):
-    from gdmix.io.contract import ContractColumns, read_contract_table
+    from gdmix.dataset import read_dataset
+    from gdmix.io.contract import ContractColumns
     from gdmix.jobs.detext import training_shard
 
     uri = _write(tmp_path, [1] * 200, files=2)  # 2 files x 4 row groups of 25 rows
@@ -141,10 +143,12 @@ def test_a_worker_reads_only_the_row_groups_of_its_shard(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pq.ParquetFile, "read_row_groups", spy)
     index, (low, high) = training_shard(str(uri), _config(), 1, 4)
-    table = read_contract_table(str(uri), ContractColumns(extra=("title",)), rows=(low, high))
+    data = read_dataset(str(uri), ContractColumns(extra=("title",)), rows=(low, high)).finish({})
     assert index.num_rows == 200 and (low, high) == (50, 100)
-    assert table.table.column("uid").to_pylist() == list(range(50, 100))
     assert len(opened) == 2  # the 2 row groups of rows 50-99, of the 8 in the data
+    assert data.uid.tolist() == list(range(50, 100))
+    titles = pq.read_table(uri / "part-00000.parquet", columns=["title"]).column("title").to_pylist()
+    assert data.columns["title"].to_pylist() == titles[50:100]  # the text column carried as it is
 
 
 def test_two_workers_follow_one_worker_through_the_sharded_path(tmp_path):
@@ -206,20 +210,63 @@ def test_a_list_stored_in_two_places_is_an_error_naming_file_and_column(tmp_path
     assert missing.value.column == "query" and missing.value.path.endswith("part-00000.parquet")
 
 
-def test_the_pipeline_feeds_each_worker_its_share_of_every_global_batch():
-    from gdmix.models.detext.data import Batches, DetextRows, RowIndex, TrainingShard, training_batches
+def test_each_step_gathers_the_workers_share_of_its_global_batch():
+    """The step's inputs, gathered from the shard's tensors, are exactly what :func:`batch_inputs`
+    builds from the share's rows (wide bag padded per batch), and some shares are empty."""
+    import scipy.sparse as sp
+
+    from gdmix.models.detext.data import (Batches, DetextRows, RowIndex, ShardTensors, TrainingShard, batch_arrays,
+                                          tf)
 
     n = 30
-    rows = DetextRows({"title": np.array([b"alpha beta"] * 10, dtype=object)}, None, np.zeros((10, 0), np.float32),
-                      np.arange(10, dtype=np.float32), np.ones(10, np.float32), None)
+    wide = sp.csr_matrix(np.arange(40, dtype=np.float64).reshape(10, 4) % 3 * (np.arange(10)[:, None] % 4 > 0))
+    rows = DetextRows({"title": np.array([f"word{k} beta".encode() for k in range(10)], dtype=object)}, wide,
+                      np.arange(20, dtype=np.float32).reshape(10, 2), np.arange(10, dtype=np.float32),
+                      np.linspace(0.5, 1, 10).astype(np.float32), None)
+    offsets = np.arange(10) / 10
     shard = TrainingShard(rows, 10, RowIndex(n))
-    batches, reference = Batches(RowIndex(n), 4, 0, False), Batches(RowIndex(n), 4, 0, False)
-    stream = training_batches(shard, np.zeros(10), batches, 8)
+    tensors = ShardTensors(shard, offsets)
+    gather = tf.function(tensors.gather, input_signature=[tf.TensorSpec([None], tf.int64)])
+    reference = Batches(RowIndex(n), 4, 0, False)
     sizes = []
-    for _, labels, _, _, global_rows in stream:
+    for positions, global_rows in shard.shares(Batches(RowIndex(n), 4, 0, False), 8):
         batch = reference.next()
         expected = batch[(batch >= 10) & (batch < 20)] - 10
+        np.testing.assert_array_equal(positions, expected)
+        assert global_rows == 4 and positions.dtype == np.int64
+        inputs, labels, weights, codes = gather(positions)
+        want = batch_arrays(rows, expected, offsets)
+        assert sorted(inputs) == sorted(want)
+        for name, values in want.items():
+            np.testing.assert_array_equal(inputs[name].numpy(), values.astype(inputs[name].numpy().dtype), name)
         np.testing.assert_array_equal(labels.numpy(), expected.astype(np.float32))
-        assert int(global_rows) == 4
+        np.testing.assert_array_equal(weights.numpy(), rows.weights[expected])
+        np.testing.assert_array_equal(codes.numpy(), np.zeros(len(expected)))
         sizes.append(len(expected))
     assert 0 in sizes  # some global batches hold none of this worker's rows
+
+
+def test_the_jobs_reader_names_the_file_column_and_row_of_bad_input(tmp_path):
+    """A worker reads its shard row group by row group (``read_dataset``); a bad value in it is
+    reported at its file and row within that file, a missing text column by name."""
+    from gdmix.config import validate_config
+    from gdmix.jobs.detext import _read_splits
+
+    uri = _write(tmp_path, [1] * 200, files=2)  # 2 files x 100 rows, row groups of 25
+    second = uri / "part-00001.parquet"
+    table = pq.read_table(second)
+    labels = table.column("label").to_numpy().copy()
+    labels[63] = 3  # global row 163, inside worker 1's shard [100, 200) and its third row group
+    pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels)), second,
+                   row_group_size=ROW_GROUP)
+    config = validate_config({"data": {"train": str(uri)}, "output": str(tmp_path / "out"),
+                              "coordinates": [_config().model_dump(mode="json")]})
+    spec = config.coordinates[0]
+    worker_0 = _read_splits(config, spec, ("title",), {"train": (0, 100)}, 0, 2)  # its rows are all valid
+    assert worker_0["train"].num_rows == 100
+    with pytest.raises(DataError, match="not 0 or 1") as bad:
+        _read_splits(config, spec, ("title",), {"train": (100, 200)}, 1, 2)
+    assert (bad.value.path, bad.value.column, bad.value.row) == (str(second), "label", 63)
+    with pytest.raises(DataError, match="missing requested column") as missing:
+        _read_splits(config, spec, ("headline",), {"train": (0, 100)}, 0, 2)
+    assert missing.value.column == "headline" and missing.value.path.endswith("part-00000.parquet")

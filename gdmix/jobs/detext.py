@@ -7,7 +7,9 @@ TFJob, or as the ranks of an MPIJob's ``horovodrun``.
 Each worker reads only its shard of the training rows: a contiguous range of rows (the fixed
 effect's balanced shard, :func:`gdmix.io.contract.shard_bounds`, moved to list boundaries for
 ranking losses: :func:`gdmix.models.detext.data.shard_range`), of which only the overlapping
-Parquet row groups are read. The global batch schedule needs only the row count (and, for ranking
+Parquet row groups are read, one at a time (:func:`gdmix.dataset.read_dataset`: the wide bag stays
+coded until the workers agree on its index map, then becomes the CSR; the text columns are
+carried as they are). The global batch schedule needs only the row count (and, for ranking
 losses, the list-id column, read alone); every worker builds the same model from all shards (word
 counts gathered, dense statistics and the wide bag's features combined through the collective
 and the job's working directory) and trains on its share of every global batch
@@ -27,7 +29,7 @@ import pyarrow as pa
 
 from gdmix.artifacts import TrainedModel, load_models
 from gdmix.config import DetextConfig, GdmixConfig
-from gdmix.dataset import build_index_maps, to_dataset
+from gdmix.dataset import DatasetReading, read_dataset
 from gdmix.distributed.cluster import worker_info
 from gdmix.distributed.collective import agree, connect
 from gdmix.distributed.exchange import Exchange
@@ -35,7 +37,7 @@ from gdmix.distributed.horovod import HorovodCollective, launched_by_horovod
 from gdmix.errors import DataError
 from gdmix.features.index_map import IndexMap
 from gdmix.io import fs
-from gdmix.io.contract import ContractColumns, ContractTable, FilePiece, plan_pieces, read_contract_table, shard_bounds
+from gdmix.io.contract import ContractColumns, FilePiece, plan_pieces, shard_bounds
 from gdmix.io.uid_join import read_offsets
 from gdmix.jobs.commit import StagedOutput
 from gdmix.layout import index_map_uri
@@ -58,10 +60,10 @@ def run_detext_job(config: GdmixConfig, coordinate: str, output: str, *, offsets
     index, (low, high) = agree(collective, lambda: training_shard(config.data.train, spec, rank, size))
     held_out = agree(collective, lambda: validation_shard(config.data.validation, spec, rank, size))
     ranges = {"train": (low, high)} | ({"validation": held_out[1]} if held_out else {})
-    tables = agree(collective, lambda: _read_tables(config, spec, handle.columns, ranges, rank, size))
-    maps = agree(collective, lambda: _wide_index_map(spec, tables["train"], index_maps, exchange))
-    data = {split: to_dataset(table, maps, [], handle.columns) for split, table in tables.items()}
-    tables.clear()  # the Arrow columns are no longer needed
+    readings = agree(collective, lambda: _read_splits(config, spec, handle.columns, ranges, rank, size))
+    maps = agree(collective, lambda: _wide_index_map(spec, readings["train"], index_maps, exchange))
+    data = agree(collective, lambda: {split: reading.finish(maps) for split, reading in readings.items()})
+    readings.clear()  # finished: their row groups' parts are released
     # the other coordinates' scores: on the training rows to fit, on the validation rows to
     # pick the best step on the same total score that coordinate descent evaluates
     # (the test rows' scores are this coordinate's own: their total is assembled downstream)
@@ -140,28 +142,27 @@ def _locate(pieces, row: int) -> tuple[str, int]:
     return pieces[k].path, int(row - starts[k])
 
 
-def _read_tables(config: GdmixConfig, spec: DetextConfig, extra: tuple[str, ...],
-                 ranges: dict[str, tuple[int, int]], rank: int, size: int) -> dict[str, ContractTable]:
-    """This worker's rows of each split: ``ranges`` of the training and validation rows, and its
-    balanced shard of the test rows (only the Parquet row groups they overlap are read)."""
+def _read_splits(config: GdmixConfig, spec: DetextConfig, extra: tuple[str, ...],
+                 ranges: dict[str, tuple[int, int]], rank: int, size: int) -> dict[str, DatasetReading]:
+    """This worker's rows of each split, read row group by row group: ``ranges`` of the training
+    and validation rows, and its balanced shard of the test rows (only the Parquet row groups
+    they overlap are read); the wide bag stays coded until :func:`_wide_index_map` is agreed."""
     columns = ContractColumns(uid=config.data.uid, label=config.data.label, weight=config.data.weight,
                               offset=config.data.offset, bags=(spec.wide_bag,) if spec.wide_bag else (), extra=extra)
-    tables = {split: read_contract_table(getattr(config.data, split), columns, rows=rows)
-              for split, rows in ranges.items()}
+    readings = {split: read_dataset(getattr(config.data, split), columns, rows=rows) for split, rows in ranges.items()}
     if config.data.test:
-        tables["test"] = read_contract_table(config.data.test, columns, shard=(rank, size))
-    return tables
+        readings["test"] = read_dataset(config.data.test, columns, shard=(rank, size))
+    return readings
 
 
-def _wide_index_map(spec: DetextConfig, train: ContractTable, given: str | None,
+def _wide_index_map(spec: DetextConfig, train: DatasetReading, given: str | None,
                     exchange: Exchange) -> dict[str, IndexMap]:
     """The wide bag's index map: the given one, or the distinct features of every worker's shard."""
     if not spec.wide_bag:
         return {}
     if given:
         return {spec.wide_bag: IndexMap.load(index_map_uri(given, spec.wide_bag))}
-    local = build_index_maps(train, [spec.wide_bag])[spec.wide_bag]
+    local = train.index_maps()[spec.wide_bag]
     parts = pa.concat_tables(exchange.all_gather_table("wide-features", local.to_table()))
     return {spec.wide_bag: IndexMap.from_features(parts.column("name").combine_chunks(),
                                                   parts.column("term").combine_chunks())}
-

@@ -15,7 +15,8 @@ all-reduces sums and divides by the global weight), so 1 and N workers follow th
 A ranking list must never be split: shard boundaries are moved to list starts, which needs each
 list's rows to be consecutive in the data when there is more than one worker (checked:
 :func:`shard_range` raises a :class:`~gdmix.errors.DataError` naming the column otherwise).
-:func:`training_batches` feeds a worker's shares through a ``tf.data`` pipeline with prefetch.
+Each step's share is gathered inside the training step from the shard's columns held once as
+tensors (:class:`ShardTensors`): Python hands the step only the positions.
 """
 
 from __future__ import annotations
@@ -235,6 +236,13 @@ class TrainingShard:
         mine = batch[(batch >= self.start) & (batch < self.start + self.rows.num_rows)]
         return mine - self.start
 
+    def shares(self, batches: Batches, steps: int) -> Iterator[tuple[np.ndarray, int]]:
+        """For each of ``steps`` global batches: this worker's share (:meth:`local`, int64; may be
+        empty: the worker still takes part in the step's all-reduce) and the global batch's size."""
+        for _ in range(steps):
+            batch = batches.next()
+            yield self.local(batch).astype(np.int64), len(batch)
+
     def codes(self) -> np.ndarray:
         """The shard's list ids as global codes (zeros without lists)."""
         if self.index.groups is None:
@@ -268,62 +276,55 @@ class HeldOutShard:
         return out
 
 
-SCHEDULE_CHUNK = 64  # steps whose positions one Python call hands to tf.data
+class ShardTensors:
+    """A worker's training shard held once as tensors, and :meth:`gather`, which cuts one step's
+    share out of them inside the training step's own ``tf.function``.
+
+    Why inside the step and not in a ``tf.data`` pipeline: the schedule is drawn in Python
+    (:meth:`TrainingShard.shares`), and streaming it into ``tf.data`` takes
+    ``Dataset.from_generator``; with that source in the process, every ``tf.function`` traced after
+    it ran its kernels on TensorFlow's compute thread at about twice the CPU (TF 2.21, one
+    intra-/inter-op thread; a function traced before it kept its speed, and ``tf.data`` without
+    ``from_generator`` did not do it), so a ``tf.data`` feed made each step 2-3x dearer than a plain
+    Python feed. A pipeline would buy nothing in return: the gather costs a fraction of a
+    millisecond, and a worker has one thread to overlap it on. Here Python hands the step only
+    its positions (one int64 vector), and the step's inputs never exist as separate eager
+    tensors. Memory: the shard's columns once, plus one step's rows while it runs."""
+
+    def __init__(self, shard: TrainingShard, offsets: np.ndarray):
+        rows = shard.rows
+        labels = rows.labels if rows.labels is not None else np.zeros(rows.num_rows, np.float32)
+        self.texts = {name: _string_tensor(values) for name, values in rows.texts.items()}
+        self.dense = tf.constant(rows.dense, tf.float32)
+        self.offset = tf.constant(np.asarray(offsets, np.float32).reshape(-1)[:rows.num_rows])
+        self.labels = tf.constant(np.asarray(labels, np.float32))
+        self.weights = tf.constant(np.asarray(rows.weights, np.float32))
+        self.codes = tf.constant(shard.codes().astype(np.int64))
+        self.wide = _ragged_wide(rows.wide)
+
+    def gather(self, positions) -> tuple[dict, "tf.Tensor", "tf.Tensor", "tf.Tensor"]:
+        """``(inputs, labels, weights, list codes)`` of shard rows ``positions`` (int64 [k]):
+        the inputs exactly as :func:`batch_inputs` builds them. Traceable (graph ops only)."""
+        inputs = {f"text:{name}": tf.gather(values, positions) for name, values in self.texts.items()}
+        inputs["dense"] = tf.gather(self.dense, positions)
+        inputs["offset"] = tf.gather(self.offset, positions)
+        inputs["wide_ids"], inputs["wide_values"] = self._padded_wide(positions)
+        return (dict(sorted(inputs.items())), tf.gather(self.labels, positions), tf.gather(self.weights, positions),
+                tf.gather(self.codes, positions))
+
+    def _padded_wide(self, positions):
+        """The rows' wide features padded to the longest (at least one column), as :func:`_padded`."""
+        count = tf.shape(positions, out_type=tf.int64)[0]
+        if self.wide is None:
+            return tf.zeros([count, 1], tf.int32), tf.zeros([count, 1], tf.float32)
+        ids, values = (tf.gather(part, positions) for part in self.wide)
+        shape = tf.stack([count, tf.maximum(ids.bounding_shape(axis=1, out_type=tf.int64), 1)])
+        return ids.to_tensor(0, shape=shape), values.to_tensor(0.0, shape=shape)
 
 
-def training_batches(shard: TrainingShard, offsets: np.ndarray, batches: Batches, steps: int,
-                     prefetch: int = 2) -> "tf.data.Dataset":
-    """``steps`` elements ``(inputs, labels, weights, list codes, global batch rows)``: this worker's
-    share of each global batch, prepared ahead of the step that uses it (``prefetch`` elements).
-
-    The elements are exactly :func:`batch_arrays` of each share (a share may be empty: the worker
-    still takes part in the step's all-reduce). They are gathered inside tf.data from the shard's
-    columns held once as tensors, not built in Python and handed over through ``from_generator``
-    per step (which made training steps measurably dearer than a plain Python feed). Python only
-    computes the schedule, the local positions of :data:`SCHEDULE_CHUNK` steps at a time (one
-    ``from_generator`` element per chunk; memory stays bounded by a chunk)."""
-    rows = shard.rows
-    labels = rows.labels if rows.labels is not None else np.zeros(rows.num_rows, np.float32)
-    columns = {f"text:{name}": tf.constant(values, tf.string) if len(values) else tf.zeros([0], tf.string)
-               for name, values in rows.texts.items()}
-    columns |= {"dense": tf.constant(rows.dense, tf.float32),
-                "offset": tf.constant(np.asarray(offsets, np.float32).reshape(-1)[:rows.num_rows]),
-                "labels": tf.constant(np.asarray(labels, np.float32)),
-                "weights": tf.constant(np.asarray(rows.weights, np.float32)),
-                "codes": tf.constant(shard.codes().astype(np.int64))}
-    wide = _ragged_wide(rows.wide)
-
-    def schedule() -> Iterator[tuple]:
-        for first in range(0, steps, SCHEDULE_CHUNK):
-            shares, sizes = [], []
-            for _ in range(min(SCHEDULE_CHUNK, steps - first)):
-                batch = batches.next()
-                shares.append(shard.local(batch).astype(np.int64))
-                sizes.append(len(batch))
-            yield (np.concatenate(shares), np.array([len(s) for s in shares], np.int64),
-                   np.array(sizes, np.int64))
-
-    chunk = (tf.TensorSpec([None], tf.int64),) * 3
-    chunks = tf.data.Dataset.from_generator(schedule, output_signature=chunk)
-    per_step = chunks.flat_map(lambda flat, lengths, sizes: tf.data.Dataset.from_tensor_slices(
-        (tf.RaggedTensor.from_row_lengths(flat, lengths), sizes)))
-
-    def gather(mine, size):
-        inputs = {name: tf.gather(columns[name], mine) for name in columns if name.startswith("text:")}
-        inputs["dense"] = tf.gather(columns["dense"], mine)
-        inputs["offset"] = tf.gather(columns["offset"], mine)
-        count = tf.shape(mine, out_type=tf.int64)[0]
-        if wide is None:
-            inputs["wide_ids"], inputs["wide_values"] = tf.zeros([count, 1], tf.int32), tf.zeros([count, 1], tf.float32)
-        else:
-            ids, values = tf.gather(wide[0], mine), tf.gather(wide[1], mine)
-            shape = tf.stack([count, tf.maximum(ids.bounding_shape(axis=1, out_type=tf.int64), 1)])
-            inputs["wide_ids"] = ids.to_tensor(0, shape=shape)
-            inputs["wide_values"] = values.to_tensor(0.0, shape=shape)
-        return (dict(sorted(inputs.items())), tf.gather(columns["labels"], mine), tf.gather(columns["weights"], mine),
-                tf.gather(columns["codes"], mine), size)
-
-    return per_step.map(gather).prefetch(prefetch)
+def _string_tensor(values: np.ndarray):
+    """A text column as a ``tf.string`` vector (an empty column too: ``tf.constant`` cannot type it)."""
+    return tf.constant(values, tf.string) if len(values) else tf.zeros([0], tf.string)
 
 
 def _ragged_wide(wide: sp.csr_matrix | None):

@@ -2,8 +2,9 @@
 
 Each step every worker computes the loss sum and its gradient on its share of the global batch
 (:class:`~gdmix.models.detext.data.Batches`: the rows of the batch that lie in the worker's shard,
-:class:`~gdmix.models.detext.data.TrainingShard`, fed by a prefetching ``tf.data`` pipeline; a
-worker with no rows in a batch contributes zeros); one all-reduce adds the gradients, loss sums and
+:class:`~gdmix.models.detext.data.TrainingShard`, gathered inside the step's ``tf.function`` from
+the shard's tensors, :class:`~gdmix.models.detext.data.ShardTensors`; a worker with no rows in a
+batch contributes zeros); one all-reduce adds the gradients, loss sums and
 weight sums of all workers; every worker divides by the global batch's weight, clips by global
 norm and applies the same update, so the weights stay identical without further synchronisation.
 The collective is TF's (``TF_CONFIG``) or Horovod's (``horovodrun``), or the identity for one process.
@@ -30,8 +31,8 @@ from gdmix.config import DetextConfig
 from gdmix.distributed.collective import Collective, SingleProcess
 from gdmix.errors import ConfigError
 from gdmix.metrics import binary_metrics
-from gdmix.models.detext.data import (Batches, DetextRows, HeldOutShard, TrainingShard, batch_inputs, blank_rows,
-                                      training_batches)
+from gdmix.models.detext.data import (Batches, DetextRows, HeldOutShard, ShardTensors, TrainingShard, batch_inputs,
+                                      blank_rows)
 from gdmix.models.detext.losses import LOSSES
 from gdmix.tf_runtime import import_tensorflow
 
@@ -138,6 +139,54 @@ def score_rows(network, rows: DetextRows, offsets: np.ndarray) -> np.ndarray:
     return out
 
 
+class SynchronousStep:
+    """One synchronous data-parallel step: this worker's gradient, loss and weight sums on its
+    share of the global batch, gathered inside the traced function from the shard's tensors
+    (:class:`ShardTensors`: Python hands over only the positions); one all-reduce of the sums;
+    every worker divides by the global weight, clips and applies the same update."""
+
+    def __init__(self, network, config: DetextConfig, shard: ShardTensors, collective: Collective):
+        variables = network.trainable_variables
+        loss_fn, optimizer = LOSSES[config.loss], _optimizer(tf, config)
+        self.sizes = [int(np.prod(v.shape)) for v in variables]
+        self.collective = collective
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.int64)])  # one trace for every share size
+        def local_gradient(positions):
+            inputs, labels, weights, groups = shard.gather(positions)
+            with tf.GradientTape() as tape:
+                logits = network(inputs, training=True)
+                loss_sum, weight_sum = loss_fn(logits, labels, weights, groups)
+            gradients = tape.gradient(loss_sum, variables)
+            flat = [tf.reshape(tf.convert_to_tensor(g) if g is not None else tf.zeros_like(v), [-1])
+                    for g, v in zip(gradients, variables)]
+            return tf.concat(flat, 0), loss_sum, weight_sum
+
+        @tf.function(reduce_retracing=True)
+        def apply(flat):
+            summed = [tf.reshape(p, v.shape) for p, v in zip(tf.split(flat, self.sizes), variables)]
+            if config.max_gradient_norm:
+                summed, _ = tf.clip_by_global_norm(summed, config.max_gradient_norm)
+            optimizer.apply_gradients(zip(summed, variables))
+
+        self._local_gradient, self._apply = local_gradient, apply
+
+    def __call__(self, positions: np.ndarray) -> float:
+        """Train on this worker's share ``positions`` (int64) of a global batch; returns the
+        global batch's loss (its loss sum over its weight sum, the same on every worker)."""
+        total = self.collective.sum(self._local_sums(positions))
+        scale = 1.0 / max(total[-1], 1e-12)
+        self._apply(tf.constant((total[:-2] * scale).astype(np.float32)))
+        return float(total[-2] * scale)
+
+    def _local_sums(self, positions: np.ndarray) -> np.ndarray:
+        """This worker's gradient, loss and weight sums (zeros when the batch has none of its rows)."""
+        if len(positions) == 0:
+            return np.zeros(sum(self.sizes) + 2)
+        flat, loss_sum, weight_sum = self._local_gradient(positions)
+        return np.concatenate([flat.numpy().astype(np.float64), [float(loss_sum), float(weight_sum)]])
+
+
 def train_network(network, config: DetextConfig, train: DetextRows | TrainingShard, train_offsets: np.ndarray,
                   validation: DetextRows | HeldOutShard | None = None, validation_offsets: np.ndarray | None = None,
                   collective: Collective = SingleProcess(), log=print, progress=None) -> TrainingReport:
@@ -147,60 +196,26 @@ def train_network(network, config: DetextConfig, train: DetextRows | TrainingSha
     every validation row (each worker scores all), or this worker's :class:`HeldOutShard`."""
     if isinstance(train, DetextRows):
         train, train_offsets = TrainingShard.in_memory(train, train_offsets, collective.rank, collective.size)
-    loss_fn = LOSSES[config.loss]
-    optimizer = _optimizer(tf, config)
     batches = Batches(train.index, config.batch_size, config.seed, by_group=config.loss != "pointwise")
     _build(network, train.rows, train_offsets)
-    variables = network.trainable_variables
     _broadcast(network, collective)
     warn_if_collective_fallback(config, collective)
     direction = metric_direction(config)
     report = TrainingReport(0, 0.0, 0.0)
     best_weights, examples, started = None, 0, time.perf_counter()
     step_losses: list[float] = []
-
-    sizes = [int(np.prod(v.shape)) for v in variables]
-
-    @tf.function(reduce_retracing=True)
-    def local_gradient(inputs, labels, weights, groups):
-        with tf.GradientTape() as tape:
-            logits = network(inputs, training=True)
-            loss_sum, weight_sum = loss_fn(logits, labels, weights, groups)
-        gradients = tape.gradient(loss_sum, variables)
-        flat = [tf.reshape(tf.convert_to_tensor(g) if g is not None else tf.zeros_like(v), [-1])
-                for g, v in zip(gradients, variables)]
-        return tf.concat(flat, 0), loss_sum, weight_sum
-
-    @tf.function(reduce_retracing=True)
-    def apply(flat):
-        parts = tf.split(flat, sizes)
-        summed = [tf.reshape(p, v.shape) for p, v in zip(parts, variables)]
-        if config.max_gradient_norm:
-            summed, _ = tf.clip_by_global_norm(summed, config.max_gradient_norm)
-        optimizer.apply_gradients(zip(summed, variables))
-
-    def local_sums(inputs, labels, weights, groups) -> np.ndarray:
-        """This worker's gradient, loss and weight sums (zeros when the batch has none of its rows)."""
-        if int(tf.shape(labels)[0]) == 0:
-            return np.zeros(sum(sizes) + 2)
-        flat, loss_sum, weight_sum = local_gradient(inputs, labels, weights, groups)
-        return np.concatenate([flat.numpy().astype(np.float64), [float(loss_sum), float(weight_sum)]])
-
-    stream = training_batches(train, train_offsets, batches, config.steps)
-    for step, (inputs, labels, weights, groups, global_rows) in enumerate(stream, start=1):
-        total = collective.sum(local_sums(inputs, labels, weights, groups))
-        scale = 1.0 / max(total[-1], 1e-12)
-        apply(tf.constant((total[:-2] * scale).astype(np.float32)))
-        examples += int(global_rows)
-        loss = total[-2] * scale
-        step_losses.append(float(loss))
+    train_step = SynchronousStep(network, config, ShardTensors(train, train_offsets), collective)
+    for step, (positions, global_rows) in enumerate(train.shares(batches, config.steps), start=1):
+        loss = train_step(positions)
+        examples += global_rows
+        step_losses.append(loss)
         if step % max(config.steps // 50, 1) == 0 or step == config.steps:
-            report.train_loss.append((step, float(loss)))
+            report.train_loss.append((step, loss))
         if progress is not None:
             progress(step, config.steps)
         if validation is not None and (step % config.eval_every == 0 or step == config.steps):
             value = _evaluate(network, config, validation, validation_offsets, collective)
-            report.evaluations.append({"step": step, config.metric: value, "train_loss": float(loss)})
+            report.evaluations.append({"step": step, config.metric: value, "train_loss": loss})
             if _better(value, report.best_metric, direction):
                 report.best_step, report.best_metric = step, value
                 best_weights = [w.numpy() for w in network.weights]
