@@ -72,7 +72,12 @@ def prepared(tmp_path_factory):
     (root / "raw").mkdir()
     raw = _raw()
     pq.write_table(raw, root / "raw" / "part-0.parquet")
-    config = validate_config(_config(root, str(root / "raw")))
+    raw_config = _config(root, str(root / "raw"))
+    # Spark's event log: how many queries and jobs prep ran (test_prep_runs_few_spark_queries)
+    raw_config["prep"]["spark"]["conf"] = {"spark.eventLog.enabled": "true", "spark.eventLog.dir": str(root / "events"),
+                                           "spark.eventLog.compress": "false"}
+    (root / "events").mkdir()
+    config = validate_config(raw_config)
     summary = run_prep(config, log=lambda m: None)
     return root, raw, config, summary
 
@@ -335,3 +340,61 @@ def test_offsets_join_never_drops_a_row(prepared, tmp_path):
     both = fs.read_parquet_dir(str(tmp_path / "both" / "train"))
     values = dict(zip(both.column("uid").to_pylist(), both.column("offset").to_pylist()))
     assert both.num_rows == train.num_rows and values[int(uids[0])] == 0.5 and values[int(uids[1])] == 0.75
+
+
+def test_prep_runs_few_spark_queries(prepared):
+    """One query checks the input and counts the splits' rows, one counts every bag's features,
+    one every random effect's entities; then the writes (train, validation, and per random
+    effect its train and validation partitions, two at a time). No count() or collect() round
+    trips, and the written splits are read back without a job to infer their schema."""
+    root = prepared[0]
+    # the fixture's application: the first (later sessions of this process inherit the event log)
+    logs = [[json.loads(line) for line in log.read_text().splitlines()] for log in (root / "events").rglob("events_*")]
+    events = min(logs, key=lambda log: next(e["Timestamp"] for e in log if e["Event"] == "SparkListenerApplicationStart"))
+    queries = [e for e in events if e["Event"].endswith("SparkListenerSQLExecutionStart")]
+    assert len(queries) == 7, [q["description"] for q in queries]  # 12 before (issue 13)
+    # beside the queries' own jobs (AQE runs each shuffle stage as a job), one job reads the raw
+    # input's schema from its footer; none reads back a written split's
+    other_jobs = [e for e in events if e["Event"] == "SparkListenerJobStart"
+                  and "spark.sql.execution.id" not in e.get("Properties", {})]
+    assert len(other_jobs) == 1
+
+
+def test_bad_input_stops_prep_with_the_first_bad_row_named(tmp_path):
+    raw = _raw().slice(0, 300)
+    (tmp_path / "raw").mkdir()
+    pq.write_table(raw, tmp_path / "raw" / "part-0.parquet")
+    config = _config(tmp_path, str(tmp_path / "raw"))
+    config["prep"]["label"] = {"column": "rating"}  # ratings 1 to 5 as labels
+    with pytest.raises(DataError, match=r"label [2-5]\.0 of uid \d+ is not 0 or 1"):
+        run_prep(validate_config(config), log=lambda m: None)
+    assert not (tmp_path / "prepared").exists()
+
+    ids = raw.column("id").to_numpy().copy()
+    ids[200] = ids[17]
+    pq.write_table(raw.set_column(0, "id", pa.array(ids)), tmp_path / "raw" / "part-0.parquet")
+    with pytest.raises(DataError, match=rf"duplicate uid {ids[17]} \(2 rows\); uids must be unique"):
+        run_prep(validate_config(_config(tmp_path, str(tmp_path / "raw"))), log=lambda m: None)
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_entity_counts_of_several_columns_in_one_query(tmp_path):
+    from gdmix.config import SparkConfig
+    from gdmix.prep.partition import entity_counts
+    from gdmix.prep.spark import SMALL_INPUT_JAVA_OPTIONS, spark_session
+
+    (tmp_path / "small.parquet").write_bytes(b"0" * 1000)
+    spark = spark_session(SparkConfig(master="local[2]", driver_memory="1g", shuffle_partitions=3),
+                          inputs=[str(tmp_path / "small.parquet")])
+    try:
+        # a small input's local JVM starts with the fast-start options (when this session starts it)
+        assert spark.sparkContext.getConf().get("spark.driver.defaultJavaOptions") == SMALL_INPUT_JAVA_OPTIONS
+        frame = spark.createDataFrame(pa.table({"a": pa.array([1, 1, None, 2, 2, 2], pa.int64()),
+                                                "b": ["x", None, None, "y", "x", "x"]}))
+        counts = entity_counts(frame, ["a", "b", "a"])
+        assert counts["a"].to_pylist() == [{"a": 1, "count": 2}, {"a": 2, "count": 3}, {"a": None, "count": 1}]
+        assert counts["b"].to_pylist() == [{"b": "x", "count": 3}, {"b": "y", "count": 1}, {"b": None, "count": 2}]
+        for name in ("a", "b"):  # as one query per column (a null id is a group of its own)
+            assert counts[name].to_pylist() == entity_counts(frame, [name])[name].to_pylist()
+    finally:
+        spark.stop()

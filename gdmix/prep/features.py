@@ -81,6 +81,64 @@ def check_contract(frame, source: str) -> None:
                         path=source, column="uid")
 
 
+def check_contracts(sources: list[tuple[str, object, str]], split=None) -> dict[str, int]:
+    """:func:`check_contract` of every source in one Spark query, and the rows of every split.
+
+    ``sources``: (name, frame, path) in the order their errors are reported; ``split``: the
+    :class:`~gdmix.config.SplitConfig` arguments that :func:`split_held_out` draws from the
+    ``train`` source (``(validation_fraction, test_fraction, seed, validation, test)``), or None.
+    One aggregation counts, per source and split, rows, distinct uids, null uids and bad labels;
+    the row counts of each split follow (no later step drops a row). Only when it finds a
+    problem do the per-source checks run again, to name the first bad row as
+    :func:`check_contract` does.
+    """
+    from functools import reduce
+
+    from pyspark.sql import functions as F
+
+    parts = []
+    for position, (name, frame, _) in enumerate(sources):
+        split_name = F.lit(name)
+        if name == "train" and split is not None:
+            split_name = _split_name(*split)
+        bad = ~F.col("label").isin(0.0, 1.0) | F.col("label").isNull()
+        parts.append(frame.select(F.lit(position).alias("_source"), split_name.alias("_split"), "uid",
+                                  bad.alias("_bad")))
+    stats = reduce(lambda a, b: a.unionAll(b), parts).groupBy("_source", "_split").agg(
+        F.count(F.lit(1)).alias("rows"), F.count_distinct("uid").alias("uids"),
+        F.count_if(F.col("uid").isNull()).alias("null_uids"), F.count_if("_bad").alias("bad_labels"),
+    ).collect()
+    rows: dict[str, int] = {}
+    problem = set()
+    per_source: dict[int, list[int]] = {}
+    for row in stats:
+        rows[row["_split"]] = rows.get(row["_split"], 0) + row["rows"]
+        totals = per_source.setdefault(row["_source"], [0, 0, 0, 0])
+        for k, key in enumerate(("rows", "uids", "null_uids", "bad_labels")):
+            totals[k] += row[key]
+    for position, (n, uids, null_uids, bad_labels) in per_source.items():
+        # duplicates share their uid's hash band, so distinct uids add up across splits
+        if bad_labels or null_uids or uids != n - null_uids:
+            problem.add(position)
+    for position, (name, frame, path) in enumerate(sources):
+        if position in problem:
+            check_contract(frame, path)  # raises, naming the first bad row
+            raise DataError("bad labels, null or duplicate uids", path=path)
+    return rows
+
+
+def _split_name(validation_fraction: float, test_fraction: float, seed: int, validation: bool = True,
+                test: bool = True):
+    """The split each row of the ``train`` source goes to (as :func:`split_held_out` draws it)."""
+    from pyspark.sql import functions as F
+
+    bucket, held = _held_out_conditions(validation_fraction, test_fraction, seed, validation, test)
+    name = F.lit("train")
+    for split, condition in reversed(list(held.items())):
+        name = F.when(condition(bucket), F.lit(split)).otherwise(name)
+    return name
+
+
 def check_held_out(frames: dict, split: str, source: str) -> None:
     """A held-out split given as its own input shares no uid with the other splits (a test row
     that is also a training row would leak into the reported test metrics)."""
@@ -110,17 +168,11 @@ def split_held_out(frame, validation_fraction: float, test_fraction: float, seed
     name, ``train`` first."""
     from pyspark.sql import functions as F
 
-    low = int(round(validation_fraction * 1_000_000))
-    high = int(round((validation_fraction + test_fraction) * 1_000_000))
-    marked = frame.withColumn("_bucket", F.abs(F.xxhash64(F.col("uid"), F.lit(seed), F.lit(UID_SEED))) % 1_000_000)
-    bucket = F.col("_bucket")
-    held = {}
-    if validation:
-        held["validation"] = bucket < low
-    if test and high > low:
-        held["test"] = (bucket >= low) & (bucket < high)
+    bucket, held = _held_out_conditions(validation_fraction, test_fraction, seed, validation, test)
     if not held:
         return {"train": frame}
+    marked = frame.withColumn("_bucket", bucket)
+    held = {name: condition(F.col("_bucket")) for name, condition in held.items()}
     in_any = None
     for condition in held.values():
         in_any = condition if in_any is None else (in_any | condition)
@@ -128,6 +180,22 @@ def split_held_out(frame, validation_fraction: float, test_fraction: float, seed
     for name, condition in held.items():
         parts[name] = marked.filter(condition).drop("_bucket")
     return parts
+
+
+def _held_out_conditions(validation_fraction: float, test_fraction: float, seed: int, validation: bool,
+                         test: bool):
+    """The uid hash bucket (a column) and, per held-out split drawn, the condition on it."""
+    from pyspark.sql import functions as F
+
+    low = int(round(validation_fraction * 1_000_000))
+    high = int(round((validation_fraction + test_fraction) * 1_000_000))
+    bucket = F.abs(F.xxhash64(F.col("uid"), F.lit(seed), F.lit(UID_SEED))) % 1_000_000
+    held = {}
+    if validation:
+        held["validation"] = lambda b: b < low
+    if test and high > low:
+        held["test"] = lambda b: (b >= low) & (b < high)
+    return bucket, held
 
 
 def feature_counts(frame, bag: str):
@@ -143,6 +211,37 @@ def build_index_map(counts, min_count: int) -> IndexMap:
     from pyspark.sql import functions as F
 
     kept = counts.filter(F.col("count") >= min_count).select("name", "term").toArrow()
+    return _index_map(kept)
+
+
+def build_index_maps(frame, bags: list[str], min_count: int) -> dict[str, IndexMap]:
+    """The index map of every bag in ``bags`` (features in at least ``min_count`` rows of
+    ``frame``), all counted by one Spark aggregation: :func:`feature_counts` of each bag, keyed
+    by the bag's position."""
+    from pyspark.sql import functions as F
+
+    if not bags:
+        return {}
+
+    def tagged(position: int):  # (name, term) -> (position, name, term)
+        return lambda f: F.struct(F.lit(position).alias("bag"), f["name"].alias("name"), f["term"].alias("term"))
+
+    # distinct within each row first (as feature_counts): no shuffle of (uid, feature) pairs; a
+    # null bag has no features (and must not make concat's result null for the other bags)
+    none = F.array().cast("array<struct<bag:int,name:string,term:string>>")
+    keyed = [F.coalesce(F.transform(F.array_distinct(F.transform(
+        bag, lambda f: F.struct(f["name"].alias("name"), f["term"].alias("term")))), tagged(position)), none)
+        for position, bag in enumerate(bags)]
+    features = keyed[0] if len(keyed) == 1 else F.concat(*keyed)
+    counts = frame.select(F.explode(features).alias("f")).select("f.bag", "f.name", "f.term") \
+        .groupBy("bag", "name", "term").count()
+    kept = counts.filter(F.col("count") >= min_count).select("bag", "name", "term").toArrow()
+    position = kept.column("bag").to_numpy()
+    return {bag: _index_map(kept.filter(pa.array(position == k)).select(["name", "term"]))
+            for k, bag in enumerate(bags)}
+
+
+def _index_map(kept: pa.Table) -> IndexMap:
     if kept.num_rows == 0:
         return IndexMap.empty()
     return IndexMap.from_features(kept.column("name").combine_chunks().cast(pa.string()),

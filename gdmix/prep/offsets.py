@@ -28,7 +28,7 @@ def join_offsets(config: GdmixConfig, coordinate: str, scores: list[str], output
     spec = next((c for c in config.coordinates if c.name == coordinate), None)
     if not isinstance(spec, RandomEffectConfig):
         raise ConfigError(f"'{coordinate}' is not a random-effect coordinate of this configuration")
-    spark = spark_session(prep.spark, "gdmix-offsets")
+    spark = spark_session(prep.spark, "gdmix-offsets", inputs=[*scores, partitions_uri(prep.output, coordinate)])
     summary = {"coordinate": coordinate, "missing": {}}
     try:
         from pyspark.sql import functions as F

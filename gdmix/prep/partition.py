@@ -21,18 +21,47 @@ from gdmix.prep.storage import write_parquet
 SAMPLE_SALT = 104_729
 
 
-def partition_rows(spark, train, held_out: dict, coordinate: RandomEffectConfig, partitions: int):
+def entity_counts(train, entities: list[str]) -> dict[str, pa.Table]:
+    """(entity id, count) of the training rows for every entity column, sorted by entity id,
+    all in one Spark aggregation (grouping sets when there are several columns)."""
+    from pyspark.sql import functions as F
+
+    entities = list(dict.fromkeys(entities))
+    if not entities:
+        return {}
+    if len(entities) == 1:
+        return {entities[0]: _sorted_counts(train.groupBy(entities[0]).count().toArrow(), entities[0])}
+    # grouping_id tells a null entity id (a group of its own) from the columns not grouped
+    table = train.groupingSets([[name] for name in entities], *entities).agg(
+        F.count(F.lit(1)).alias("count"), F.grouping_id().alias("_set")).toArrow()
+    sets = table.column("_set").to_numpy()
+    counts = {}
+    for position, name in enumerate(entities):
+        grouped = (1 << (len(entities) - 1 - position)) ^ ((1 << len(entities)) - 1)  # all bits set but its own
+        part = table.filter(pa.array(sets == grouped)).select([name, "count"])
+        counts[name] = _sorted_counts(part, name)
+    return counts
+
+
+def _sorted_counts(table: pa.Table, entity: str) -> pa.Table:
+    # sorted by entity id: the packing (which breaks ties by position) must not depend on how
+    # Spark happened to order the groups
+    return table.sort_by(entity)
+
+
+def partition_rows(spark, train, held_out: dict, coordinate: RandomEffectConfig, partitions: int,
+                   counts: pa.Table | None = None):
     """(train rows, {split: rows} of the held-out frames ``held_out`` (validation, test), manifest)
-    for one random-effect coordinate. ``held_out`` may also be one frame (validation) or None."""
+    for one random-effect coordinate. ``held_out`` may also be one frame (validation) or None;
+    ``counts``: the entity's :func:`entity_counts`, when already counted."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     entity = coordinate.entity
     keep = ["uid", "label"] + [c for c in ("weight", "offset") if c in train.columns] + [entity]
     keep += [coordinate.feature_bag] if coordinate.feature_bag else []
-    # sorted by entity id: the packing (which breaks ties by position) must not depend on how
-    # Spark happened to order the groups
-    counts = train.groupBy(entity).count().toArrow().sort_by(entity)
+    if counts is None:
+        counts = entity_counts(train, [entity])[entity]
     sizes = counts.column("count").to_numpy().astype(np.int64)
     trained = np.where(sizes >= coordinate.min_rows, sizes, 0)
     if coordinate.max_rows is not None:

@@ -21,20 +21,24 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 from gdmix.config import DetextConfig, GdmixConfig, RandomEffectConfig, RawInputConfig
 from gdmix.errors import ConfigError
 from gdmix.io import fs
 from gdmix.layout import HELD_OUT, PARTITION_MANIFEST, PREP_SUMMARY_FILE, SPLITS, index_map_uri, partitions_uri
-from gdmix.models.coordinates import make_coordinate
 from gdmix.prep.features import (
-    build_index_map, check_contract, contract_frame, drop_rare_features, feature_counts, split_held_out,
-    check_held_out,
+    build_index_maps, check_contracts, check_held_out, contract_frame, drop_rare_features, split_held_out,
 )
-from gdmix.prep.partition import partition_rows, write_partitioned
+from gdmix.prep.partition import entity_counts, partition_rows, write_partitioned
 from gdmix.prep.spark import executor_errors, spark_session
 from gdmix.prep.storage import read_input, read_parquet, write_parquet
 
+#: Spark actions of one step run side by side, this many at a time: a small input's stages are
+#: mostly one task each (one file, one row group), which leaves the other cores of a local
+#: master idle; with more tasks than cores, Spark's FIFO scheduler gives the first job priority
+CONCURRENT_ACTIONS = 2
 
 
 def run_prep(config: GdmixConfig, log=print) -> dict:
@@ -45,50 +49,77 @@ def run_prep(config: GdmixConfig, log=print) -> dict:
     random_effects = [c for c in config.coordinates if isinstance(c, RandomEffectConfig)]
     # entity ids, and the columns models read as they are (DeText's texts, dense features, list ids)
     carried = {c.entity for c in random_effects} | set(prep.columns)
-    carried |= {name for c in config.coordinates if isinstance(c, DetextConfig) for name in make_coordinate(c).columns}
+    detext = [c for c in config.coordinates if isinstance(c, DetextConfig)]
+    if detext:  # (the models' modules load scipy and more: only when needed)
+        from gdmix.models.coordinates import make_coordinate
+
+        carried |= {name for c in detext for name in make_coordinate(c).columns}
     entities = sorted(carried)
-    spark = spark_session(prep.spark, "gdmix-prep")
+    raw = [source.path for source in (prep.input, prep.validation_input, prep.test_input) if source is not None]
+    spark = spark_session(prep.spark, "gdmix-prep", inputs=raw)
     try:
         with executor_errors(), fs.staged_directory(prep.output) as out:
-            frames = {"train": _read(spark, prep.input, prep, entities)}
+            sources = [("train", _read(spark, prep.input, prep, entities), prep.input.path)]
             for split in HELD_OUT:
                 source = getattr(prep, f"{split}_input")
                 if source is not None:
-                    frames[split] = _read(spark, source, prep, entities)
-                    check_contract(frames[split], source.path)
-            check_contract(frames["train"], prep.input.path)
+                    sources.insert(len(sources) - 1, (split, _read(spark, source, prep, entities), source.path))
+            drawn = None
             if prep.split is not None:
-                drawn = split_held_out(frames["train"], prep.split.validation_fraction, prep.split.test_fraction,
-                                       prep.split.seed, validation=prep.validation_input is None,
-                                       test=prep.test_input is None)
-                frames = drawn | {split: frame for split, frame in frames.items() if split not in drawn}
+                drawn = (prep.split.validation_fraction, prep.split.test_fraction, prep.split.seed,
+                         prep.validation_input is None, prep.test_input is None)
+            # one query checks every source (held-out ones first) and counts every split's rows
+            row_counts = check_contracts(sources, drawn)
+            frames = {name: frame for name, frame, _ in sources}
+            if drawn is not None:
+                parts = split_held_out(frames["train"], *drawn)
+                frames = parts | {split: frame for split, frame in frames.items() if split not in parts}
             frames = {split: frames[split] for split in SPLITS if split in frames}
             if prep.test_input is not None:
                 check_held_out(frames, "test", prep.test_input.path)
 
             summary = {"bags": {}, "partitions": {}}
-            for bag in prep.bags:
-                index_map = build_index_map(feature_counts(frames["train"], bag), prep.min_feature_count)
-                index_map.save(index_map_uri(out, bag))
-                summary["bags"][bag] = {"features": len(index_map)}
-                if prep.min_feature_count > 1:
-                    frames = {split: drop_rare_features(frame, bag, index_map, spark) for split, frame in frames.items()}
-            for split, frame in frames.items():
+
+            def index_maps():
+                built = build_index_maps(frames["train"], list(prep.bags), prep.min_feature_count)
+                for bag, index_map in built.items():
+                    index_map.save(index_map_uri(out, bag))
+                return built
+
+            def written(split, frame):
                 target = fs.join(out, split)
                 files = write_parquet(frame, target)
-                frames[split] = read_parquet(spark, target, files)  # later steps read, not recompute
-                summary[f"{split}_rows"] = frames[split].count()
+                # later steps read, not recompute (the schema is known: no footer to infer it from)
+                return read_parquet(spark, target, files, schema=frame.schema)
+
+            if prep.min_feature_count > 1:  # the index maps decide what is written
+                maps = index_maps()
+                for bag, index_map in maps.items():
+                    frames = {split: drop_rare_features(frame, bag, index_map, spark) for split, frame in frames.items()}
+                done = _together(*(partial(written, split, frame) for split, frame in frames.items()))
+            else:
+                maps, *done = _together(index_maps, *(partial(written, split, frame) for split, frame in frames.items()))
+            for bag, index_map in maps.items():
+                summary["bags"][bag] = {"features": len(index_map)}
+            frames = dict(zip(frames, done))
+            for split in frames:
+                summary[f"{split}_rows"] = row_counts.get(split, 0)
                 log(f"prep: {summary[f'{split}_rows']:,} {split} rows")
 
+            counts = entity_counts(frames["train"], [c.entity for c in random_effects])
+            writes, manifests = [], []
             for coordinate in random_effects:
                 partitions = coordinate.partitions or prep.partitions
                 rows, held_out_rows, manifest = partition_rows(
                     spark, frames["train"], {split: frames[split] for split in HELD_OUT if split in frames},
-                    coordinate, partitions)
+                    coordinate, partitions, counts[coordinate.entity])
                 target = partitions_uri(out, coordinate.name)
-                write_partitioned(rows, fs.join(target, "train"))
-                for split, split_rows in held_out_rows.items():
-                    write_partitioned(split_rows, fs.join(target, split))
+                writes.append(partial(write_partitioned, rows, fs.join(target, "train")))
+                writes += [partial(write_partitioned, split_rows, fs.join(target, split))
+                           for split, split_rows in held_out_rows.items()]
+                manifests.append((coordinate, partitions, target, manifest))
+            _together(*writes)
+            for coordinate, partitions, target, manifest in manifests:
                 fs.write_text(fs.join(target, PARTITION_MANIFEST), json.dumps(manifest, indent=2) + "\n")
                 loads = [p["active_rows"] for p in manifest["partition_stats"]]
                 summary["partitions"][coordinate.name] = {
@@ -101,6 +132,21 @@ def run_prep(config: GdmixConfig, log=print) -> dict:
         spark.stop()
     fs.write_text_atomic(fs.join(prep.output, PREP_SUMMARY_FILE), fs.to_json(summary))
     return summary
+
+
+def _together(*actions) -> list:
+    """The results of ``actions`` (Spark actions: writes, collects), run :data:`CONCURRENT_ACTIONS`
+    at a time; the first failure (in the order given) is raised once the running ones end."""
+    if len(actions) <= 1:
+        return [action() for action in actions]
+    with ThreadPoolExecutor(max_workers=CONCURRENT_ACTIONS) as pool:
+        futures = [pool.submit(action) for action in actions]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
 
 
 def _read(spark, source: RawInputConfig, prep, entities: list[str]):

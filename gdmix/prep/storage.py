@@ -172,10 +172,17 @@ def read_input(spark, uri: str, file_format: str = "parquet", delimiter: str = "
     return spark.read.parquet(path)
 
 
-def read_parquet(spark, uri: str, files: list[str] | None = None, partition_key: str | None = None):
+def read_parquet(spark, uri: str, files: list[str] | None = None, partition_key: str | None = None,
+                 schema=None):
     """A Parquet dataset (``files``: its files when known, e.g. just written; ``partition_key``:
-    its ``<key>=<p>`` folders, which Spark's own reader discovers by itself)."""
-    if spark_uri(spark, uri) is not None:
+    its ``<key>=<p>`` folders, which Spark's own reader discovers by itself; ``schema``: the
+    Spark schema of a dataset just written from a DataFrame of that schema, which Spark's own
+    reader then takes instead of running a job to read it from a footer; it reads every
+    column as nullable either way)."""
+    path = spark_uri(spark, uri)
+    if path is not None:
+        if schema is not None and partition_key is None:
+            return spark.read.schema(schema).parquet(path)
         return read_input(spark, uri)
     files = files if files is not None else fs.list_data_files(uri)
     return read_files(spark, files, FileFormat(partition_key=partition_key), uri)
