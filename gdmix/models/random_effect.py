@@ -331,7 +331,8 @@ def fit_random_effect_model(entities: EntityIds, features: sp.csr_matrix, labels
         problem = entity_problems(entities.codes, features, labels, weights, offsets, config, report)
     else:
         problem = memo.problem_for(entities.codes, features, labels, weights, offsets, config, report)
-        scores = np.full(len(labels), np.nan)  # the training rows' scores, where the solve gives them
+        if config.l2_auto is None and native.library() is not None:  # the fused kernel scores as it solves
+            scores = np.full(len(labels), np.nan)
     fitted = _fit(problem, report, features.shape[1], initial, progress, intercept_l2, scores)
     variances = None
     if config.variance != "none":
@@ -409,12 +410,15 @@ class PassMemo:
                         weights) -> np.ndarray | None:
         """``model.score(entities, features)``, bit for bit, when ``model`` is the last pass's on
         these very rows: the rows the solve scored are taken as they are, the others (entities
-        the kernel did not solve, rows left out of training) scored now; None otherwise."""
+        the kernel did not solve, rows left out of training) scored now; None otherwise, or when
+        the solve scored no row (``l2: auto``, no native kernel)."""
         if self.scores is None or self._last_model_slots(model, entities.codes, features, labels, weights,
                                                          self.config) is None:
             return None
         scores = self.scores.copy()
         missing = np.flatnonzero(np.isnan(scores))
+        if len(missing) == len(scores):  # the solve scored none: score them all, without a copy of the bag
+            return None
         if len(missing):
             scores[missing] = model.score(entities.take(missing), features[missing])
         return scores
