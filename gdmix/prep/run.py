@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from gdmix.config import DetextConfig, GdmixConfig, RandomEffectConfig, RawInputConfig
@@ -34,6 +33,7 @@ from gdmix.prep.features import (
 from gdmix.prep.partition import entity_counts, partition_rows, write_partitioned
 from gdmix.prep.spark import executor_errors, spark_session
 from gdmix.prep.storage import read_input, read_parquet, write_parquet
+from gdmix.solvers.parallel import ordered_map
 
 #: Spark actions of one step run side by side, this many at a time: a small input's stages are
 #: mostly one task each (one file, one row group), which leaves the other cores of a local
@@ -135,18 +135,9 @@ def run_prep(config: GdmixConfig, log=print) -> dict:
 
 
 def _together(*actions) -> list:
-    """The results of ``actions`` (Spark actions: writes, collects), run :data:`CONCURRENT_ACTIONS`
-    at a time; the first failure (in the order given) is raised once the running ones end."""
-    if len(actions) <= 1:
-        return [action() for action in actions]
-    with ThreadPoolExecutor(max_workers=CONCURRENT_ACTIONS) as pool:
-        futures = [pool.submit(action) for action in actions]
-        try:
-            return [future.result() for future in futures]
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+    """The results of ``actions`` (Spark actions: writes, collects), in order, run
+    :data:`CONCURRENT_ACTIONS` at a time; the first failure (in the order given) is raised."""
+    return list(ordered_map(lambda action: action(), actions, workers=CONCURRENT_ACTIONS))
 
 
 def _read(spark, source: RawInputConfig, prep, entities: list[str]):

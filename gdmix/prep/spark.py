@@ -35,7 +35,8 @@ def spark_session(config: SparkConfig, app: str = "gdmix", inputs: list[str] | N
 
     Local masters get settings for their short runs (``prep.spark.conf`` overrides any): no
     console progress bar, and for small inputs (the files under ``inputs`` add up to at most
-    :data:`SMALL_INPUT_BYTES`; a listing, no data read) a driver JVM tuned to start fast (:data:`SMALL_INPUT_JAVA_OPTIONS`, as Spark's
+    :data:`SMALL_INPUT_BYTES`; a listing, no data read) a driver JVM tuned to start fast
+    (:data:`SMALL_INPUT_JAVA_OPTIONS`, as Spark's
     ``spark.driver.defaultJavaOptions``: ``spark.driver.extraJavaOptions`` adds to them).
     """
     from pyspark.sql import SparkSession
