@@ -24,6 +24,17 @@ def segments(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.nd
     return np.asarray(starts, dtype=np.int64)[segment] + offset, segment, offset
 
 
+def csr_row_range(matrix: sp.csr_matrix, first: int, stop: int) -> sp.csr_matrix:
+    """Rows ``[first, stop)`` of ``matrix`` sharing its indices and values (no copy of the
+    non-zeros, unlike ``matrix[first:stop]``, which copies them through a column filter)."""
+    begin, end = int(matrix.indptr[first]), int(matrix.indptr[stop])
+    indptr = matrix.indptr[first:stop + 1] - begin
+    rows = sp.csr_matrix((matrix.data[begin:end], matrix.indices[begin:end], indptr),
+                         shape=(stop - first, matrix.shape[1]), copy=False)
+    rows.has_sorted_indices = matrix.has_sorted_indices  # a range of sorted rows stays sorted
+    return rows
+
+
 def csr_values_at(matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """``matrix[rows[k], cols[k]]`` for every k: 0 where nothing is stored or ``rows[k] < 0``.
 

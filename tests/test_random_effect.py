@@ -256,8 +256,23 @@ def test_a_model_is_written_in_parts_that_read_back_as_its_table(monkeypatch, tm
     model.write(str(tmp_path / "model"), index_map)
     files = fs.list_parquet_files(str(tmp_path / "model"))
     assert len(files) == 3 and pq.ParquetFile(files[0]).metadata.num_row_groups == 3
+    # min/max statistics for the values; none for the dictionary-built string columns (costly, unused)
+    group = pq.ParquetFile(files[0]).metadata.row_group(0)
+    assert [group.column(i).is_stats_set for i in range(group.num_columns)] == [False, False, False, True, True]
     read = fs.read_parquet_dir(str(tmp_path / "model"))
     assert read.equals(model.to_table(index_map)) and read.schema.metadata == model.to_table(index_map).schema.metadata
     back = RandomEffectModel.from_table(read, index_map)
     assert back.l2 == 0.7 and np.array_equal(back.intercepts, model.intercepts)
     assert len(RandomEffectModel(pa.array([], pa.string()), np.zeros(0), sp.csr_matrix((0, 12))).split(3)) == 1
+
+
+def test_a_row_range_shares_the_matrix_non_zeros():
+    from gdmix.sparse import csr_row_range
+
+    matrix = sp.random(30, 9, density=0.4, random_state=3, format="csr")
+    for first, stop in [(0, 30), (4, 17), (29, 30), (12, 12)]:
+        rows = csr_row_range(matrix, first, stop)
+        assert rows.shape == (stop - first, 9) and (rows != matrix[first:stop]).nnz == 0
+    assert np.shares_memory(csr_row_range(matrix, 4, 17).data, matrix.data)
+    unsorted = sp.csr_matrix((np.array([1.0, 2.0]), np.array([5, 1]), np.array([0, 2])), shape=(1, 9))
+    assert not csr_row_range(unsorted, 0, 1).has_sorted_indices

@@ -45,7 +45,7 @@ from gdmix.solvers.lbfgs import minimize_lbfgs
 from gdmix.solvers.parallel import available_cores, ordered_map
 from gdmix.errors import GdmixError
 from gdmix.losses.logistic import log_loss_terms, penalised_objective
-from gdmix.sparse import csr_values_at, segments, starts_of, take_or
+from gdmix.sparse import csr_row_range, csr_values_at, segments, starts_of, take_or
 
 SPARSE_GTOL_FLOOR = 1e-8
 #: entities whose smaller side (rows or local features) is at most this are solved by the fused
@@ -152,9 +152,9 @@ class RandomEffectModel:
 
         def piece(first: int, stop: int) -> "RandomEffectModel":
             variances = None if self.variances is None else CoefficientVariances(
-                self.variances.intercepts[first:stop], self.variances.coef[first:stop])
+                self.variances.intercepts[first:stop], csr_row_range(self.variances.coef, first, stop))
             return dataclasses.replace(self, entity_ids=self.entity_ids.slice(first, stop - first),
-                                       intercepts=self.intercepts[first:stop], coef=self.coef[first:stop],
+                                       intercepts=self.intercepts[first:stop], coef=csr_row_range(self.coef, first, stop),
                                        variances=variances)
 
         return [piece(first, stop) for first, stop in zip(bounds[:-1], bounds[1:])]
