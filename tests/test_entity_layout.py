@@ -28,9 +28,25 @@ def _check(codes, features, train_rows):
     return layout
 
 
-@pytest.mark.parametrize("dense_ranking", [True, False])
-def test_the_layout_groups_rows_and_ranks_each_entitys_columns(monkeypatch, dense_ranking):
-    monkeypatch.setattr(entity_layout, "DENSE_RANK_CELLS_PER_NNZ", 10**9 if dense_ranking else 0)
+@pytest.fixture(params=["numpy marks", "numpy sorts", "native marks", "native sorts"])
+def ranking(request, monkeypatch):
+    """Each way of ranking an entity's columns: numpy on whole chunks (a dense table, or a sort
+    for wide bags) and the C kernel entity by entity (marking a table, or a sort for wide bags);
+    the numpy ones also group rows by argsort instead of the kernel's counting sort."""
+    from gdmix.native import entity_kernels as native
+
+    path, way = request.param.split()
+    if path == "native" and native.library() is None:
+        pytest.skip("the native kernels could not be built here")
+    if path == "numpy":
+        monkeypatch.setattr(native, "library", lambda: None)
+        monkeypatch.setattr(entity_layout, "DENSE_RANK_CELLS_PER_NNZ", 10**9 if way == "marks" else 0)
+    else:
+        monkeypatch.setattr(native, "MARK_WIDTH", 10**9 if way == "marks" else 0)
+    return request.param
+
+
+def test_the_layout_groups_rows_and_ranks_each_entitys_columns(monkeypatch, ranking):
     monkeypatch.setattr(entity_layout, "BUILD_CHUNK_NNZ", 97)  # many chunks, cut between entities
     rng = np.random.default_rng(5)
     codes = rng.integers(0, 60, 900)
@@ -40,7 +56,7 @@ def test_the_layout_groups_rows_and_ranks_each_entitys_columns(monkeypatch, dens
     assert layout.nnz_col.dtype == np.uint8  # at most 256 local columns: one byte per non-zero
 
 
-def test_unsorted_indices_and_a_bag_without_columns():
+def test_unsorted_indices_and_a_bag_without_columns(ranking):
     rng = np.random.default_rng(6)
     codes = rng.integers(0, 20, 200)
     features = sp.random(200, 40, density=0.2, random_state=6, format="csr")
@@ -52,3 +68,17 @@ def test_unsorted_indices_and_a_bag_without_columns():
     _check(codes, shuffled, np.arange(200))
     empty = _check(codes, sp.csr_matrix((200, 0)), np.arange(200))
     assert empty.feature_count.sum() == 0 and len(empty.feature_count) == len(empty.entities)
+
+
+def test_wide_bags_large_entities_and_64_bit_indices(ranking):
+    """More than 256 local columns (two-byte local columns), an entity with a thousand rows, and
+    int64 column indices, as scipy uses for very large matrices."""
+    rng = np.random.default_rng(8)
+    codes = np.concatenate([np.zeros(1000, dtype=np.int64), rng.integers(1, 50, 500)])
+    features = sp.random(1500, 2000, density=0.02, random_state=8, format="csr")
+    layout = _check(codes, features, np.arange(1500))
+    assert layout.nnz_col.dtype == np.uint16 and layout.feature_count[0] > 256
+    wide = features.copy()
+    wide.indices, wide.indptr = features.indices.astype(np.int64), features.indptr.astype(np.int64)
+    assert wide.indices.dtype == np.int64  # the constructor would have narrowed them
+    _check(codes, wide, np.flatnonzero(rng.random(1500) < 0.5))

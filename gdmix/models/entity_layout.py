@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from gdmix.native import entity_kernels as native
 from gdmix.solvers.batched_newton import BatchProblem
 from gdmix.solvers.parallel import ordered_map
 from gdmix.sparse import segments, starts_of
@@ -95,7 +96,11 @@ class EntityLayout:
         features = features.tocsr()
         if not features.has_sorted_indices:  # canonical, so a later in-place sort cannot reorder what we index
             features = features.sorted_indices()
-        rows = train_rows[np.argsort(codes[train_rows], kind="stable")]
+        native_kernels = native.library() is not None
+        if native_kernels:
+            rows = native.group_by_code(train_rows, codes)
+        else:
+            rows = train_rows[np.argsort(codes[train_rows], kind="stable")]
         sorted_codes = codes[rows]
         row_start = np.flatnonzero(np.diff(sorted_codes, prepend=-1) != 0) if len(rows) else np.zeros(0, np.int64)
         entities, row_count = sorted_codes[row_start], np.diff(np.append(row_start, len(rows)))
@@ -105,8 +110,19 @@ class EntityLayout:
         width = max(features.shape[1], 1)
         chunks = _chunk_bounds(nnz_start)
 
-        def rank(bounds: tuple[int, int]):
-            return _rank_columns(features, rows, row_start, row_count, nnz_start, width, *bounds)
+        if native_kernels:
+            indptr, rows_, starts, counts = (np.ascontiguousarray(a, dtype=np.int64)
+                                             for a in (features.indptr, rows, row_start, row_count))
+
+            def rank(bounds: tuple[int, int]):
+                first, last = bounds
+                feature_count, pairs, local = native.rank_columns(
+                    indptr, features.indices, width, rows_, starts, counts, first, last, nnz_start)
+                return (feature_count, pairs.astype(_index_type(width)),
+                        local.astype(_index_type(int(feature_count.max(initial=0)))))
+        else:
+            def rank(bounds: tuple[int, int]):
+                return _rank_columns(features, rows, row_start, row_count, nnz_start, width, *bounds)
 
         ranked = list(ordered_map(rank, zip(chunks[:-1], chunks[1:])))
         feature_count = np.concatenate([counts for counts, _, _ in ranked]) if ranked else np.zeros(0, np.int64)

@@ -550,3 +550,110 @@ int solve_entities(int64_t count, const int64_t *entities, const int64_t *row_st
 
 SCORE_ROWS(score_rows_int32, int32_t)
 SCORE_ROWS(score_rows_int64, int64_t)
+
+/* Grouping rows by entity: the positions of rows[0..n) ordered by codes[rows[i]] (codes in
+   0..num_codes), stable, by one counting pass (what a stable argsort of the codes gives, in
+   linear time). counts: num_codes + 1 zeroed int64 of workspace. */
+void group_by_code(int64_t n, const int64_t *rows, const int64_t *codes, int64_t num_codes, int64_t *counts,
+                   int64_t *out) {
+    for (int64_t i = 0; i < n; i++) counts[codes[rows[i]] + 1]++;
+    for (int64_t c = 0; c < num_codes; c++) counts[c + 1] += counts[c];
+    for (int64_t i = 0; i < n; i++) out[counts[codes[rows[i]]]++] = rows[i];
+}
+
+static void sort_columns(int64_t *a, int64_t n);
+
+/* The local feature subspaces of entities first..last-1 of a layout (rows of entity k are
+   rows[row_start[k] .. + row_count[k]] of the CSR indptr/indices): feature_count[k - first] =
+   its distinct columns, pairs (from pairs[0]) = those columns sorted, entity by entity, and
+   local (from local[0]) = each non-zero's rank among its entity's columns, entity by entity, row
+   by row (most: the most non-zeros of one entity). The rows are prefetched as the solver's are.
+   With `mark` (one int per column of the bag's `width`, every one -1 on entry and on return),
+   columns are marked as they are seen (and read back in column order when that is cheaper than
+   sorting them); without it (a bag too wide for such a table), each
+   entity's columns are sorted and searched.
+   Returns the number of pairs written, or -1 when out of memory. */
+#define RANK_COLUMNS(NAME, INDEX)                                                                        \
+    static void NAME##_prefetch(int64_t k, const int64_t *row_start, const int64_t *row_count,           \
+                                const int64_t *rows, const int64_t *indptr, const INDEX *indices,        \
+                                int pointers) {                                                          \
+        int64_t count = row_count[k] < PREFETCH_ROWS ? row_count[k] : PREFETCH_ROWS;                     \
+        for (int64_t i = 0; i < count; i++) {                                                            \
+            int64_t row = rows[row_start[k] + i];                                                        \
+            if (pointers) { __builtin_prefetch(indptr + row); continue; }                                \
+            __builtin_prefetch(indices + indptr[row]);                                                   \
+            __builtin_prefetch(indices + indptr[row + 1] - 1);                                           \
+        }                                                                                                \
+    }                                                                                                    \
+    int64_t NAME(int64_t first, int64_t last, const int64_t *row_start, const int64_t *row_count,        \
+                 const int64_t *rows, const int64_t *indptr, const INDEX *indices, int64_t most,         \
+                 int64_t width, int32_t *mark, int64_t *feature_count, int64_t *pairs, uint32_t *local) {               \
+        int64_t written = 0, nz = 0;                                                                     \
+        int64_t *seen = mark == NULL ? malloc((most > 0 ? most : 1) * sizeof(int64_t)) : NULL;           \
+        if (mark == NULL && seen == NULL) return -1;                                                     \
+        for (int64_t k = first; k < last; k++) {                                                         \
+            if (k + PREFETCH_AHEAD < last)                                                               \
+                NAME##_prefetch(k + PREFETCH_AHEAD, row_start, row_count, rows, indptr, indices, 1);    \
+            if (k + 1 < last) NAME##_prefetch(k + 1, row_start, row_count, rows, indptr, indices, 0);    \
+            int64_t distinct = 0, *out = pairs + written;                                                \
+            for (int64_t i = 0; i < row_count[k]; i++) {                                                 \
+                int64_t row = rows[row_start[k] + i];                                                    \
+                for (int64_t p = indptr[row]; p < indptr[row + 1]; p++) {                                \
+                    int64_t col = indices[p];                                                            \
+                    if (mark == NULL) { seen[distinct++] = col; continue; }                              \
+                    if (mark[col] < 0) { mark[col] = 0; out[distinct++] = col; }                         \
+                }                                                                                        \
+            }                                                                                            \
+            if (mark == NULL) { /* sort every occurrence, keep the distinct ones */                      \
+                sort_columns(seen, distinct);                                                            \
+                int64_t kept = 0;                                                                        \
+                for (int64_t j = 0; j < distinct; j++)                                                   \
+                    if (j == 0 || seen[j] != seen[j - 1]) out[kept++] = seen[j];                         \
+                distinct = kept;                                                                         \
+            } else if (distinct > 32 && width <= 16 * distinct) { /* read the marks in column order */   \
+                distinct = 0;                                                                            \
+                for (int64_t col = 0; col < width; col++)                                                \
+                    if (mark[col] >= 0) { mark[col] = (int32_t)distinct; out[distinct++] = col; }        \
+            } else {                                                                                     \
+                sort_columns(out, distinct);                                                             \
+                for (int64_t j = 0; j < distinct; j++) mark[out[j]] = (int32_t)j;                        \
+            }                                                                                            \
+            for (int64_t i = 0; i < row_count[k]; i++) {                                                 \
+                int64_t row = rows[row_start[k] + i];                                                    \
+                for (int64_t p = indptr[row]; p < indptr[row + 1]; p++, nz++) {                          \
+                    int64_t col = indices[p];                                                            \
+                    if (mark != NULL) { local[nz] = (uint32_t)mark[col]; continue; }                     \
+                    int64_t lo = 0, hi = distinct - 1;                                                   \
+                    while (lo < hi) {                                                                    \
+                        int64_t mid = (lo + hi) / 2;                                                     \
+                        if (out[mid] < col) lo = mid + 1; else hi = mid;                                 \
+                    }                                                                                    \
+                    local[nz] = (uint32_t)lo;                                                            \
+                }                                                                                        \
+            }                                                                                            \
+            if (mark != NULL)                                                                            \
+                for (int64_t j = 0; j < distinct; j++) mark[out[j]] = -1;                                \
+            feature_count[k - first] = distinct;                                                         \
+            written += distinct;                                                                         \
+        }                                                                                                \
+        free(seen);                                                                                      \
+        return written;                                                                                  \
+    }
+
+RANK_COLUMNS(rank_columns_int32, int32_t)
+RANK_COLUMNS(rank_columns_int64, int64_t)
+
+static int compare_columns(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Ascending; insertion sort for the few columns of a tiny entity. */
+static void sort_columns(int64_t *a, int64_t n) {
+    if (n > 32) { qsort(a, n, sizeof(int64_t), compare_columns); return; }
+    for (int64_t i = 1; i < n; i++) {
+        int64_t v = a[i], j = i - 1;
+        while (j >= 0 && a[j] > v) { a[j + 1] = a[j]; j--; }
+        a[j + 1] = v;
+    }
+}

@@ -11,7 +11,10 @@ coefficient costs a cache miss per non-zero. The kernels do both per entity, per
   is factored by LAPACK (scipy's, see :func:`_lapack_routines`), and each entity's rows can be
   scored by its result while they are in cache (the sums of ``score_rows``, bit for bit);
 * ``score_rows_int32`` / ``score_rows_int64``: each row's intercept plus the merge of its
-  sorted entries with its entity's sorted coefficients.
+  sorted entries with its entity's sorted coefficients;
+* ``group_by_code`` and ``rank_columns_int32`` / ``rank_columns_int64``: the entity layout's
+  grouping of rows by entity (a counting sort) and each entity's local feature subspace, entity
+  by entity instead of through numpy temporaries of the whole chunk.
 
 The C has no Python API: it is built once per source hash into ``$GDMIX_CACHE/ops`` with the
 system C compiler and loaded with ctypes, which releases the GIL during a call, so chunks run
@@ -55,6 +58,18 @@ def _score_arguments(index) -> list:
             _DOUBLE]
 
 
+def _rank_arguments(index) -> list:
+    return [ctypes.c_int64, ctypes.c_int64, _INT64, _INT64, _INT64, _INT64,
+            np.ctypeslib.ndpointer(index, flags="C_CONTIGUOUS"), ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+            _INT64, _INT64,
+            np.ctypeslib.ndpointer(np.uint32, flags="C_CONTIGUOUS")]
+
+
+#: bags up to this many columns have their columns ranked by marking a table of one int per
+#: column (16 MB per call at most); wider ones by sorting each entity's columns
+MARK_WIDTH = 1 << 22
+
+
 def _flags() -> list[str]:
     """Optimised for this CPU, but no fused multiply-add contraction: the scores must be the
     numpy path's bit for bit."""
@@ -91,10 +106,15 @@ def library():
         return None
     for function, arguments in ((loaded.solve_entities, _SOLVE_ARGUMENTS),
                                 (loaded.score_rows_int32, _score_arguments(np.int32)),
-                                (loaded.score_rows_int64, _score_arguments(np.int64))):
+                                (loaded.score_rows_int64, _score_arguments(np.int64)),
+                                (loaded.group_by_code, [ctypes.c_int64, _INT64, _INT64, ctypes.c_int64, _INT64,
+                                                        _INT64]),
+                                (loaded.rank_columns_int32, _rank_arguments(np.int32)),
+                                (loaded.rank_columns_int64, _rank_arguments(np.int64))):
         function.argtypes = arguments
     loaded.solve_entities.restype = ctypes.c_int
-    loaded.score_rows_int32.restype = loaded.score_rows_int64.restype = None
+    loaded.score_rows_int32.restype = loaded.score_rows_int64.restype = loaded.group_by_code.restype = None
+    loaded.rank_columns_int32.restype = loaded.rank_columns_int64.restype = ctypes.c_int64
     loaded.use_lapack.argtypes = [ctypes.c_void_p] * len(LAPACK_ROUTINES)
     loaded.use_lapack.restype = None
     loaded.use_lapack(*_lapack_routines())
@@ -182,3 +202,35 @@ def score_rows(features: sp.csr_matrix, model_row: np.ndarray, coef: sp.csr_matr
 def _sorted(matrix: sp.csr_matrix) -> sp.csr_matrix:
     matrix = matrix.tocsr()
     return matrix if matrix.has_sorted_indices else matrix.sorted_indices()
+
+
+def group_by_code(rows: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """``rows`` ordered by ``codes[rows]`` (non-negative), stably: ``rows[argsort(codes[rows],
+    kind="stable")]`` by a counting sort."""
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    codes = np.ascontiguousarray(codes, dtype=np.int64)
+    num_codes = int(codes.max(initial=-1)) + 1
+    out = np.empty(len(rows), dtype=np.int64)
+    library().group_by_code(len(rows), rows, codes, num_codes, np.zeros(num_codes + 1, dtype=np.int64), out)
+    return out
+
+
+def rank_columns(indptr: np.ndarray, indices: np.ndarray, width: int, rows: np.ndarray, row_start: np.ndarray,
+                 row_count: np.ndarray, first: int, last: int, nnz_start: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Entities ``first..last-1`` of a layout (int64 ``rows``, ``row_start``, ``row_count`` and
+    ``indptr``; ``nnz_start``: where each entity's non-zeros start): each one's count of distinct
+    columns, those columns sorted, entity by entity, and each non-zero's rank among its entity's
+    columns."""
+    nnz = int(nnz_start[last] - nnz_start[first])
+    most = int(np.diff(nnz_start[first:last + 1]).max(initial=0))
+    function = library().rank_columns_int64 if indices.dtype == np.int64 else library().rank_columns_int32
+    indices = np.ascontiguousarray(indices, dtype=np.int64 if indices.dtype == np.int64 else np.int32)
+    mark = np.full(width, -1, dtype=np.int32) if width <= MARK_WIDTH else None
+    feature_count = np.empty(last - first, dtype=np.int64)
+    pairs, local = np.empty(max(nnz, 1), dtype=np.int64), np.empty(max(nnz, 1), dtype=np.uint32)
+    written = function(first, last, row_start, row_count, rows, indptr, indices, most, width,
+                       None if mark is None else mark.ctypes.data, feature_count, pairs, local)
+    if written < 0:
+        raise MemoryError("the native column ranking could not allocate its workspace")
+    return feature_count, pairs[:written], local[:nnz]
