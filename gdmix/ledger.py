@@ -105,14 +105,17 @@ class Ledger:
     @classmethod
     def initial(cls, config: GdmixConfig) -> "Ledger":
         """uid, label, weight, offset and entity ids of the prepared data, sorted by uid (no scores
-        yet). Read row group by row group (:func:`~gdmix.dataset.load_dataset`): only these few
-        columns are ever held, never a split's whole Arrow table."""
+        yet), from the columns ``config.data`` names, as the training jobs read them. Read row group
+        by row group (:func:`~gdmix.dataset.load_dataset`): only these few columns are ever held,
+        never a split's whole Arrow table."""
         entities = tuple(sorted({c.entity for c in config.coordinates if isinstance(c, RandomEffectConfig)}))
+        columns = ContractColumns(uid=config.data.uid, label=config.data.label, weight=config.data.weight,
+                                  offset=config.data.offset, entities=entities)
         splits = {}
         for split in SPLITS:
             uri = getattr(config.data, split)
             if uri:
-                data, _ = load_dataset(uri, ContractColumns(entities=entities))
+                data, _ = load_dataset(uri, columns)
                 splits[split] = _split_by_uid(data)
         return cls(splits)
 

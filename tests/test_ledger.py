@@ -89,3 +89,23 @@ def test_score_files_name_the_file_and_column_at_fault(tmp_path):
     with pytest.raises(DataError, match="missing column") as raised:
         read_scored(str(tmp_path / "no-score"))
     assert "part-00000.parquet" in str(raised.value) and "score" in str(raised.value)
+
+
+def test_the_initial_table_reads_the_columns_the_config_names(tmp_path):
+    """Data whose uid, label, weight and offset columns have other names (``data.uid`` ...), as
+    the training jobs read it; the table stores them under the contract's names."""
+    from gdmix.config import GdmixConfig
+
+    rows = {"row_id": [30, 10, 20], "clicked": [1.0, 0.0, 1.0], "w": [1.0, 2.0, 0.5], "o": [0.1, 0.2, 0.3],
+            "user": ["a", "b", "a"], "bag": [[{"name": "x", "term": "", "value": 1.0}]] * 3}
+    fs.write_parquet(pa.table(rows), str(tmp_path / "train"))
+    config = GdmixConfig.model_validate({
+        "data": {"train": str(tmp_path / "train"), "uid": "row_id", "label": "clicked", "weight": "w", "offset": "o"},
+        "output": str(tmp_path / "out"),
+        "coordinates": [{"name": "per_user", "type": "random_effect", "entity": "user", "feature_bag": "bag"}]})
+    train = Ledger.initial(config).splits["train"]
+    np.testing.assert_array_equal(train.uid, [10, 20, 30])  # sorted by uid
+    np.testing.assert_array_equal(train.label, [0.0, 1.0, 1.0])
+    np.testing.assert_array_equal(train.weight, [2.0, 0.5, 1.0])
+    np.testing.assert_array_equal(train.offset, [0.2, 0.3, 0.1])
+    assert list(train.entities["user"]) == ["b", "a", "a"]
