@@ -77,6 +77,28 @@ def test_large_entities_solved_through_lapack_match_the_loops_and_the_batched_so
     assert with_lapack[3].unconverged_entities == 0
 
 
+def test_entities_gathered_block_by_block_and_one_larger_than_a_block(monkeypatch):
+    """The kernel copies a block of entities' rows (about 16,384 non-zeros) into contiguous
+    buffers before solving them: a chunk spanning many blocks, and an entity of 2,000 rows
+    (about 24,000 non-zeros, more than a block) that gets a block of its own."""
+    codes, features, labels, weights, offsets = _population(14, width=80, most_rows=60)
+    rng = np.random.default_rng(14)
+    big = sp.random(2000, 80, density=0.15, random_state=14, format="csr", data_rvs=lambda k: rng.normal(size=k))
+    codes = np.concatenate([codes[:700], np.full(2000, 600), codes[700:]])
+    features = sp.vstack([features[:700], big, features[700:]], format="csr")
+    labels = np.concatenate([labels[:700], (rng.random(2000) < 0.4).astype(float), labels[700:]])
+    weights = np.concatenate([weights[:700], np.ones(2000), weights[700:]])
+    offsets = np.concatenate([offsets[:700], rng.normal(size=2000), offsets[700:]])
+    assert big.nnz > 1 << 14 and features.nnz - big.nnz > 2 << 14
+    config = RandomEffectConfig(name="re", type="random_effect", entity="e", l2=0.8)
+    native = _fit(monkeypatch, "native", codes, features, labels, weights, offsets, config)
+    batched = _fit(monkeypatch, "numpy", codes, features, labels, weights, offsets, config)
+    assert native[3].unconverged_entities == 0 and native[3].sparse_entities == 0
+    assert np.array_equal(native[0], batched[0]) and 600 in native[0]
+    np.testing.assert_allclose(native[1], batched[1], atol=1e-8)
+    np.testing.assert_allclose(native[2].toarray(), batched[2].toarray(), atol=1e-8)
+
+
 def test_a_warm_start_lands_on_the_same_optimum_in_fewer_steps(monkeypatch):
     codes, features, labels, weights, offsets = _population(12)
     config = RandomEffectConfig(name="re", type="random_effect", entity="e", l2=1.3)

@@ -9,8 +9,9 @@
 
    What numpy cannot do cheaply for an entity of two rows is avoided here: no padding to a
    batch's shape, no dense batch arrays, no per-call overhead per small matrix. Each entity's
-   rows are read straight from the bag's CSR through the entity layout and its answer written
-   to its own slots, so separate calls on disjoint entities may run on separate threads. */
+   rows are read from the bag's CSR through the entity layout (a block of entities' at a time,
+   gathered into contiguous buffers first) and its answer written to its own slots, so separate
+   calls on disjoint entities may run on separate threads. */
 
 #include <math.h>
 #include <stdint.h>
@@ -347,64 +348,72 @@ static int line_search(Entity *e, double *b, double *value, double db, double sl
     return 0;
 }
 
-/* Prefetching: an entity's rows are scattered over the bag (they are the dataset's rows, in its
-   order), so reading them is a cache miss per row and per line of its non-zeros, which would
-   dominate a tiny entity's solve. While entity e is solved, the row pointers, labels, weights and
-   offsets of the entity PREFETCH_AHEAD places on are requested, and the non-zeros of the next
-   one, whose row pointers arrived by then. At most PREFETCH_ROWS rows per entity: a large entity
-   is solved long enough for the hardware to stream the rest. */
-#define PREFETCH_AHEAD 2
-#define PREFETCH_ROWS 16
-#define DOUBLES_PER_LINE 8
+/* Gathering: an entity's rows are scattered over the bag (they are the dataset's rows, in its
+   order), so reading them is a cache miss per row and per line of its non-zeros. Read entity by
+   entity inside the solve, each miss stalls the solver; so the labels, weights, offsets and
+   non-zero values of a block of entities are first copied into contiguous buffers by a loop that
+   does nothing else (its loads independent of each other, so the memory system serves many at
+   once), then the block's entities are solved from those buffers. Blocks hold about
+   BLOCK_NONZEROS non-zeros (cache-sized), at least one entity. */
+#define BLOCK_NONZEROS (1 << 14)
+#define BLOCK_ROWS (1 << 12)
 
-static void prefetch_rows(int64_t k, const int64_t *row_start, const int64_t *row_count, const int64_t *rows,
-                          const int64_t *indptr, const double *labels, const double *weights, const double *offsets) {
-    int64_t count = row_count[k] < PREFETCH_ROWS ? row_count[k] : PREFETCH_ROWS;
-    for (int64_t i = 0; i < count; i++) {
-        int64_t row = rows[row_start[k] + i];
-        __builtin_prefetch(indptr + row);
-        __builtin_prefetch(labels + row);
-        __builtin_prefetch(weights + row);
-        __builtin_prefetch(offsets + row);
+typedef struct {
+    double *y, *w, *o, *val;  /* the block's rows and non-zeros, entity by entity, row by row */
+    int64_t *len;             /* each row's non-zeros */
+    int64_t row_capacity, nnz_capacity;
+} Block;
+
+/* Entities first..: as many as the block holds (at least one); returns how many. */
+static int64_t gather_block(Block *b, const int64_t *entities, int64_t count, const int64_t *row_start,
+                            const int64_t *row_count, const int64_t *rows, const int64_t *indptr, const double *data,
+                            const int64_t *nnz_start, const double *labels, const double *weights,
+                            const double *offsets) {
+    int64_t taken = 0, r = 0, v = 0;
+    for (; taken < count; taken++) {
+        int64_t k = entities[taken];
+        if (taken > 0 && (r + row_count[k] > b->row_capacity || v + nnz_start[k + 1] - nnz_start[k] > b->nnz_capacity))
+            break;
+        const int64_t *own = rows + row_start[k];
+        for (int64_t i = 0; i < row_count[k]; i++, r++) {
+            int64_t row = own[i], p = indptr[row], end = indptr[row + 1];
+            b->y[r] = labels[row];
+            b->w[r] = weights[row];
+            b->o[r] = offsets[row];
+            b->len[r] = end - p;
+            for (; p < end; p++) b->val[v++] = data[p];
+        }
     }
+    return taken;
 }
 
-static void prefetch_nonzeros(int64_t k, const int64_t *row_start, const int64_t *row_count, const int64_t *rows,
-                              const int64_t *indptr, const double *data) {
-    int64_t count = row_count[k] < PREFETCH_ROWS ? row_count[k] : PREFETCH_ROWS;
-    for (int64_t i = 0; i < count; i++) {
-        int64_t row = rows[row_start[k] + i];
-        for (int64_t p = indptr[row]; p < indptr[row + 1]; p += DOUBLES_PER_LINE) __builtin_prefetch(data + p);
-        __builtin_prefetch(data + indptr[row + 1] - 1);
-    }
-}
-
-/* Read entity k's rows into its dense arrays (and, in row space, their Gram matrix FF'). */
-static void load_entity(Entity *e, int64_t k, const int64_t *row_start, const int64_t *row_count, const int64_t *rows,
-                        const int64_t *indptr, const double *data, const int64_t *nnz_start, const void *nnz_col,
-                        int col_bytes, const int64_t *feature_count, const double *labels, const double *weights,
-                        const double *offsets) {
-    int64_t n = row_count[k], q = feature_count[k], nz = nnz_start[k];
+/* Read entity k's rows (from a block, at its row r and non-zero v) into its dense arrays (and, in
+   row space, their Gram matrix FF'). */
+static void load_entity(Entity *e, int64_t k, const Block *b, int64_t r, int64_t v, const int64_t *row_count,
+                        const int64_t *nnz_start, const void *nnz_col, int col_bytes, const int64_t *feature_count) {
+    int64_t n = row_count[k], q = feature_count[k], nz = 0;
+    const uint8_t *col8 = (const uint8_t *)nnz_col + nnz_start[k];
+    const uint16_t *col16 = (const uint16_t *)nnz_col + nnz_start[k];
+    const uint32_t *col32 = (const uint32_t *)nnz_col + nnz_start[k];
     e->n = n;
     e->q = q;
     memset(e->f, 0, n * q * sizeof(double));
     e->total_weight = 0.0;
     for (int64_t i = 0; i < n; i++) {
-        int64_t row = rows[row_start[k] + i];
-        e->y[i] = labels[row];
-        e->w[i] = weights[row];
-        e->o[i] = offsets[row];
-        e->total_weight += weights[row];
-        e->row_ptr[i] = nz - nnz_start[k];
-        for (int64_t p = indptr[row]; p < indptr[row + 1]; p++, nz++) {
-            int64_t col = col_bytes == 1 ? ((const uint8_t *)nnz_col)[nz]
-                        : col_bytes == 2 ? ((const uint16_t *)nnz_col)[nz] : ((const uint32_t *)nnz_col)[nz];
-            e->f[i * q + col] = data[p];
-            e->nz_col[nz - nnz_start[k]] = col;
-            e->nz_val[nz - nnz_start[k]] = data[p];
+        e->y[i] = b->y[r + i];
+        e->w[i] = b->w[r + i];
+        e->o[i] = b->o[r + i];
+        e->total_weight += e->w[i];
+        e->row_ptr[i] = nz;
+        for (int64_t end = nz + b->len[r + i]; nz < end; nz++) {
+            int64_t col = col_bytes == 1 ? col8[nz] : col_bytes == 2 ? col16[nz] : col32[nz];
+            double value = b->val[v + nz];
+            e->f[i * q + col] = value;
+            e->nz_col[nz] = col;
+            e->nz_val[nz] = value;
         }
     }
-    e->row_ptr[n] = nz - nnz_start[k];
+    e->row_ptr[n] = nz;
     e->row_space = n < q;
     e->m = e->row_space ? n : q;
     if (e->row_space)
@@ -473,12 +482,23 @@ int solve_entities(int64_t count, const int64_t *entities, const int64_t *row_st
     double *arena = malloc((total + 2 * side) * sizeof(double));
     int64_t *index_arena = malloc((most_nnz + most_n + 1) * sizeof(int64_t));
     int *pivots = malloc(side * sizeof(int));
-    if (arena == NULL || index_arena == NULL || pivots == NULL) {
+    Block block;
+    block.row_capacity = most_n > BLOCK_ROWS ? most_n : BLOCK_ROWS;
+    block.nnz_capacity = most_nnz > BLOCK_NONZEROS ? most_nnz : BLOCK_NONZEROS;
+    double *block_arena = malloc((3 * block.row_capacity + block.nnz_capacity) * sizeof(double));
+    block.len = malloc(block.row_capacity * sizeof(int64_t));
+    if (arena == NULL || index_arena == NULL || pivots == NULL || block_arena == NULL || block.len == NULL) {
         free(arena);
         free(index_arena);
         free(pivots);
+        free(block_arena);
+        free(block.len);
         return -1;
     }
+    block.y = block_arena;
+    block.w = block.y + block.row_capacity;
+    block.o = block.w + block.row_capacity;
+    block.val = block.o + block.row_capacity;
     Entity ent;
     ent.lapack_scratch = arena + total;
     ent.pivots = pivots;
@@ -489,13 +509,17 @@ int solve_entities(int64_t count, const int64_t *entities, const int64_t *row_st
     double *next = arena;
     for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) { *slots[i] = next; next += sizes[i]; }
     ent.l2 = l2;
+    int64_t block_end = 0, r = 0, v = 0;
     for (int64_t e = 0; e < count; e++) {
         int64_t k = entities[e];
-        if (e + PREFETCH_AHEAD < count)
-            prefetch_rows(entities[e + PREFETCH_AHEAD], row_start, row_count, rows, indptr, labels, weights, offsets);
-        if (e + 1 < count) prefetch_nonzeros(entities[e + 1], row_start, row_count, rows, indptr, data);
-        load_entity(&ent, k, row_start, row_count, rows, indptr, data, nnz_start, nnz_col, col_bytes, feature_count,
-                    labels, weights, offsets);
+        if (e == block_end) {
+            block_end = e + gather_block(&block, entities + e, count - e, row_start, row_count, rows, indptr, data,
+                                         nnz_start, labels, weights, offsets);
+            r = v = 0;
+        }
+        load_entity(&ent, k, &block, r, v, row_count, nnz_start, nnz_col, col_bytes, feature_count);
+        r += row_count[k];
+        v += nnz_start[k + 1] - nnz_start[k];
         ent.l0 = intercept_ridge[k];
         start_point(&ent, start_pair + pair_start[k]);
         double b = start_intercept[k], scale = ent.total_weight > 1.0 ? ent.total_weight : 1.0;
@@ -524,6 +548,8 @@ int solve_entities(int64_t count, const int64_t *entities, const int64_t *row_st
     free(arena);
     free(index_arena);
     free(pivots);
+    free(block_arena);
+    free(block.len);
     return 0;
 }
 
@@ -567,12 +593,15 @@ static void sort_columns(int64_t *a, int64_t n);
    rows[row_start[k] .. + row_count[k]] of the CSR indptr/indices): feature_count[k - first] =
    its distinct columns, pairs (from pairs[0]) = those columns sorted, entity by entity, and
    local (from local[0]) = each non-zero's rank among its entity's columns, entity by entity, row
-   by row (most: the most non-zeros of one entity). The rows are prefetched as the solver's are.
+   by row (most: the most non-zeros of one entity). The next entities' rows are prefetched while one
+   is ranked (the rows are scattered over the bag).
    With `mark` (one int per column of the bag's `width`, every one -1 on entry and on return),
    columns are marked as they are seen (and read back in column order when that is cheaper than
    sorting them); without it (a bag too wide for such a table), each
    entity's columns are sorted and searched.
    Returns the number of pairs written, or -1 when out of memory. */
+#define PREFETCH_AHEAD 2  /* entities ahead whose row pointers are requested (their non-zeros: one ahead) */
+#define PREFETCH_ROWS 16  /* at most this many rows of an entity */
 #define RANK_COLUMNS(NAME, INDEX)                                                                        \
     static void NAME##_prefetch(int64_t k, const int64_t *row_start, const int64_t *row_count,           \
                                 const int64_t *rows, const int64_t *indptr, const INDEX *indices,        \
