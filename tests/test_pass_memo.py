@@ -12,10 +12,10 @@ from gdmix.dataset import Dataset, EntityIds
 from gdmix.models.coordinates import RandomEffectCoordinate
 
 
-def _dataset(seed=21, rows=2500, entities=400):
+def _dataset(seed=21, rows=2500, entities=400, prefix="u"):
     rng = np.random.default_rng(seed)
     codes = np.minimum(rng.zipf(1.7, rows), entities) - 1
-    ids = EntityIds.from_array(pa.array([f"u{c}" for c in codes]))
+    ids = EntityIds.from_array(pa.array([f"{prefix}{c}" for c in codes]))
     features = sp.random(rows, 25, density=0.2, random_state=seed, format="csr")
     return Dataset(uid=np.arange(rows), label=(rng.random(rows) < 0.4).astype(float), weight=np.ones(rows),
                    offset=np.zeros(rows), entities={"user": ids}, bags={"user_bag": features})
@@ -54,6 +54,26 @@ def test_later_passes_reuse_the_layout_and_give_the_same_model():
     assert reports == fresh_reports  # counts and iterations too
     assert len(layouts) == 2 and layouts[0] is layouts[1] is kept.memo.problem.layout
     assert reports[1]["iterations_mean"] < reports[0]["iterations_mean"]  # warm passes start from the last model
+
+
+def test_entities_absent_from_the_rows_are_carried_over_on_every_pass():
+    """Warm-started from a model of other entities: each pass keeps them after its own (the
+    later passes know which rows they are without looking their ids up), as a fresh fit would."""
+    config = RandomEffectConfig(name="re", type="random_effect", entity="user", feature_bag="user_bag", l2=0.8)
+    data, elsewhere = _dataset(), _dataset(seed=23, rows=600, entities=60, prefix="v")
+    prior, _ = RandomEffectCoordinate(config).fit(elsewhere, np.zeros(elsewhere.num_rows))
+    kept, rng = RandomEffectCoordinate(config), np.random.default_rng(1)
+    kept_model = fresh_model = prior
+    for number in range(3):
+        offsets = rng.normal(scale=0.3, size=data.num_rows)
+        hit = kept.memo.start_from(kept_model, data.entities["user"].codes, data.bags["user_bag"], data.label,
+                                   data.weight, config) is not None
+        assert hit == (number > 0)
+        kept_model, report = kept.fit(data, offsets, kept_model)
+        fresh_model, _ = RandomEffectCoordinate(config).fit(data, offsets, fresh_model)
+        _same(kept_model, fresh_model)
+        assert kept_model.num_entities == report["entities_trained"] + prior.num_entities
+        assert kept_model.entity_ids.slice(report["entities_trained"]).equals(prior.entity_ids)
 
 
 def test_new_rows_or_an_edited_model_are_not_taken_for_the_last_ones():

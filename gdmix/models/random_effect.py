@@ -130,9 +130,13 @@ class RandomEffectModel:
         the new training data): entities absent from new data keep their old model, while an
         entity present but left untrained (too few rows) gets none, as a cold one would."""
         missing = pc.invert(pc.is_in(prior.entity_ids, value_set=present)).to_numpy(zero_copy_only=False)
-        if not missing.any():
+        return self.carry_over_rows(prior, np.flatnonzero(missing))
+
+    def carry_over_rows(self, prior: "RandomEffectModel", keep: np.ndarray) -> "RandomEffectModel":
+        """This model plus rows ``keep`` of ``prior`` (the entities :meth:`carry_over` finds
+        absent from the data, when the caller knows them without looking their ids up)."""
+        if len(keep) == 0:
             return self
-        keep = np.flatnonzero(missing)
         variances = None
         if self.variances is not None:
             carried = prior.variances or self.variances.take_missing(prior.num_entities, prior.coef.shape[1])
@@ -432,10 +436,14 @@ class PassMemo:
         if slots is None:
             return None
         layout, trained, coef = self.problem.layout, self.trained, model.coef
-        start = _Solution(np.zeros(layout.num_entities), np.zeros(len(layout.pair_feature)), l2=model.l2,
-                          intercept_l2=model.intercept_l2)
+        stored = coef.data[:coef.indptr[len(trained)]]
+        if isinstance(slots, slice):  # every pair, in order: the model's own values (solvers only read a start)
+            pairs = stored
+        else:
+            pairs = np.zeros(len(layout.pair_feature))
+            pairs[slots] = stored
+        start = _Solution(np.zeros(layout.num_entities), pairs, l2=model.l2, intercept_l2=model.intercept_l2)
         start.intercepts[trained] = model.intercepts[:len(trained)]
-        start.pair_coef[slots] = coef.data[:coef.indptr[len(trained)]]
         return start
 
 
