@@ -151,9 +151,19 @@ def test_partitions_are_balanced_complete_and_flag_the_sample(prepared):
     assert validation_rows == validation.num_rows
 
 
-def test_prep_does_not_depend_on_spark_partitioning_or_input_format(prepared, tmp_path):
+def test_prep_does_not_depend_on_spark_partitioning_or_input_format(prepared, tmp_path, monkeypatch):
+    """The same outputs from Avro, other shuffle partitions and, the input taken for a large one,
+    Spark actions one at a time (the first run, a small input, runs them two at a time)."""
     root, raw, _, _ = prepared
     import fastavro
+
+    from gdmix.prep import run, spark
+
+    assert spark.small_inputs([str(root / "raw")]) and not spark.small_inputs([])
+    monkeypatch.setattr(spark, "SMALL_INPUT_BYTES", 0)
+    at_a_time, ordered_map = [], run.ordered_map
+    monkeypatch.setattr(run, "ordered_map", lambda *a, workers, **k: at_a_time.append(workers) or ordered_map(
+        *a, workers=workers, **k))
 
     (tmp_path / "raw").mkdir()
     schema = {"type": "record", "name": "r", "fields": [
@@ -163,6 +173,7 @@ def test_prep_does_not_depend_on_spark_partitioning_or_input_format(prepared, tm
         fastavro.writer(handle, schema, raw.to_pylist())
     config = validate_config(_config(tmp_path, str(tmp_path / "raw"), fmt="avro", shuffle=7))
     run_prep(config, log=lambda m: None)
+    assert at_a_time and set(at_a_time) == {1}
     for split in ("train", "validation"):
         ours = _read(tmp_path / "prepared" / split).sort_by("uid")
         theirs = _read(root / "prepared" / split).sort_by("uid")

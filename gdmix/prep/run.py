@@ -31,14 +31,17 @@ from gdmix.prep.features import (
     build_index_maps, check_contracts, check_held_out, contract_frame, drop_rare_features, split_held_out,
 )
 from gdmix.prep.partition import entity_counts, partition_rows, write_partitioned
-from gdmix.prep.spark import executor_errors, spark_session
+from gdmix.prep.spark import executor_errors, small_inputs, spark_session
 from gdmix.prep.storage import read_input, read_parquet, write_parquet
 from gdmix.solvers.parallel import ordered_map
 
-#: Spark actions of one step run side by side, this many at a time: a small input's stages are
-#: mostly one task each (one file, one row group), which leaves the other cores of a local
-#: master idle; with more tasks than cores, Spark's FIFO scheduler gives the first job priority
-CONCURRENT_ACTIONS = 2
+#: Independent Spark actions run side by side, this many at a time, when the inputs are small
+#: (:func:`~gdmix.prep.spark.small_inputs`): their stages are mostly one task each (one file, one
+#: row group), which leaves the other cores of a local master idle. A larger input's stages have
+#: a task for every core already, and actions side by side only keep more data alive in the
+#: driver's heap (30M rows in `bench.scale`: peak 10.2 GiB against 8.3 GiB one at a time, and no
+#: faster), so they run one at a time.
+SMALL_INPUT_CONCURRENT_ACTIONS = 2
 
 
 def run_prep(config: GdmixConfig, log=print) -> dict:
@@ -57,6 +60,7 @@ def run_prep(config: GdmixConfig, log=print) -> dict:
     entities = sorted(carried)
     raw = [source.path for source in (prep.input, prep.validation_input, prep.test_input) if source is not None]
     spark = spark_session(prep.spark, "gdmix-prep", inputs=raw)
+    side_by_side = SMALL_INPUT_CONCURRENT_ACTIONS if small_inputs(raw) else 1
     try:
         with executor_errors(), fs.staged_directory(prep.output) as out:
             sources = [("train", _read(spark, prep.input, prep, entities), prep.input.path)]
@@ -96,9 +100,10 @@ def run_prep(config: GdmixConfig, log=print) -> dict:
                 maps = index_maps()
                 for bag, index_map in maps.items():
                     frames = {split: drop_rare_features(frame, bag, index_map, spark) for split, frame in frames.items()}
-                done = _together(*(partial(written, split, frame) for split, frame in frames.items()))
+                done = _together(side_by_side, *(partial(written, split, frame) for split, frame in frames.items()))
             else:
-                maps, *done = _together(index_maps, *(partial(written, split, frame) for split, frame in frames.items()))
+                maps, *done = _together(side_by_side, index_maps,
+                                        *(partial(written, split, frame) for split, frame in frames.items()))
             for bag, index_map in maps.items():
                 summary["bags"][bag] = {"features": len(index_map)}
             frames = dict(zip(frames, done))
@@ -118,7 +123,7 @@ def run_prep(config: GdmixConfig, log=print) -> dict:
                 writes += [partial(write_partitioned, split_rows, fs.join(target, split))
                            for split, split_rows in held_out_rows.items()]
                 manifests.append((coordinate, partitions, target, manifest))
-            _together(*writes)
+            _together(side_by_side, *writes)
             for coordinate, partitions, target, manifest in manifests:
                 fs.write_text(fs.join(target, PARTITION_MANIFEST), json.dumps(manifest, indent=2) + "\n")
                 loads = [p["active_rows"] for p in manifest["partition_stats"]]
@@ -134,10 +139,10 @@ def run_prep(config: GdmixConfig, log=print) -> dict:
     return summary
 
 
-def _together(*actions) -> list:
-    """The results of ``actions`` (Spark actions: writes, collects), in order, run
-    :data:`CONCURRENT_ACTIONS` at a time; the first failure (in the order given) is raised."""
-    return list(ordered_map(lambda action: action(), actions, workers=CONCURRENT_ACTIONS))
+def _together(at_a_time: int, *actions) -> list:
+    """The results of ``actions`` (Spark actions: writes, collects), in order, run ``at_a_time``
+    at a time; the first failure (in the order given) is raised."""
+    return list(ordered_map(lambda action: action(), actions, workers=at_a_time))
 
 
 def _read(spark, source: RawInputConfig, prep, entities: list[str]):

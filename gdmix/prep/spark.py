@@ -62,8 +62,7 @@ def spark_session(config: SparkConfig, app: str = "gdmix", inputs: list[str] | N
     if local:
         builder = builder.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
         builder = builder.config("spark.ui.showConsoleProgress", "false")
-        size = input_bytes(inputs) if inputs else None
-        if size is not None and size <= SMALL_INPUT_BYTES:
+        if small_inputs(inputs):
             builder = builder.config("spark.driver.defaultJavaOptions", SMALL_INPUT_JAVA_OPTIONS)
         for key, value in _store_environment().items():
             builder = builder.config(f"spark.executorEnv.{key}", value)
@@ -72,6 +71,13 @@ def spark_session(config: SparkConfig, app: str = "gdmix", inputs: list[str] | N
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")
     return session
+
+
+def small_inputs(uris) -> bool:
+    """Whether the files under ``uris`` add up to at most :data:`SMALL_INPUT_BYTES` (a listing,
+    no data read; False when there are none given or any cannot be listed)."""
+    size = input_bytes(uris) if uris else None
+    return size is not None and size <= SMALL_INPUT_BYTES
 
 
 def input_bytes(uris) -> int | None:
