@@ -82,3 +82,15 @@ def test_wide_bags_large_entities_and_64_bit_indices(ranking):
     wide.indices, wide.indptr = features.indices.astype(np.int64), features.indptr.astype(np.int64)
     assert wide.indices.dtype == np.int64  # the constructor would have narrowed them
     _check(codes, wide, np.flatnonzero(rng.random(1500) < 0.5))
+
+
+def test_the_counting_sort_is_a_stable_argsort_and_refuses_negative_codes():
+    from gdmix.native import entity_kernels as native
+
+    if native.library() is None:
+        pytest.skip("the native kernels could not be built here")
+    rng = np.random.default_rng(9)
+    codes, rows = rng.integers(0, 30, 500), np.flatnonzero(rng.random(500) < 0.7)
+    assert np.array_equal(native.group_by_code(rows, codes), rows[np.argsort(codes[rows], kind="stable")])
+    with pytest.raises(ValueError, match="non-negative"):
+        native.group_by_code(np.arange(3), np.array([0, -1, 2]))

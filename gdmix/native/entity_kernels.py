@@ -209,6 +209,8 @@ def group_by_code(rows: np.ndarray, codes: np.ndarray) -> np.ndarray:
     kind="stable")]`` by a counting sort."""
     rows = np.ascontiguousarray(rows, dtype=np.int64)
     codes = np.ascontiguousarray(codes, dtype=np.int64)
+    if len(codes) and codes.min() < 0:  # the kernel counts into codes' slots: none may be negative
+        raise ValueError("entity codes must be non-negative")
     num_codes = int(codes.max(initial=-1)) + 1
     out = np.empty(len(rows), dtype=np.int64)
     library().group_by_code(len(rows), rows, codes, num_codes, np.zeros(num_codes + 1, dtype=np.int64), out)
