@@ -114,8 +114,7 @@ class RandomEffectCoordinate(_Tabular, ConfiguredCoordinate):
     def fit(self, data, offsets, initial=None, progress=None, validation=None):
         entities, features, memo = data.entities[self.entity], data.bag(self.feature_bag), self.memo
         start = memo.start_from(initial, entities.codes, features, data.label, data.weight, self.config)
-        # the last pass's model on these rows: its rows after the ones it trained are those absent here
-        carried = None if start is None else np.arange(len(memo.trained), initial.num_entities)
+        carried = None if start is None else memo.carried_rows(initial)
         if start is None and initial is not None:
             start = initial.warm_start_for(entities)
         model, report = fit_random_effect_model(entities, features, data.label, data.weight, offsets, self.config,

@@ -427,6 +427,12 @@ class PassMemo:
             scores[missing] = model.score(entities.take(missing), features[missing])
         return scores
 
+    def carried_rows(self, model: RandomEffectModel) -> np.ndarray:
+        """The rows of the last pass's model (``model``, which :meth:`start_from` accepted) that it
+        carried over from an earlier one: those after the entities it trained, the entities absent
+        from these rows, which the next pass carries again without looking their ids up."""
+        return np.arange(len(self.trained), model.num_entities)
+
     def start_from(self, model: RandomEffectModel, codes, features, labels, weights,
                    config: RandomEffectConfig) -> "_Solution | None":
         """Where a fit of these rows starts when warm-started from ``model``: read straight off it
