@@ -19,7 +19,7 @@ from gdmix.features.bags import CodedBag, bag_to_csr, flatten_bag
 from gdmix.features.index_map import IndexMap
 from gdmix.io.contract import (ContractColumns, ContractTable, FilePiece, check_same_types, check_unique_uids,
                                iter_coded_pieces, locate_row)
-from gdmix.memory import aligned_empty
+from gdmix.memory import aligned_empty, release_free_memory
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,8 @@ def read_dataset(uri: str, columns: ContractColumns, index_maps: Mapping[str, In
     reading = DatasetReading(columns)
     for piece, table in iter_coded_pieces(uri, columns, shard, rows):
         reading.add(piece, table, index_maps)
+        del table
+        release_free_memory()  # the row group's Arrow buffers and temporaries: else the heap keeps them
     if reading.num_rows == 0 and shard is None and rows is None:
         raise DataError("dataset is empty (0 rows)", path=str(uri))
     reading.check_unique_uids()
@@ -225,4 +227,6 @@ def _stack_rows(parts: list[CodedBag | sp.csr_matrix], index_map: IndexMap) -> s
         data[at:at + count], indices[at:at + count] = part.data, part.indices
         indptr[row + 1:row + rows + 1] = part.indptr[1:] + at
         row, at = row + rows, at + count
+        del part
+        release_free_memory()  # a part (tens of MB, on the C heap) freed: handed back as the result grows
     return sp.csr_matrix((data, indices, indptr), shape=(num_rows, width))

@@ -76,6 +76,8 @@ def coordinate_descent(config: GdmixConfig, datasets: dict[str, Dataset], index_
             return fit_on_local_workers(config, coordinate, data, offsets, initial, index_maps, workers)
         return coordinate.fit(data, offsets, initial, progress, validation=validation)
 
+    for coordinate in coordinates:
+        coordinate.begin_passes()  # each old model is dropped once its successor is trained
     for pass_number in range(1, config.passes + 1):
         for coordinate in coordinates:
             _train_coordinate(coordinate, pass_number, datasets, ledger, models, reporter, fit)
@@ -103,10 +105,10 @@ def _load_splits(config: GdmixConfig, coordinates: list[Coordinate], reporter: R
         if uri:
             reporter.info(f"reading {name} data {uri}")
             datasets[name], index_maps = load_dataset(uri, columns, index_maps)
+            release_free_memory()  # reading's buffers, before the next split (or training) needs the memory
         if name == "train" and not np.any(datasets["train"].weight > 0):
             raise DataError("every training row has weight 0: nothing to train on",
                             path=config.data.train, column=config.data.weight or "weight")
-    release_free_memory()  # reading's buffers, before training needs the memory
     reporter.info(
         ", ".join(f"{data.num_rows:,} {name} rows" for name, data in datasets.items())
         + "; features: " + (", ".join(f"{b}={len(m)}" for b, m in index_maps.items()) or "none")

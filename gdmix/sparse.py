@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.sparse import _sparsetools
+
+#: rows are visited in blocks of about this many non-zeros where a temporary per non-zero is needed
+BLOCK_NONZEROS = 1 << 22
 
 
 def starts_of(counts: np.ndarray) -> np.ndarray:
@@ -28,11 +32,45 @@ def csr_row_range(matrix: sp.csr_matrix, first: int, stop: int) -> sp.csr_matrix
     """Rows ``[first, stop)`` of ``matrix`` sharing its indices and values (no copy of the
     non-zeros, unlike ``matrix[first:stop]``, which copies them through a column filter)."""
     begin, end = int(matrix.indptr[first]), int(matrix.indptr[stop])
-    indptr = matrix.indptr[first:stop + 1] - begin
-    rows = sp.csr_matrix((matrix.data[begin:end], matrix.indices[begin:end], indptr),
-                         shape=(stop - first, matrix.shape[1]), copy=False)
+    rows = sp.csr_matrix((stop - first, matrix.shape[1]), dtype=matrix.dtype)
+    # the arrays are set, not passed to the constructor: its format check copies a view of a
+    # much larger array (scipy's ``prune``), which would make every short range a copy
+    rows.indptr = (matrix.indptr[first:stop + 1] - begin).astype(matrix.indices.dtype, copy=False)
+    rows.indices, rows.data = matrix.indices[begin:end], matrix.data[begin:end]
     rows.has_sorted_indices = matrix.has_sorted_indices  # a range of sorted rows stays sorted
     return rows
+
+
+def row_blocks(indptr: np.ndarray, nonzeros: int = BLOCK_NONZEROS) -> list[tuple[int, int]]:
+    """Consecutive row ranges covering every row (empty ones too), each of about ``nonzeros``
+    non-zeros (more only where one row alone has more)."""
+    rows = len(indptr) - 1
+    cuts = np.searchsorted(indptr, np.arange(nonzeros, indptr[-1], nonzeros), side="right") - 1
+    bounds = np.unique(np.concatenate([[0], np.clip(cuts, 0, rows), [rows]]))
+    return list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+
+
+def weighted_column_sums(matrix: sp.csr_matrix, weights: np.ndarray, squared: bool = False,
+                         nonzeros: int = BLOCK_NONZEROS) -> np.ndarray:
+    """``sum_i weights[i] * x_ij`` (with ``squared``, ``x_ij ** 2``) for every column ``j``.
+
+    Bit for bit what ``matrix.T @ weights`` gives (for the squares: of a CSR of the squared
+    values), because it runs scipy's own kernel over the same non-zeros in the same order,
+    accumulating into one output; but the squares are taken a block of rows at a time, so no
+    copy of the matrix's values (8 bytes per non-zero, the size of the data) is ever made."""
+    matrix = matrix.tocsr()
+    out = np.zeros(matrix.shape[1], dtype=np.result_type(matrix.dtype, weights.dtype))
+    weights = np.ascontiguousarray(weights, dtype=out.dtype)
+    blocks = row_blocks(matrix.indptr, nonzeros) if squared else [(0, matrix.shape[0])]
+    squares = np.empty(max((matrix.indptr[stop] - matrix.indptr[first] for first, stop in blocks), default=0)
+                       if squared else 0, dtype=out.dtype)
+    for first, stop in blocks:
+        rows = csr_row_range(matrix, first, stop)
+        values = np.square(rows.data, out=squares[:rows.nnz]) if squared else rows.data.astype(out.dtype, copy=False)
+        # the transpose's matrix-vector kernel adds into ``out``: blocks continue the one sum
+        _sparsetools.csc_matvec(matrix.shape[1], stop - first, rows.indptr, rows.indices, values,
+                                weights[first:stop], out)
+    return out
 
 
 def csr_values_at(matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

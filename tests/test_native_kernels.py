@@ -97,6 +97,12 @@ def test_entities_gathered_block_by_block_and_one_larger_than_a_block(monkeypatc
     assert np.array_equal(native[0], batched[0]) and 600 in native[0]
     np.testing.assert_allclose(native[1], batched[1], atol=1e-8)
     np.testing.assert_allclose(native[2].toarray(), batched[2].toarray(), atol=1e-8)
+    # the kernel reads the bag's row pointers in their own width: 64-bit ones give the same bits
+    wide = features.copy()
+    wide.indices, wide.indptr = features.indices.astype(np.int64), features.indptr.astype(np.int64)
+    assert features.indptr.dtype == np.int32 and wide.indptr.dtype == np.int64
+    native_wide = _fit(monkeypatch, "native", codes, wide, labels, weights, offsets, config)
+    assert np.array_equal(native_wide[1], native[1]) and (native_wide[2] != native[2]).nnz == 0
 
 
 def test_a_warm_start_lands_on_the_same_optimum_in_fewer_steps(monkeypatch):

@@ -4,6 +4,7 @@ starts each pass from the last model directly: the same numbers as building ever
 import dataclasses
 
 import numpy as np
+import pytest
 import pyarrow as pa
 import scipy.sparse as sp
 
@@ -93,9 +94,13 @@ def test_new_rows_or_an_edited_model_are_not_taken_for_the_last_ones():
     model, _ = coordinate.fit(data, np.zeros(data.num_rows))
     edited = dataclasses.replace(model, coef=model.coef.copy())
     assert coordinate.memo.start_from(edited, *rows) is None  # another object: looked up, not trusted
+    with pytest.raises(ValueError):  # its column indices are the memo layout's, read-only: no edit in place
+        model.coef.eliminate_zeros()
     model.coef.data[:3] = 0.0
-    model.coef.eliminate_zeros()  # its own arrays changed in place (as writing a table may)
-    assert coordinate.memo.start_from(model, *rows) is None
+    edited = dataclasses.replace(model, coef=model.coef.copy())
+    edited.coef.eliminate_zeros()  # an edited copy of the last model: looked up, not trusted
+    assert coordinate.memo.start_from(edited, *rows) is None
+    model = edited
     again, _ = coordinate.fit(data, np.zeros(data.num_rows), model)
     reference, _ = RandomEffectCoordinate(config).fit(data, np.zeros(data.num_rows), model)
     _same(again, reference)
@@ -123,9 +128,10 @@ def test_training_scores_come_from_the_solve_and_equal_the_models_bit_for_bit(mo
     other = _dataset(seed=22)  # other rows: scored by the model, not taken from the memo
     assert coordinate.memo.training_scores(model, other.entities["user"], other.bags["user_bag"], other.label,
                                            other.weight) is None
-    model.coef.data[:3] = 0.0
-    model.coef.eliminate_zeros()  # edited in place: no longer the model the solve scored with
-    assert coordinate.memo.training_scores(model, entities, features, data.label, data.weight) is None
+    edited = dataclasses.replace(model, coef=model.coef.copy())
+    edited.coef.data[:3] = 0.0
+    edited.coef.eliminate_zeros()  # not the model the solve scored with
+    assert coordinate.memo.training_scores(edited, entities, features, data.label, data.weight) is None
 
 
 def test_the_partitioned_trainer_scores_active_rows_from_the_solve_and_passive_ones_after():
@@ -142,7 +148,40 @@ def test_the_partitioned_trainer_scores_active_rows_from_the_solve_and_passive_o
                                        config, memo=memo)
     memo.model = model
     expected = model.score(data.entities["user"], data.bags["user_bag"])
+    solved = memo.scores
+    assert not np.isnan(solved).all()  # the solve scored the active rows
     assert np.array_equal(_training_scores(model, memo, rows, data, active, config), expected)
-    assert not np.isnan(memo.scores).all()  # the solve scored the active rows
+    assert memo.scores is None  # handed over, not copied: a second call scores the model
+    assert memo.training_scores(model, rows.entities, rows.features, rows.labels, rows.weights) is None
+    memo.scores = solved
     memo.model = None  # not the model the solve scored with: every row scored by the model
     assert np.array_equal(_training_scores(model, memo, rows, data, active, config), expected)
+
+
+@pytest.mark.parametrize("weight_of_first_entity", [1.0, 0.0])  # 0: an entity left untrained
+def test_coordinate_descent_writes_a_warm_pass_over_the_last_models_coefficients(weight_of_first_entity):
+    """Between begin_passes and end_passes, a warm pass solves in the last model's own arrays
+    (one generation held, not two), to the same bits as a coordinate that copies."""
+    config = RandomEffectConfig(name="re", type="random_effect", entity="user", feature_bag="user_bag", l2=0.8)
+    data = _dataset()
+    data.weight[data.entities["user"].codes == data.entities["user"].codes[0]] = weight_of_first_entity
+    recycling, copying = RandomEffectCoordinate(config), RandomEffectCoordinate(config)
+    recycling.begin_passes()
+    rng = np.random.default_rng(5)
+    last_recycled = last_copied = None
+    for number in range(3):
+        offsets = rng.normal(scale=0.5, size=data.num_rows) if number else np.zeros(data.num_rows)
+        before = None if last_copied is None else last_copied.coef.data.copy()
+        recycled, _ = recycling.fit(data, offsets, last_recycled)
+        copied, _ = copying.fit(data, offsets, last_copied)
+        _same(recycled, copied)
+        if last_recycled is not None:
+            everyone = weight_of_first_entity > 0  # else the start is a fresh array, its own to reuse
+            assert np.shares_memory(recycled.coef.data, last_recycled.coef.data) == everyone
+            # the same layout's column indices, shared (read-only) rather than converted again
+            assert np.shares_memory(recycled.coef.indices, last_recycled.coef.indices) == everyone
+            assert recycled.coef.indices.flags.writeable != everyone  # read-only where shared
+            assert np.array_equal(last_copied.coef.data, before)  # without begin_passes: left alone
+        last_recycled, last_copied = recycled, copied
+    recycling.end_passes()
+    assert not recycling.memo.recycle

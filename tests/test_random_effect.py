@@ -273,6 +273,9 @@ def test_a_row_range_shares_the_matrix_non_zeros():
     for first, stop in [(0, 30), (4, 17), (29, 30), (12, 12)]:
         rows = csr_row_range(matrix, first, stop)
         assert rows.shape == (stop - first, 9) and (rows != matrix[first:stop]).nnz == 0
-    assert np.shares_memory(csr_row_range(matrix, 4, 17).data, matrix.data)
+    for first, stop in [(4, 17), (20, 22), (29, 30)]:  # short ranges too (scipy's constructor would copy them)
+        rows = csr_row_range(matrix, first, stop)
+        assert np.shares_memory(rows.data, matrix.data) and np.shares_memory(rows.indices, matrix.indices)
+        assert rows.indptr.dtype == rows.indices.dtype
     unsorted = sp.csr_matrix((np.array([1.0, 2.0]), np.array([5, 1]), np.array([0, 2])), shape=(1, 9))
     assert not csr_row_range(unsorted, 0, 1).has_sorted_indices

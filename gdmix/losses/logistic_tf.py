@@ -14,6 +14,7 @@ import scipy.sparse as sp
 from gdmix.losses.logistic import curvature, data_hessian
 from gdmix.memory import TENSOR_ALIGNMENT
 from gdmix.native import logistic_loss_op
+from gdmix.sparse import BLOCK_NONZEROS, row_blocks
 from gdmix.tf_runtime import import_tensorflow
 
 
@@ -60,7 +61,7 @@ class TfLogisticLoss:
         indptr, cols, values, _labels, weights, offsets = (np.asarray(t) for t in self._tensors)
         width = self.num_features + 1
         total = np.zeros((width, width) if full else width)
-        for start, stop in _row_blocks(indptr, HESSIAN_BLOCK_NONZEROS):
+        for start, stop in row_blocks(indptr, HESSIAN_BLOCK_NONZEROS):
             first, last = indptr[start], indptr[stop]
             block = sp.csr_matrix((values[first:last], cols[first:last], indptr[start:stop + 1] - first),
                                   shape=(stop - start, self.num_features))
@@ -93,16 +94,7 @@ def shared_tensor(array: np.ndarray, dtype):
 
 _COMPILED: dict = {}
 #: rows are read in blocks of about this many non-zeros when the Hessian is computed
-HESSIAN_BLOCK_NONZEROS = 1 << 22
-
-
-def _row_blocks(indptr: np.ndarray, nonzeros: int) -> list[tuple[int, int]]:
-    """Consecutive row ranges covering every row (empty ones too), each of about ``nonzeros``
-    non-zeros (more only where one row alone has more)."""
-    rows = len(indptr) - 1
-    cuts = np.searchsorted(indptr, np.arange(nonzeros, indptr[-1], nonzeros), side="right") - 1
-    bounds = np.unique(np.concatenate([[0], np.clip(cuts, 0, rows), [rows]]))
-    return list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+HESSIAN_BLOCK_NONZEROS = BLOCK_NONZEROS
 
 
 def _signature(tf):

@@ -43,6 +43,11 @@ class Coordinate(Protocol):
 
     def load(self, uri: str, index_map: IndexMap) -> Model: ...
 
+    def begin_passes(self) -> None:
+        """Coordinate descent starts: from now on a model passed back to :meth:`fit` as
+        ``initial`` is this coordinate's last one and is dropped by the caller once the new one
+        is returned, so a coordinate may reuse its storage."""
+
     def end_passes(self) -> None:
         """Coordinate descent is over: drop what was kept from pass to pass (memory the
         outputs' writing may want)."""
@@ -55,6 +60,9 @@ class ConfiguredCoordinate:
 
     config: FixedEffectConfig | RandomEffectConfig | DetextConfig
     columns = ()
+
+    def begin_passes(self) -> None:
+        """Nothing is reused between passes."""
 
     def end_passes(self) -> None:
         """Nothing is kept between passes."""
@@ -126,8 +134,14 @@ class RandomEffectCoordinate(_Tabular, ConfiguredCoordinate):
         memo.model = model
         return model, report.as_dict()
 
+    def begin_passes(self) -> None:
+        """A warm pass from the last model writes the new coefficients over that model's (see
+        :attr:`PassMemo.recycle`): one generation of a large random effect held, not two."""
+        self.memo.recycle = True
+
     def end_passes(self) -> None:
         self.memo.clear()
+        self.memo.recycle = False
 
     def score(self, model: RandomEffectModel, data: Dataset) -> np.ndarray:
         entities, features = data.entities[self.entity], data.bag(self.feature_bag)

@@ -111,13 +111,12 @@ class EntityLayout:
         chunks = _chunk_bounds(nnz_start)
 
         if native_kernels:
-            indptr, rows_, starts, counts = (np.ascontiguousarray(a, dtype=np.int64)
-                                             for a in (features.indptr, rows, row_start, row_count))
+            rows_, starts, counts = (np.ascontiguousarray(a, dtype=np.int64) for a in (rows, row_start, row_count))
 
             def rank(bounds: tuple[int, int]):
                 first, last = bounds
                 feature_count, pairs, local = native.rank_columns(
-                    indptr, features.indices, width, rows_, starts, counts, first, last, nnz_start)
+                    features.indptr, features.indices, width, rows_, starts, counts, first, last, nnz_start)
                 return (feature_count, pairs.astype(_index_type(width)),
                         local.astype(_index_type(int(feature_count.max(initial=0)))))
         else:
@@ -144,13 +143,18 @@ class EntityLayout:
 
     def kernel_arrays(self) -> tuple[np.ndarray, ...]:
         """The arrays :mod:`gdmix.native.entity_kernels` reads, in the types it reads them (64-bit
-        indices, float64 values; converted once and kept)."""
+        indices, float64 values; converted once and kept), but the bag's row pointers and the
+        local columns, read in their own width (32 or 64 bits; 8, 16 or 32), not copied: the row
+        pointers are 8 bytes a row of the dataset."""
         if self._kernel_arrays is None:
             def int64(values):
                 return np.ascontiguousarray(values, dtype=np.int64)
 
+            indptr = self.features.indptr
+            if indptr.dtype not in (np.int32, np.int64) or not indptr.flags.c_contiguous:
+                indptr = int64(indptr)
             self._kernel_arrays = (
-                int64(self.row_start), int64(self.row_count), int64(self.rows), int64(self.features.indptr),
+                int64(self.row_start), int64(self.row_count), int64(self.rows), indptr,
                 np.ascontiguousarray(self.features.data, dtype=np.float64), int64(self.nnz_start),
                 np.ascontiguousarray(self.nnz_col), int64(self.pair_start), int64(self.feature_count))
         return self._kernel_arrays
@@ -220,10 +224,21 @@ class EntityLayout:
                                shape=(len(rows), int(self.feature_count[k])))
         return rows, design
 
-    def pairs_to_csr(self, pair_values: np.ndarray, width: int) -> sp.csr_matrix:
+    def pairs_to_csr(self, pair_values: np.ndarray, width: int, columns: np.ndarray | None = None) -> sp.csr_matrix:
+        """One row per layout entity holding its pairs' values (``pair_values``, not copied) in
+        its local features' columns: ``pair_feature`` in scipy's index type, or ``columns``, the
+        column indices of an earlier such matrix of this layout (the last pass's model), shared
+        rather than converted again (4 bytes a coefficient). Either way they are read-only, since
+        more than one matrix may hold them."""
         index = np.int32 if max(len(pair_values), width) < np.iinfo(np.int32).max else np.int64  # scipy's own choice
-        indptr = np.concatenate([[0], np.cumsum(self.feature_count)]).astype(index)
-        return sp.csr_matrix((pair_values, self.pair_feature.astype(index), indptr), shape=(self.num_entities, width))
+        if columns is None or columns.dtype != index or len(columns) != len(pair_values):
+            columns = self.pair_feature.astype(index)
+            columns.flags.writeable = False
+        matrix = sp.csr_matrix((self.num_entities, width), dtype=np.float64)
+        # set, not passed to the constructor, whose format check copies views (scipy's ``prune``)
+        matrix.indptr = np.concatenate([[0], np.cumsum(self.feature_count)]).astype(index)
+        matrix.indices, matrix.data = columns, pair_values
+        return matrix
 
 
 def _chunk_bounds(nnz_start: np.ndarray) -> np.ndarray:

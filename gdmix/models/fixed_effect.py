@@ -36,6 +36,7 @@ from gdmix.distributed.collective import Collective, SingleProcess, check_identi
 from gdmix.io.checkpoint import Checkpoint
 from gdmix.losses.logistic_tf import TfLogisticLoss
 from gdmix.solvers.lbfgs import minimize_lbfgs, minimize_lbfgs_in_segments
+from gdmix.sparse import weighted_column_sums
 
 
 @dataclass(frozen=True)
@@ -198,9 +199,10 @@ class Standardization:
     @classmethod
     def from_data(cls, features: sp.csr_matrix, weights: np.ndarray, penalty: np.ndarray,
                   collective: Collective = SingleProcess()) -> "Standardization":
-        """From weighted first and second moments of the features, summed over all workers."""
-        squares = sp.csr_matrix((features.data**2, features.indices, features.indptr), shape=features.shape)
-        local = np.concatenate([[weights.sum()], features.T @ weights, squares.T @ weights])
+        """From weighted first and second moments of the features, summed over all workers
+        (the squares a block of rows at a time: never a second copy of the data)."""
+        local = np.concatenate([[weights.sum()], weighted_column_sums(features, weights),
+                                weighted_column_sums(features, weights, squared=True)])
         sums = collective.sum(local)
         width = features.shape[1]
         total = max(float(sums[0]), np.finfo(float).tiny)

@@ -366,6 +366,10 @@ class PassMemo:
     # the training rows' scores by the last model, computed by the solve while each entity's rows
     # were in cache (NaN for rows it did not score: see :meth:`training_scores`)
     scores: np.ndarray | None = None
+    # whether a warm start read straight off the last model (:meth:`start_from`) may be written
+    # over by the solve: set where the caller drops that model once the next one is trained
+    # (coordinate descent), so the two generations of coefficients are never held together
+    recycle: bool = False
 
     def clear(self) -> None:
         """Forget everything (the next pass builds afresh)."""
@@ -382,7 +386,9 @@ class PassMemo:
                 setattr(report, key, value)
             return dataclasses.replace(self.problem, offsets=offsets)
         problem = entity_problems(codes, features, labels, weights, offsets, config, report)
-        self.inputs, self.config, self.problem, self.counts = inputs, config, problem, report.as_dict()
+        # kept without this pass's offsets (8 bytes a row): the next pass brings its own
+        self.inputs, self.config, self.counts = inputs, config, report.as_dict()
+        self.problem = dataclasses.replace(problem, offsets=None)
         self.trained = self.model = self.scores = None
         return problem
 
@@ -415,11 +421,13 @@ class PassMemo:
         """``model.score(entities, features)``, bit for bit, when ``model`` is the last pass's on
         these very rows: the rows the solve scored are taken as they are, the others (entities
         the kernel did not solve, rows left out of training) scored now; None otherwise, or when
-        the solve scored no row (``l2: auto``, no native kernel)."""
+        the solve scored no row (``l2: auto``, no native kernel). The memo hands its array over
+        rather than copy it (8 bytes a row), so it answers once per solve; later calls get None
+        and score the model instead, to the same bits."""
         if self.scores is None or self._last_model_slots(model, entities.codes, features, labels, weights,
                                                          self.config) is None:
             return None
-        scores = self.scores.copy()
+        scores, self.scores = self.scores, None
         missing = np.flatnonzero(np.isnan(scores))
         if len(missing) == len(scores):  # the solve scored none: score them all, without a copy of the bag
             return None
@@ -448,7 +456,9 @@ class PassMemo:
         else:
             pairs = np.zeros(len(layout.pair_feature))
             pairs[slots] = stored
-        start = _Solution(np.zeros(layout.num_entities), pairs, l2=model.l2, intercept_l2=model.intercept_l2)
+        start = _Solution(np.zeros(layout.num_entities), pairs, l2=model.l2, intercept_l2=model.intercept_l2,
+                          recyclable=self.recycle or pairs is not stored,
+                          columns=coef.indices if isinstance(slots, slice) else None)
         start.intercepts[trained] = model.intercepts[:len(trained)]
         return start
 
@@ -478,7 +488,7 @@ class _Fit:
 
     @property
     def coef(self) -> sp.csr_matrix:
-        coef = self.problem.layout.pairs_to_csr(self.solution.pair_coef, self.width)
+        coef = self.problem.layout.pairs_to_csr(self.solution.pair_coef, self.width, self.solution.columns)
         return coef if self.everyone_trained else coef[self.trained]
 
     def variances(self, full: bool) -> CoefficientVariances:
@@ -541,7 +551,8 @@ def _fit(problem: "_EntityProblems", report: RandomEffectReport, width: int, ini
     start = initial if isinstance(initial, _Solution) else _Solution.initial(problem.layout, initial)
     auto = config.l2_auto
     if auto is None:
-        solution = problem.solve(config.l2, start, progress, intercept_l2=intercept_l2, scores=scores)
+        solution = problem.solve(config.l2, start, progress, intercept_l2=intercept_l2, scores=scores,
+                                 recycle_start=True)  # the one solve from this start
     else:
         if auto.per_group:
             solution = estimate_l2_per_group(problem, *initial_ridges(auto.init, start.l2, start.intercept_l2), start)
@@ -586,6 +597,11 @@ class _Solution:
     batches: int = 0
     evaluations: int = 0
     intercept_l2: float | None = None  # the intercept's ridge, when not l2's (``per_group``)
+    # a start whose arrays nobody else reads: the solve from it writes its results over them
+    # (each entity's start is read before its result is written, and by its own solve only)
+    recyclable: bool = False
+    # the column indices of a model of this very layout (read-only), for the next model to share
+    columns: np.ndarray | None = None
 
     def add_laplace(self, optimum: LaplaceOptimum, dimension, ridge: np.ndarray,
                     directions: list[tuple[np.ndarray, float]]) -> list[tuple[tuple[np.ndarray, np.ndarray], object]]:
@@ -672,19 +688,24 @@ class _EntityProblems:
         return [along_l2, (moved / l2, 0.0)]
 
     def solve(self, l2: float, start: _Solution, progress=None, evidence: bool = False,
-              intercept_l2: float | None = None, scores: np.ndarray | None = None) -> _Solution:
+              intercept_l2: float | None = None, scores: np.ndarray | None = None,
+              recycle_start: bool = False) -> _Solution:
         """Every trainable entity at ridge ``l2`` (and, where given, ``intercept_l2`` on the
         intercepts the prior covers), from ``start`` (moved along its tangents when it has them);
         with ``evidence``, the sums over entities of their Laplace log evidence and of its slopes
         (see :func:`estimate_l2`), and the optimum's tangents. ``scores`` (one per dataset row)
         receives the score of every row the fused kernel's entities own, by the solution (others
-        are left as they were)."""
+        are left as they were). With ``recycle_start``, a :attr:`_Solution.recyclable` start is
+        solved in place: the solution is written over its arrays (the one solve from it)."""
         layout, config = self.layout, self.config
         ridge, directions = self.intercept_ridge(l2, intercept_l2), self.directions(l2, intercept_l2)
-        start = start.toward(l2, intercept_l2)
-        out = _Solution(np.zeros(layout.num_entities), np.zeros(len(layout.pair_feature)),
+        moved = start.toward(l2, intercept_l2)
+        recycle = recycle_start and start.recyclable and moved is start and not evidence
+        start = moved
+        out = _Solution(start.intercepts if recycle else np.zeros(layout.num_entities),
+                        start.pair_coef if recycle else np.zeros(len(layout.pair_feature)),
                         np.zeros(layout.num_entities, dtype=np.int64), np.ones(layout.num_entities, dtype=bool),
-                        l2=l2, intercept_l2=intercept_l2)
+                        l2=l2, intercept_l2=intercept_l2, columns=start.columns)
         if evidence:
             out.log_evidence, out.log_evidence_slope, out.log_evidence_intercept_slope = 0.0, 0.0, 0.0
             out.tangents = [(np.zeros(layout.num_entities), np.zeros(len(layout.pair_feature))) for _ in directions]

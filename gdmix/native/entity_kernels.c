@@ -366,9 +366,11 @@ typedef struct {
 
 /* Entities first..: as many as the block holds (at least one); returns how many. */
 static int64_t gather_block(Block *b, const int64_t *entities, int64_t count, const int64_t *row_start,
-                            const int64_t *row_count, const int64_t *rows, const int64_t *indptr, const double *data,
-                            const int64_t *nnz_start, const double *labels, const double *weights,
-                            const double *offsets) {
+                            const int64_t *row_count, const int64_t *rows, const void *indptr, int ptr_bytes,
+                            const double *data, const int64_t *nnz_start, const double *labels,
+                            const double *weights, const double *offsets) {
+    const int32_t *ptr32 = (const int32_t *)indptr;
+    const int64_t *ptr64 = (const int64_t *)indptr;
     int64_t taken = 0, r = 0, v = 0;
     for (; taken < count; taken++) {
         int64_t k = entities[taken];
@@ -376,7 +378,8 @@ static int64_t gather_block(Block *b, const int64_t *entities, int64_t count, co
             break;
         const int64_t *own = rows + row_start[k];
         for (int64_t i = 0; i < row_count[k]; i++, r++) {
-            int64_t row = own[i], p = indptr[row], end = indptr[row + 1];
+            int64_t row = own[i];
+            int64_t p = ptr_bytes == 4 ? ptr32[row] : ptr64[row], end = ptr_bytes == 4 ? ptr32[row + 1] : ptr64[row + 1];
             b->y[r] = labels[row];
             b->w[r] = weights[row];
             b->o[r] = offsets[row];
@@ -461,8 +464,8 @@ static void score_own_rows(const Entity *e, double b, const double *beta, const 
    entity (intercept, iterations, converged), per (entity, local feature) pair (coefficients) and,
    unless out_scores is NULL, per dataset row of these entities (its score by the result). */
 int solve_entities(int64_t count, const int64_t *entities, const int64_t *row_start, const int64_t *row_count,
-                   const int64_t *rows, const int64_t *indptr, const double *data, const int64_t *nnz_start,
-                   const void *nnz_col, int col_bytes, const int64_t *pair_start, const int64_t *feature_count,
+                   const int64_t *rows, const void *indptr, int ptr_bytes, const double *data,
+                   const int64_t *nnz_start, const void *nnz_col, int col_bytes, const int64_t *pair_start, const int64_t *feature_count,
                    const double *labels, const double *weights, const double *offsets, double l2,
                    const double *intercept_ridge, const double *start_intercept, const double *start_pair,
                    int64_t max_iter, double tol, double *out_intercept, double *out_pair, int64_t *out_iterations,
@@ -513,8 +516,8 @@ int solve_entities(int64_t count, const int64_t *entities, const int64_t *row_st
     for (int64_t e = 0; e < count; e++) {
         int64_t k = entities[e];
         if (e == block_end) {
-            block_end = e + gather_block(&block, entities + e, count - e, row_start, row_count, rows, indptr, data,
-                                         nnz_start, labels, weights, offsets);
+            block_end = e + gather_block(&block, entities + e, count - e, row_start, row_count, rows, indptr,
+                                         ptr_bytes, data, nnz_start, labels, weights, offsets);
             r = v = 0;
         }
         load_entity(&ent, k, &block, r, v, row_count, nnz_start, nnz_col, col_bytes, feature_count);
@@ -604,7 +607,7 @@ static void sort_columns(int64_t *a, int64_t n);
 #define PREFETCH_ROWS 16  /* at most this many rows of an entity */
 #define RANK_COLUMNS(NAME, INDEX)                                                                        \
     static void NAME##_prefetch(int64_t k, const int64_t *row_start, const int64_t *row_count,           \
-                                const int64_t *rows, const int64_t *indptr, const INDEX *indices,        \
+                                const int64_t *rows, const INDEX *indptr, const INDEX *indices,          \
                                 int pointers) {                                                          \
         int64_t count = row_count[k] < PREFETCH_ROWS ? row_count[k] : PREFETCH_ROWS;                     \
         for (int64_t i = 0; i < count; i++) {                                                            \
@@ -615,7 +618,7 @@ static void sort_columns(int64_t *a, int64_t n);
         }                                                                                                \
     }                                                                                                    \
     int64_t NAME(int64_t first, int64_t last, const int64_t *row_start, const int64_t *row_count,        \
-                 const int64_t *rows, const int64_t *indptr, const INDEX *indices, int64_t most,         \
+                 const int64_t *rows, const INDEX *indptr, const INDEX *indices, int64_t most,           \
                  int64_t width, int32_t *mark, int64_t *feature_count, int64_t *pairs, uint32_t *local) {               \
         int64_t written = 0, nz = 0;                                                                     \
         int64_t *seen = mark == NULL ? malloc((most > 0 ? most : 1) * sizeof(int64_t)) : NULL;           \

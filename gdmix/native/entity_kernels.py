@@ -47,8 +47,8 @@ CHUNK_ROWS = 1 << 18
 _INT64 = np.ctypeslib.ndpointer(np.int64, flags="C_CONTIGUOUS")
 _DOUBLE = np.ctypeslib.ndpointer(np.float64, flags="C_CONTIGUOUS")
 _BYTES = np.ctypeslib.ndpointer(np.uint8, flags="C_CONTIGUOUS")
-_SOLVE_ARGUMENTS = [ctypes.c_int64, _INT64, _INT64, _INT64, _INT64, _INT64, _DOUBLE, _INT64, ctypes.c_void_p,
-                    ctypes.c_int, _INT64, _INT64, _DOUBLE, _DOUBLE, _DOUBLE, ctypes.c_double, _DOUBLE, _DOUBLE,
+_SOLVE_ARGUMENTS = [ctypes.c_int64, _INT64, _INT64, _INT64, _INT64, ctypes.c_void_p, ctypes.c_int, _DOUBLE, _INT64,
+                    ctypes.c_void_p, ctypes.c_int, _INT64, _INT64, _DOUBLE, _DOUBLE, _DOUBLE, ctypes.c_double, _DOUBLE, _DOUBLE,
                     _DOUBLE, ctypes.c_int64, ctypes.c_double, _DOUBLE, _DOUBLE, _INT64, _BYTES, ctypes.c_void_p]
 
 
@@ -59,8 +59,9 @@ def _score_arguments(index) -> list:
 
 
 def _rank_arguments(index) -> list:
-    return [ctypes.c_int64, ctypes.c_int64, _INT64, _INT64, _INT64, _INT64,
-            np.ctypeslib.ndpointer(index, flags="C_CONTIGUOUS"), ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+    indices = np.ctypeslib.ndpointer(index, flags="C_CONTIGUOUS")  # the bag's row pointers and column indices
+    return [ctypes.c_int64, ctypes.c_int64, _INT64, _INT64, _INT64, indices,
+            indices, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
             _INT64, _INT64,
             np.ctypeslib.ndpointer(np.uint32, flags="C_CONTIGUOUS")]
 
@@ -157,8 +158,8 @@ def solve_entities(layout, entities: np.ndarray, labels, weights, offsets, l2: f
         raise ValueError("scores must be a writeable, contiguous float64 array")
     function = library().solve_entities
     row_start, row_count, rows, indptr, data, nnz_start, nnz_col, pair_start, feature_count = layout.kernel_arrays()
-    layout_arrays = (row_start, row_count, rows, indptr, data, nnz_start, nnz_col.ctypes.data, nnz_col.itemsize,
-                     pair_start, feature_count)
+    layout_arrays = (row_start, row_count, rows, indptr.ctypes.data, indptr.itemsize, data, nnz_start,
+                     nnz_col.ctypes.data, nnz_col.itemsize, pair_start, feature_count)
     vectors = [np.ascontiguousarray(v, dtype=np.float64) for v in (labels, weights, offsets, intercept_ridge,
                                                                    start_intercepts, start_pairs)]
     flags = converged.view(np.uint8)
@@ -220,14 +221,17 @@ def group_by_code(rows: np.ndarray, codes: np.ndarray) -> np.ndarray:
 def rank_columns(indptr: np.ndarray, indices: np.ndarray, width: int, rows: np.ndarray, row_start: np.ndarray,
                  row_count: np.ndarray, first: int, last: int, nnz_start: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Entities ``first..last-1`` of a layout (int64 ``rows``, ``row_start``, ``row_count`` and
-    ``indptr``; ``nnz_start``: where each entity's non-zeros start): each one's count of distinct
-    columns, those columns sorted, entity by entity, and each non-zero's rank among its entity's
-    columns."""
+    """Entities ``first..last-1`` of a layout (int64 ``rows``, ``row_start`` and ``row_count``;
+    the bag's ``indptr`` and ``indices`` in their own type, int32 or int64, as scipy keeps them:
+    the row pointers are not copied; ``nnz_start``: where each entity's non-zeros start): each
+    one's count of distinct columns, those columns sorted, entity by entity, and each non-zero's
+    rank among its entity's columns."""
     nnz = int(nnz_start[last] - nnz_start[first])
     most = int(np.diff(nnz_start[first:last + 1]).max(initial=0))
-    function = library().rank_columns_int64 if indices.dtype == np.int64 else library().rank_columns_int32
-    indices = np.ascontiguousarray(indices, dtype=np.int64 if indices.dtype == np.int64 else np.int32)
+    wide = np.int64 in (indices.dtype, indptr.dtype)
+    function = library().rank_columns_int64 if wide else library().rank_columns_int32
+    indices = np.ascontiguousarray(indices, dtype=np.int64 if wide else np.int32)
+    indptr = np.ascontiguousarray(indptr, dtype=indices.dtype)
     mark = np.full(width, -1, dtype=np.int32) if width <= MARK_WIDTH else None
     feature_count = np.empty(last - first, dtype=np.int64)
     pairs, local = np.empty(max(nnz, 1), dtype=np.int64), np.empty(max(nnz, 1), dtype=np.uint32)
