@@ -24,7 +24,11 @@ from gdmix.memory import aligned_empty, release_free_memory
 
 @dataclass(frozen=True)
 class EntityIds:
-    """An entity id column as integer codes into its distinct values (int64 or string ids)."""
+    """An entity id column as integer codes into its distinct values (int64 or string ids).
+
+    The codes are Arrow's own dictionary indices (int32, 4 bytes a row, not widened to 8: a
+    dataset holds a code per row for every entity column); whoever needs 64-bit codes widens
+    them for the call."""
 
     codes: np.ndarray
     values: pa.Array
@@ -34,7 +38,7 @@ class EntityIds:
         encoded = pc.dictionary_encode(column)
         if isinstance(encoded, pa.ChunkedArray):
             encoded = encoded.combine_chunks()
-        return cls(encoded.indices.to_numpy().astype(np.int64), encoded.dictionary)
+        return cls(encoded.indices.to_numpy(zero_copy_only=False), encoded.dictionary)
 
     @property
     def num_entities(self) -> int:
@@ -191,7 +195,7 @@ class DatasetReading:
         """The dataset, its bags in ``index_maps``' columns. Call once: the row groups' parts
         are released as they are joined."""
         uid = np.concatenate(self.numbers.pop("uid"))
-        numeric = {name: np.concatenate(self.numbers.pop(name)) for name in ("label", "weight", "offset")
+        numeric = {name: _joined(self.numbers.pop(name)) for name in ("label", "weight", "offset")
                    if name in self.numbers}
         return Dataset(
             uid=uid,
@@ -205,6 +209,14 @@ class DatasetReading:
 
     def _column(self, name: str) -> pa.ChunkedArray:
         return pa.chunked_array(self.arrays[name], type=self.schema.field(name).type)
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    """The parts end to end; all zeros (offsets, when the data has none) as a fresh zero array,
+    whose pages the system maps only when written (8 bytes a row that are never resident)."""
+    if all(not part.any() for part in parts):
+        return np.zeros(sum(len(part) for part in parts), dtype=np.result_type(*parts) if parts else np.float64)
+    return np.concatenate(parts)
 
 
 def _stack_rows(parts: list[CodedBag | sp.csr_matrix], index_map: IndexMap) -> sp.csr_matrix:

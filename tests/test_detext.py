@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -287,7 +288,8 @@ def test_detext_then_random_effect_in_coordinate_descent(text_data, tmp_path, mo
 
     def spy_fit(self, *args, **kwargs):
         model, report = real_fit(self, *args, **kwargs)
-        re_models.append(model)
+        # a copy: coordinate descent writes the next warm pass over this model's arrays
+        re_models.append(dataclasses.replace(model, coef=model.coef.copy(), intercepts=model.intercepts.copy()))
         return model, report
 
     monkeypatch.setattr(coordinate_module.RandomEffectCoordinate, "fit", spy_fit)

@@ -167,3 +167,22 @@ def test_shards_read_apart_finish_in_a_map_agreed_between_them(data):
     for bag in COLUMNS.bags:
         stacked = sp.vstack([shard.bags[bag] for shard in shards], format="csr")
         assert (stacked != whole.bags[bag]).nnz == 0
+
+
+def test_all_zero_parts_join_as_a_fresh_zero_array_and_others_as_they_are():
+    from gdmix.dataset import _joined
+
+    zeros = _joined([np.zeros(3), np.zeros(4)])
+    assert zeros.dtype == np.float64 and zeros.shape == (7,) and not zeros.any() and zeros.flags.owndata
+    mixed = _joined([np.zeros(3), np.array([0.0, 2.5])])
+    assert np.array_equal(mixed, [0, 0, 0, 0, 2.5])
+
+
+def test_entity_codes_stay_arrows_32_bit_indices():
+    import pyarrow as pa
+
+    from gdmix.dataset import EntityIds
+
+    ids = EntityIds.from_array(pa.chunked_array([pa.array(["b", "a"]), pa.array(["b", "c"])]))
+    assert ids.codes.dtype == np.int32 and ids.codes.tolist() == [0, 1, 0, 2]
+    assert ids.strings().to_pylist() == ["b", "a", "c"]

@@ -117,7 +117,7 @@ class EntityLayout:
                 first, last = bounds
                 feature_count, pairs, local = native.rank_columns(
                     features.indptr, features.indices, width, rows_, starts, counts, first, last, nnz_start)
-                return (feature_count, pairs.astype(_index_type(width)),
+                return (feature_count, pairs.astype(_column_type(width)),
                         local.astype(_index_type(int(feature_count.max(initial=0)))))
         else:
             def rank(bounds: tuple[int, int]):
@@ -226,13 +226,12 @@ class EntityLayout:
 
     def pairs_to_csr(self, pair_values: np.ndarray, width: int, columns: np.ndarray | None = None) -> sp.csr_matrix:
         """One row per layout entity holding its pairs' values (``pair_values``, not copied) in
-        its local features' columns: ``pair_feature`` in scipy's index type, or ``columns``, the
-        column indices of an earlier such matrix of this layout (the last pass's model), shared
-        rather than converted again (4 bytes a coefficient). Either way they are read-only, since
-        more than one matrix may hold them."""
+        its local features' columns: ``pair_feature`` itself (already in scipy's index type), or
+        ``columns``, the column indices of an earlier such matrix of this layout (the last pass's
+        model). Shared, not copied (4 bytes a coefficient), and so made read-only."""
         index = np.int32 if max(len(pair_values), width) < np.iinfo(np.int32).max else np.int64  # scipy's own choice
         if columns is None or columns.dtype != index or len(columns) != len(pair_values):
-            columns = self.pair_feature.astype(index)
+            columns = self.pair_feature.astype(index, copy=False)  # the layout's own, as a rule
             columns.flags.writeable = False
         matrix = sp.csr_matrix((self.num_entities, width), dtype=np.float64)
         # set, not passed to the constructor, whose format check copies views (scipy's ``prune``)
@@ -269,8 +268,14 @@ def _rank_columns(features: sp.csr_matrix, rows, row_start, row_count, nnz_start
         pair_keys, rank = np.unique(keys, return_inverse=True)
     feature_count = np.bincount(pair_keys // width, minlength=count)
     local = rank.reshape(-1) - starts_of(feature_count)[entity_of_entry]
-    return (feature_count, (pair_keys % width).astype(_index_type(width)),
+    return (feature_count, (pair_keys % width).astype(_column_type(width)),
             local.astype(_index_type(int(feature_count.max(initial=0)))))
+
+
+def _column_type(width: int) -> np.dtype:
+    """The type of ``pair_feature``: scipy's index type for a bag this wide, so that the models
+    built from the layout share the array as their column indices (:meth:`EntityLayout.pairs_to_csr`)."""
+    return np.dtype(np.int32 if width < np.iinfo(np.int32).max else np.int64)
 
 
 def _index_type(largest: int) -> np.dtype:

@@ -45,6 +45,7 @@ from gdmix.solvers.lbfgs import minimize_lbfgs
 from gdmix.solvers.parallel import available_cores, ordered_map
 from gdmix.errors import GdmixError
 from gdmix.losses.logistic import log_loss_terms, penalised_objective
+from gdmix.memory import release_free_memory
 from gdmix.sparse import csr_row_range, csr_values_at, segments, starts_of, take_or
 
 SPARSE_GTOL_FLOOR = 1e-8
@@ -412,7 +413,8 @@ class PassMemo:
         features_of_slots = layout.pair_feature[slots]
         coef = model.coef
         count = len(features_of_slots)
-        if coef.indptr[len(trained)] != count or not np.array_equal(coef.indices[:count], features_of_slots):
+        same = coef.indices is layout.pair_feature or np.array_equal(coef.indices[:count], features_of_slots)
+        if coef.indptr[len(trained)] != count or not same:
             return None  # its coefficients were edited since (zeros dropped)
         return slots
 
@@ -512,6 +514,7 @@ def entity_problems(codes, features, labels, weights, offsets, config: RandomEff
     too_large = (layout.feature_count > config.solver.max_dense_features) | (
         dense_footprint(layout.row_count, layout.feature_count) > MAX_DENSE_ENTITY)
     report.sparse_entities = int((trainable & too_large).sum())
+    release_free_memory()  # the build's temporaries (per row and per non-zero), before the solve's outputs
     return _EntityProblems(layout, labels, weights, offsets, config, trainable, one_label, too_large)
 
 
