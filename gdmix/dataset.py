@@ -19,7 +19,7 @@ from gdmix.features.bags import CodedBag, bag_to_csr, flatten_bag
 from gdmix.features.index_map import IndexMap
 from gdmix.io.contract import (ContractColumns, ContractTable, FilePiece, check_same_types, check_unique_uids,
                                iter_coded_pieces, locate_row)
-from gdmix.memory import aligned_empty, release_free_memory
+from gdmix.memory import FreedMemory, aligned_empty
 
 
 @dataclass(frozen=True)
@@ -123,11 +123,12 @@ def read_dataset(uri: str, columns: ContractColumns, index_maps: Mapping[str, In
     the bags in the given maps' columns or, without maps, kept coded until :meth:`DatasetReading.finish`
     gets them (a distributed job agrees on one map across workers in between). An empty dataset
     is an error unless only a shard or a row range was asked for."""
-    reading = DatasetReading(columns)
+    reading, freed = DatasetReading(columns), FreedMemory()
     for piece, table in iter_coded_pieces(uri, columns, shard, rows):
         reading.add(piece, table, index_maps)
+        size = table.nbytes
         del table
-        release_free_memory()  # the row group's Arrow buffers and temporaries: else the heap keeps them
+        freed.freed(size)  # the row groups' Arrow buffers and temporaries: else the heap keeps them all
     if reading.num_rows == 0 and shard is None and rows is None:
         raise DataError("dataset is empty (0 rows)", path=str(uri))
     reading.check_unique_uids()
@@ -233,6 +234,7 @@ def _stack_rows(parts: list[CodedBag | sp.csr_matrix], index_map: IndexMap) -> s
     data, indices = aligned_empty(nnz, np.float64), aligned_empty(nnz, index_type)
     indptr = np.empty(num_rows + 1, index_type)
     indptr[0], row, at = 0, 0, 0
+    freed = FreedMemory()
     while parts:
         part = parts.pop(0)
         rows, count = part.shape[0], part.nnz
@@ -240,5 +242,5 @@ def _stack_rows(parts: list[CodedBag | sp.csr_matrix], index_map: IndexMap) -> s
         indptr[row + 1:row + rows + 1] = part.indptr[1:] + at
         row, at = row + rows, at + count
         del part
-        release_free_memory()  # a part (tens of MB, on the C heap) freed: handed back as the result grows
+        freed.freed(count * (data.itemsize + indices.itemsize))  # handed back as the result grows
     return sp.csr_matrix((data, indices, indptr), shape=(num_rows, width))

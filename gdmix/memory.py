@@ -24,6 +24,26 @@ def release_free_memory() -> None:
         trim(0)
 
 
+#: bytes freed between two hand-backs in a loop (a trim walks the whole heap: not once per small piece)
+FREED_THRESHOLD = 64 << 20
+
+
+class FreedMemory:
+    """Counts what a loop frees and hands it back (:func:`release_free_memory`) each time at
+    least ``threshold`` bytes have been freed since the last time: a loop over many small pieces
+    does not pay a trim of the whole heap per piece, and one over large pieces does not hold
+    them all resident until it ends."""
+
+    def __init__(self, threshold: int | None = None):
+        self.threshold, self.pending = FREED_THRESHOLD if threshold is None else threshold, 0
+
+    def freed(self, nbytes: int) -> None:
+        self.pending += int(nbytes)
+        if self.pending >= self.threshold:
+            release_free_memory()
+            self.pending = 0
+
+
 @functools.cache
 def _malloc_trim():
     name = ctypes.util.find_library("c")
