@@ -16,8 +16,9 @@ What is timed (issue 13):
   bookkeeping, ``gdmix``'s own start-up, compiling the pipeline, copying the exported model);
 * the small job's pipeline / in-process ratio: a 2-coordinate (global + per_user), 2-pass
   configuration on 1,500 rows of ``gdmix.example_data.synthetic`` (2 fixed-effect workers, 2
-  partition groups), ``gdmix pipeline run --local`` against ``gdmix train``, both fresh processes,
-  and their final validation AUCs (which must agree);
+  partition groups), ``gdmix pipeline run --local`` against ``gdmix train``, both fresh processes
+  without the probe, and their final validation AUCs (which must agree); then the same pipeline
+  once more per repeat with the probe, for its per-task table;
 * optionally (``--demo``) ``gdmix demo --workdir FRESH`` itself, the data built from the RecBole
   wheel already cached (the download is never timed).
 
@@ -181,11 +182,18 @@ def movielens_steps(root: Path, data: Path, repeats: int, tree: str | None = Non
         runs.append(steps_of_run(records, timing["wall_seconds"]))
         timings.append(timing)
         aucs.append(_final_auc(output))
-    return {"command": "gdmix pipeline run examples/movielens-100k/lr.yaml --local (prebuilt seed-42 split)",
+    return {**_probed_record("gdmix pipeline run examples/movielens-100k/lr.yaml --local (prebuilt seed-42 split)",
+                             timings, runs), "final_validation_auc": aucs}
+
+
+def _probed_record(command: str, timings: list[dict], runs: list[dict]) -> dict:
+    """Probed repeats of one pipeline as a record: wall and CPU, the seconds outside every task
+    and the per-task table."""
+    return {"command": command,
             "wall_seconds": measure.summary([t["wall_seconds"] for t in timings]),
             "cpu_seconds": measure.summary([t["cpu_seconds"] for t in timings]),
             "outside_tasks_seconds": measure.summary([r["outside_tasks_seconds"] for r in runs]),
-            "steps": _summarise_steps(runs), "final_validation_auc": aucs}
+            "steps": _summarise_steps(runs)}
 
 
 def small_config(data: Path, output: Path) -> dict:
@@ -202,14 +210,21 @@ def small_config(data: Path, output: Path) -> dict:
     }
 
 
-def small_job_ratio(root: Path, repeats: int, tree: str | None = None) -> dict:
-    """Pipeline (kfp.local) against ``gdmix train`` on the small 2-pass job, both fresh processes."""
+def _small_data(root: Path) -> Path:
+    """The small job's data (1,500 synthetic rows), written once per benchmark run."""
     from gdmix.example_data.synthetic import generate_synthetic, write_synthetic
 
     data = root / "small-data"
-    shutil.rmtree(data, ignore_errors=True)
-    write_synthetic(str(data), generate_synthetic(SMALL_ROWS, {"user_id": 30, "item_id": 10}, global_features=12,
-                                                  global_nnz=4, re_features=4, re_nnz=2, seed=3))
+    if not data.exists():
+        write_synthetic(str(data), generate_synthetic(SMALL_ROWS, {"user_id": 30, "item_id": 10}, global_features=12,
+                                                      global_nnz=4, re_features=4, re_nnz=2, seed=3))
+    return data
+
+
+def small_job_ratio(root: Path, repeats: int, tree: str | None = None) -> dict:
+    """Pipeline (kfp.local) against ``gdmix train`` on the small 2-pass job, both fresh processes
+    (unprobed: the ratio is of the plain commands)."""
+    data = _small_data(root)
     env = _env(tree)
     sides = {}
     for side in ("pipeline", "gdmix_train"):
@@ -233,6 +248,22 @@ def small_job_ratio(root: Path, repeats: int, tree: str | None = None) -> dict:
             "ratio_of_medians": pipeline["median"] / in_process["median"],
             "ratio_per_repeat": measure.summary([p / t for p, t in zip(pipeline["runs"], in_process["runs"])]),
             "auc_spread": max(aucs) - min(aucs)}
+
+
+def small_job_steps(root: Path, repeats: int, tree: str | None = None) -> dict:
+    """The small job's pipeline once more per repeat, probed: where its seconds go, task by task."""
+    data = _small_data(root)
+    runs, timings = [], []
+    for k in range(max(1, repeats)):
+        output = root / f"small-probed-{k}"
+        config = root / f"small-probed-{k}.yaml"
+        config.write_text(yaml.safe_dump(small_config(data, output)))
+        command = measure.python_module("gdmix", "pipeline", "run", str(config), "--local", "--workdir",
+                                        str(root / f"small-probed-root-{k}"))
+        timing, records = _probed_run(command, root / f"small-probe-{k}", root, tree)
+        runs.append(steps_of_run(records, timing["wall_seconds"]))
+        timings.append(timing)
+    return _probed_record("gdmix pipeline run SMALL.yaml --local (probed)", timings, runs)
 
 
 def demo_seconds(root: Path, repeats: int, tree: str | None = None) -> dict:
@@ -266,6 +297,7 @@ def run(repeats: int = 3, source: str | None = None, demo: bool = False, demo_re
                   "movielens_pipeline": movielens_steps(root, root / "ml", repeats, tree)}
         if small:
             result["small_two_pass"] = small_job_ratio(root, repeats, tree)
+            result["small_two_pass_steps"] = small_job_steps(root, repeats, tree)
         if demo:
             result["demo"] = demo_seconds(root, demo_repeats, tree)
     return result
@@ -300,19 +332,20 @@ def _merged(records: list):
     return first
 
 
-def table(result: dict) -> str:
-    """The per-step table as Markdown (medians, ranges in brackets)."""
+def table(result: dict, job: str = "movielens_pipeline") -> str:
+    """The per-step table of ``job`` (``movielens_pipeline`` or ``small_two_pass_steps``) as
+    Markdown (medians, ranges in brackets)."""
     def cell(stat):
         return f"{stat['median']:.2f} [{stat['min']:.2f}-{stat['max']:.2f}]"
 
     lines = ["| task | processes | wall s | start-up + imports s | work s | exit s | CPU s | loads |",
              "|---|---|---|---|---|---|---|---|"]
-    for label, row in result["movielens_pipeline"]["steps"].items():
+    for label, row in result[job]["steps"].items():
         lines.append(f"| {label} | {row['processes']} | {cell(row['wall_seconds'])} | "
                      f"{cell(row['startup_imports_seconds'])} | {cell(row['work_seconds'])} | "
                      f"{cell(row['exit_seconds'])} | {cell(row['cpu_seconds'])} | "
                      f"{', '.join(sorted(set(row['heavy_modules'])))} |")
-    pipeline = result["movielens_pipeline"]
+    pipeline = result[job]
     lines.append(f"| **whole run** | | {cell(pipeline['wall_seconds'])} | | | | {cell(pipeline['cpu_seconds'])} | |")
     lines.append(f"| outside every task (kfp.local, gdmix start-up, compile) | | "
                  f"{cell(pipeline['outside_tasks_seconds'])} | | | | | |")
@@ -339,7 +372,9 @@ def main() -> None:
     print(json.dumps(result if args.before else result["after"], indent=2))
     if args.table:
         for label, record in result.items():
-            print(f"\n{label}:\n{table(record)}")
+            for job in ("movielens_pipeline", "small_two_pass_steps"):
+                if job in record:
+                    print(f"\n{label}, {job}:\n{table(record, job)}")
 
 
 if __name__ == "__main__":

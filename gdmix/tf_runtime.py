@@ -8,14 +8,25 @@ N workers on one machine share its cores instead of oversubscribing them). The c
 set before TensorFlow's runtime starts: if something else started it first, the cap is not
 applied, and that is said loudly (a ``RuntimeWarning``) rather than ignored, because per-core
 figures rely on it. :func:`thread_settings` reports what TensorFlow actually uses.
+
+TensorFlow's own ``__init__`` ends by importing Keras eagerly (``keras.src.optimizers``, in a
+``try``), which pulls in all of Keras 3 and, through its scikit-learn wrapper, scikit-learn:
+about 1.8 of the 5 seconds ``import tensorflow`` takes here, paid by every fixed-effect worker
+of every pass, which never touches Keras. gdmix skips that one eager import; Keras still loads,
+whole, the first time anything uses ``tf.keras`` or imports ``keras`` (DeText does), which is
+also when its optimisers register themselves.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 
 THREADS_VARIABLE = "GDMIX_INTRA_OP_THREADS"
+#: what TensorFlow's ``__init__`` imports eagerly "so that any function/method that needs to happen
+#: at load time will trigger" (Keras' registrations), catching ImportError
+KERAS_EAGER_IMPORT = "keras.src.optimizers"
 _configured = False
 _cap_error: str | None = None  # why the requested cap could not be applied, if it could not
 
@@ -36,7 +47,7 @@ def import_tensorflow():
     global _configured, _cap_error
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    import tensorflow as tf
+    tf = _import_without_eager_keras()
 
     if not _configured:
         _configured = True
@@ -57,6 +68,23 @@ def import_tensorflow():
                         f"{threading.get_inter_op_parallelism_threads()} inter-op threads (0 = one per core), "
                         "so per-core timings of this process are not per core",
                         RuntimeWarning, stacklevel=2)
+    return tf
+
+
+def _import_without_eager_keras():
+    """``import tensorflow``, but with Keras left to load when first used (see the module's
+    docstring): a ``None`` entry in ``sys.modules`` makes TensorFlow's eager import of
+    :data:`KERAS_EAGER_IMPORT` raise the ImportError it already catches; the entry is removed
+    right after, so a later import of Keras runs normally."""
+    if "tensorflow" in sys.modules or KERAS_EAGER_IMPORT in sys.modules:
+        import tensorflow as tf  # already imported, or Keras already loaded: nothing to skip
+        return tf
+    sys.modules[KERAS_EAGER_IMPORT] = None
+    try:
+        import tensorflow as tf
+    finally:
+        if KERAS_EAGER_IMPORT in sys.modules and sys.modules[KERAS_EAGER_IMPORT] is None:
+            del sys.modules[KERAS_EAGER_IMPORT]
     return tf
 
 

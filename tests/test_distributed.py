@@ -273,3 +273,37 @@ def test_thread_cap_is_applied_or_loudly_not(started):
         assert settings["cap_applied"] is False and settings["cap_error"]
         assert (settings["intra_op"], settings["inter_op"]) != (1, 1)  # what TensorFlow really uses
         assert len(record["warnings"]) == 1 and "GDMIX_INTRA_OP_THREADS=1 is NOT applied" in record["warnings"][0]
+
+
+_KERAS_PROBE = """
+import json, sys
+import numpy as np
+import scipy.sparse as sp
+from gdmix import tf_runtime
+from gdmix.losses.logistic_tf import TfLogisticLoss
+tf = tf_runtime.import_tensorflow()
+x = sp.random(20, 5, density=0.5, format="csr", random_state=0)
+loss = TfLogisticLoss(x, (np.arange(20) % 2).astype(float), np.ones(20), np.zeros(20))
+value, gradient = loss(np.full(6, 0.1))
+loaded = {name: name in sys.modules for name in ("keras", "sklearn")}
+layer = tf.keras.layers.Dense(2)
+import keras.src.optimizers as optimizers
+print(json.dumps({"loaded_by_fixed_effect": loaded, "finite": bool(np.isfinite(value)),
+                  "dense_shape": layer(tf.ones((1, 3))).shape.as_list(), "optimizers": optimizers.__name__,
+                  "adam": tf.keras.optimizers.Adam.__module__}))
+"""
+
+
+def test_fixed_effect_tensorflow_leaves_keras_unloaded_until_used():
+    """A fixed-effect worker imports TensorFlow without the Keras 3 (and scikit-learn) that
+    TensorFlow's ``__init__`` would load eagerly (about 1.8 s of its 5 s here); Keras still loads,
+    whole and working, when something uses it."""
+    done = subprocess.run([sys.executable, "-c", _KERAS_PROBE], env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+                          capture_output=True, text=True, timeout=HANG_GUARD)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    assert record["loaded_by_fixed_effect"] == {"keras": False, "sklearn": False}
+    assert record["finite"]
+    assert record["dense_shape"] == [1, 2]
+    assert record["optimizers"] == "keras.src.optimizers"
+    assert record["adam"].startswith("keras.src.optimizers")
